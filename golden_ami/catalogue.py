@@ -1,0 +1,201 @@
+"""The control catalogue (controls/catalogue.yaml) and the controls in force for one build.
+
+A control is in force when its profile is selected and it is enabled; it is then either
+applicable (remediated by a hardening script, checked by verify/) or not applicable with a
+reason that the report shows. Nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import paths
+from .config import Resolved, describe_validation_error
+from .errors import UserError
+
+CATALOGUE_FILE = paths.CONTROLS_DIR / "catalogue.yaml"
+PROFILES = ("baseline", "cis-level1-server")
+
+# A parameter value ends up in scripts and config files: keep strings to a plain alphabet.
+_SAFE_PARAM_STRING = re.compile(r"^[A-Za-z0-9._@/:+-]{1,255}$")
+
+
+class Applies(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    targets: Optional[list[Literal["aws", "local"]]] = None
+    os: Optional[list[str]] = None
+    requires_agent: Optional[Literal["ssm", "cloudwatch"]] = None
+
+
+class Bounds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min: Optional[int] = None
+    max: Optional[int] = None
+
+
+class ControlSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=r"^([0-9]+(\.[0-9]+)*|GA-[A-Z0-9]+(-[A-Z0-9]+)*)$")
+    title: str
+    section: str
+    level: Literal[1, 2]
+    profiles: list[Literal["baseline", "cis-level1-server"]]
+    refs: dict[str, str] = Field(default_factory=dict)
+    applies: Applies = Applies()
+    params: dict[str, Any] = Field(default_factory=dict)
+    param_bounds: dict[str, Bounds] = Field(default_factory=dict)
+    remediation: str = Field(pattern=r"^[0-9]{2}-[a-z0-9-]+$")
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control as it stands for one OS, target and profile."""
+
+    id: str
+    title: str
+    section: str
+    level: int
+    refs: dict[str, str]
+    remediation: str
+    params: dict[str, Any]
+    applicable: bool
+    reason: str = ""  # why not applicable
+    os_id: str = ""  # the OS benchmark's own number, when it has one
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ControlSet:
+    os: str
+    target: str
+    profile: str
+    controls: tuple[Control, ...] = field(default_factory=tuple)
+
+    @property
+    def applicable(self) -> list[Control]:
+        return [c for c in self.controls if c.applicable]
+
+    def by_id(self) -> dict[str, Control]:
+        return {c.id: c for c in self.controls}
+
+    def params(self, control_id: str) -> dict[str, Any]:
+        return self.by_id()[control_id].params
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "os": self.os,
+            "target": self.target,
+            "profile": self.profile,
+            "controls": [c.as_dict() for c in self.controls],
+        }
+
+
+def load_catalogue() -> list[ControlSpec]:
+    with CATALOGUE_FILE.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    specs: list[ControlSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw or []):
+        try:
+            spec = ControlSpec.model_validate(entry)
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc, f"controls/catalogue.yaml entry {index + 1}")) from None
+        if spec.id in seen:
+            raise UserError(f"controls/catalogue.yaml: control {spec.id} is listed twice")
+        seen.add(spec.id)
+        specs.append(spec)
+    return specs
+
+
+def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: Optional[Bounds]) -> Any:
+    where = f"controls.{control_id}.params.{name}"
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not (isinstance(default, bool) and isinstance(value, bool)):
+            raise UserError(f"{where} must be true or false")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int):
+            raise UserError(f"{where} must be a whole number (got {value!r})")
+        if bounds and bounds.min is not None and value < bounds.min:
+            raise UserError(f"{where} must be at least {bounds.min} (got {value})")
+        if bounds and bounds.max is not None and value > bounds.max:
+            raise UserError(f"{where} must be at most {bounds.max} (got {value})")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where} must be a non-empty list")
+        return [_check_param(control_id, name, default[0], item, bounds) for item in value]
+    if isinstance(default, str):
+        if not isinstance(value, str) or not _SAFE_PARAM_STRING.match(value):
+            raise UserError(
+                f"{where} contains characters that are not allowed here "
+                f"(letters, digits and ._@/:+- only; got {value!r})"
+            )
+        return value
+    raise UserError(f"{where}: unsupported parameter type")
+
+
+def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
+    applies = spec.applies
+    if applies.targets is not None and cfg.target not in applies.targets:
+        return False, f"applies to the {', '.join(applies.targets)} target only"
+    if applies.os is not None and cfg.os.name not in applies.os:
+        return False, f"applies to {', '.join(applies.os)} only"
+    if applies.requires_agent:
+        agent = cfg.target_os.agents.get(applies.requires_agent)
+        if agent is None:
+            return False, f"os/{cfg.os.name}.yaml names no {applies.requires_agent} agent for {cfg.target}"
+        if not agent.available:
+            return False, " ".join(str(agent.unavailable).split())
+    return True, ""
+
+
+def _benchmark_number(spec: ControlSpec, os_name: str) -> str:
+    """The number this recommendation has in the OS's own CIS benchmark ('' if none)."""
+    if os_name == "al2023":
+        return "" if spec.id.startswith("GA-") else spec.id
+    return spec.refs.get(os_name, "")
+
+
+def controls_for(cfg: Resolved) -> ControlSet:
+    """The controls in force for this OS, target and profile, with user overrides applied."""
+    specs = load_catalogue()
+    known = {s.id for s in specs}
+    for control_id in cfg.settings.controls:
+        if control_id not in known:
+            raise UserError(f"config names unknown control {control_id!r}: see `invoke controls`")
+    chosen: list[Control] = []
+    for spec in specs:
+        override = cfg.settings.controls.get(spec.id)
+        enabled = spec.enabled if override is None or override.enabled is None else override.enabled
+        if cfg.profile not in spec.profiles or not enabled:
+            continue
+        params = dict(spec.params)
+        if override is not None:
+            for name, value in override.params.items():
+                if name not in spec.params:
+                    raise UserError(f"controls.{spec.id}.params.{name} is not a parameter of {spec.id}")
+                params[name] = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
+        applicable, reason = _applicability(spec, cfg)
+        chosen.append(
+            Control(
+                id=spec.id,
+                title=spec.title,
+                section=spec.section,
+                level=spec.level,
+                refs=dict(spec.refs),
+                remediation=spec.remediation,
+                params=params,
+                applicable=applicable,
+                reason=reason,
+                os_id=_benchmark_number(spec, cfg.os.name),
+            )
+        )
+    return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen))

@@ -1,0 +1,312 @@
+"""Configuration: four layers merged in one place, validated once, then read-only.
+
+    pipeline defaults (golden_ami/defaults.yaml)
+      < per-OS data (os/<os>.yaml, its optional ``settings:``)
+      < the user's config file (golden-ami.yaml or --config; ``per_os:`` for one OS)
+      < command-line flags
+
+Every value that can reach a shell script, a Packer template or a remote command is
+checked against a strict pattern here, so a value such as ``$(reboot)`` is refused with
+one line naming the key, long before anything is rendered. (Rendering quotes every value
+as well: the patterns are the first wall, quoting the second.)
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from . import paths
+from .errors import UserError
+
+TARGETS = ("aws", "local")
+DEFAULT_TARGET = "local"
+USER_CONFIG_NAME = "golden-ami.yaml"
+
+# --- value shapes that are safe to hand to a shell, HCL or a config file ------------------
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+@:-]{0,127}$")]
+UnixUser = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/+-]{0,255}$")]
+Url = Annotated[
+    str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/+%-]*)?$")
+]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")]
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{40}$")]
+AwsRegion = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")]
+SsmName = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{1,1000}$")]
+NamePattern = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/*?+-]{1,128}$")]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt setting must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- per-OS data ---------------------------------------------------------------------------
+class OsPackages(_Strict):
+    firewall: Identifier
+    audit: Identifier
+    time_sync: Identifier
+    auto_updates: Identifier
+
+
+class OsServices(_Strict):
+    ssh: Identifier
+    audit: Identifier
+    time_sync: Identifier
+    firewall: Identifier
+    auto_updates_timer: Identifier
+
+
+class OsPaths(_Strict):
+    nftables_conf: AbsPath
+    chrony_conf: AbsPath
+    chrony_sources_dir: AbsPath
+
+
+class AgentSpec(_Strict):
+    """How one agent gets onto one OS on one target, or why it cannot."""
+
+    install: Optional[Literal["package", "snap", "deb_url"]] = None
+    package: Optional[Identifier] = None
+    snap: Optional[Identifier] = None
+    url: Optional[Url] = None
+    signature_url: Optional[Url] = None
+    key_url: Optional[Url] = None
+    keyserver: Optional[Annotated[str, StringConstraints(pattern=r"^hkps://[A-Za-z0-9.-]+$")]] = None
+    key_fingerprint: Optional[Fingerprint] = None
+    service: Optional[Identifier] = None
+    unavailable: Optional[str] = None
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable is None
+
+
+class SourceSpec(_Strict):
+    # aws: an SSM public parameter and/or an owner-pinned name filter.
+    ssm_parameter: Optional[SsmName] = None
+    owners: list[Identifier] = Field(default_factory=list)
+    name_pattern: Optional[NamePattern] = None
+    architecture: Optional[Literal["x86_64", "arm64"]] = None
+    # local: how `invoke base-image` makes a base disk (null: only --from PATH).
+    recipe: Optional[Literal["debootstrap"]] = None
+    suite: Optional[Identifier] = None
+    components: list[Identifier] = Field(default_factory=list)
+
+
+class TargetOsData(_Strict):
+    login_user: UnixUser
+    source: SourceSpec
+    time_servers: list[HostName]
+    agents: dict[Literal["ssm", "cloudwatch"], AgentSpec]
+
+
+class OsData(_Strict):
+    name: Identifier
+    display_name: str
+    family: Literal["debian", "amazon"]
+    package_manager: Literal["apt", "dnf"]
+    packages: OsPackages
+    services: OsServices
+    conflicting_firewalls: list[Identifier]
+    paths: OsPaths
+    targets: dict[Literal["aws", "local"], TargetOsData]
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- pipeline settings -----------------------------------------------------------------------
+class PackerSettings(_Strict):
+    binary: Identifier = "packer"
+    timeout_minutes: int = Field(90, ge=5, le=24 * 60)
+
+
+class LocalSettings(_Strict):
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    cpus: int = Field(2, ge=1, le=64)
+    memory_mb: int = Field(1024, ge=512, le=65536)
+    disk_size_mb: int = Field(4096, ge=2048, le=1024 * 1024)
+    ssh_timeout_minutes: int = Field(20, ge=1, le=240)
+    boot_timeout_seconds: int = Field(900, ge=30, le=7200)
+    debian_mirror: Url = "http://deb.debian.org/debian"
+    debian_security_mirror: Url = "http://deb.debian.org/debian-security"
+
+
+class AwsSettings(_Strict):
+    region: AwsRegion = "us-east-1"
+    instance_type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = "t3.small"
+
+
+class VerifySettings(_Strict):
+    timeout_minutes: int = Field(30, ge=1, le=600)
+
+
+ParamValue = Any  # checked against the catalogue's declared defaults in catalogue.py
+
+
+class ControlOverride(_Strict):
+    enabled: Optional[bool] = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class Settings(_Strict):
+    profile: Literal["baseline", "cis-level1-server"] = "baseline"
+    state_dir: Optional[str] = None
+    packer: PackerSettings = PackerSettings()
+    local: LocalSettings = LocalSettings()
+    aws: AwsSettings = AwsSettings()
+    verify: VerifySettings = VerifySettings()
+    controls: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,40}$")], ControlOverride] = (
+        Field(default_factory=dict)
+    )
+
+
+class Resolved(BaseModel):
+    """The whole configuration of one run: which OS, which target, and every setting."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    os: OsData
+    target: Literal["aws", "local"]
+    settings: Settings
+    config_files: tuple[str, ...] = ()
+
+    @property
+    def target_os(self) -> TargetOsData:
+        return self.os.targets[self.target]
+
+    @property
+    def profile(self) -> str:
+        return self.settings.profile
+
+    @property
+    def state_dir(self) -> Path:
+        if self.settings.state_dir:
+            return Path(self.settings.state_dir).expanduser().resolve()
+        return paths.default_state_dir()
+
+
+# --- loading -------------------------------------------------------------------------------
+def available_os() -> list[str]:
+    return sorted(p.stem for p in paths.OS_DATA_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what} {path}{where} is not valid YAML: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must be a mapping of settings at the top level")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return base updated by override; mappings merge key by key, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming the first offending key, what is wrong and where to fix it."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "string_pattern_mismatch":
+        message = "contains characters that are not allowed here (letters, digits and ._-/ only)"
+    elif err["type"] == "extra_forbidden":
+        message = "is not a known setting (misspelt?)"
+    shown = err.get("input")
+    value = f" (got {shown!r})" if isinstance(shown, (str, int, float, bool)) else ""
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key} {message}{value}{more}"
+
+
+def load_os_data(os_name: str) -> OsData:
+    names = available_os()
+    if os_name not in names:
+        raise UserError(f"unknown --os {os_name!r}: choose one of {', '.join(names)}")
+    raw = _read_yaml(paths.OS_DATA_DIR / f"{os_name}.yaml", "OS data file")
+    try:
+        data = OsData.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, f"os/{os_name}.yaml")) from None
+    if data.name != os_name:
+        raise UserError(f"os/{os_name}.yaml names itself {data.name!r}: make name match the file")
+    return data
+
+
+def find_user_config(explicit: Optional[str]) -> Optional[Path]:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise UserError(f"--config {explicit}: no such file")
+        return path
+    from_env = os.environ.get("GOLDEN_AMI_CONFIG")
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_file():
+            raise UserError(f"GOLDEN_AMI_CONFIG={from_env}: no such file")
+        return path
+    local = Path.cwd() / USER_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def resolve(
+    os_name: str,
+    target: str = DEFAULT_TARGET,
+    config_file: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> Resolved:
+    """Merge the four layers for one OS and target; raise UserError on any bad value."""
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r}: choose aws or local")
+    os_data = load_os_data(os_name)
+    if target not in os_data.targets:
+        raise UserError(f"os/{os_name}.yaml has no data for target {target!r}")
+
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("golden_ami/defaults.yaml", _read_yaml(paths.DEFAULTS_FILE, "defaults file")),
+        (f"os/{os_name}.yaml settings", dict(os_data.settings)),
+    ]
+    files: list[str] = []
+    user_path = find_user_config(config_file)
+    if user_path is not None:
+        user = _read_yaml(user_path, "config file")
+        per_os = user.pop("per_os", {}) or {}
+        if not isinstance(per_os, dict):
+            raise UserError(f"{user_path}: per_os must map OS names to settings")
+        unknown = sorted(set(per_os) - set(available_os()))
+        if unknown:
+            raise UserError(f"{user_path}: per_os names unknown OS {unknown[0]!r}")
+        layers.append((str(user_path), user))
+        layers.append((f"{user_path} per_os.{os_name}", per_os.get(os_name) or {}))
+        files.append(str(user_path))
+    layers.append(("command-line flags", {k: v for k, v in (overrides or {}).items() if v is not None}))
+
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        merged = deep_merge(merged, layer)
+        try:  # validate after each layer, so the message names the layer that broke it
+            Settings.model_validate(merged)
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc, source)) from None
+    settings = Settings.model_validate(merged)
+    return Resolved(os=os_data, target=target, settings=settings, config_files=tuple(files))

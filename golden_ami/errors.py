@@ -1,0 +1,17 @@
+"""Error types that decide how a failure is shown to the person at the terminal."""
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite the user can fix.
+
+    Shown as one line (the message names the thing and the fix), exit status 1,
+    no traceback. Everything else is an internal error and keeps its traceback.
+    """
+
+
+class HostKeyMismatch(UserError):
+    """The machine under test presented a host key that the console did not announce."""
+
+
+class VerificationError(Exception):
+    """Verification could not run to completion (not a failing control: a broken run)."""

@@ -1,0 +1,27 @@
+"""Where the pipeline keeps its files: the project tree (read-only data) and the state dir."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The repository root: templates/, hardening/, verify/, os/ and controls/ live here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+HARDENING_DIR = PROJECT_ROOT / "hardening"
+VERIFY_DIR = PROJECT_ROOT / "verify"
+OS_DATA_DIR = PROJECT_ROOT / "os"
+CONTROLS_DIR = PROJECT_ROOT / "controls"
+DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.yaml"
+
+
+def default_state_dir() -> Path:
+    """The state dir holds builds, the local image store and cached base images.
+
+    GOLDEN_AMI_STATE_DIR wins (tests and CI point it at a temporary directory);
+    otherwise the XDG data home is used, so a checkout stays clean.
+    """
+    explicit = os.environ.get("GOLDEN_AMI_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser().resolve() / "golden-ami"

@@ -1,0 +1,306 @@
+"""Render: Jinja templates -> a self-contained build directory, plus its fingerprint.
+
+The build directory holds everything Packer needs and nothing that changes from one build to
+the next (build ids, keys, ports and paths of this machine are passed at build time), so
+rendering the same inputs twice gives byte-identical files and the same fingerprint.
+
+Three Jinja environments, one per output language, each quoting values for that language:
+  * shell scripts: every ``{{ value }}`` is shell-quoted (shlex.quote) unless the template
+    explicitly asks for ``|raw_shell`` (used only for integers and pre-quoted words);
+  * Packer HCL: every value is emitted as an HCL string literal, with ``${`` / ``%{`` escaped;
+  * config files (sshd, nftables, chrony...): values may not contain newlines or control
+    characters, so a value can never add a directive.
+All three use StrictUndefined: a misspelt name fails the render instead of printing nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import jinja2
+
+from . import paths
+from .catalogue import ControlSet, controls_for
+from .config import Resolved
+from .errors import UserError
+
+RENDER_MANIFEST = "render.json"
+TEMPLATE_FILE = "template.pkr.hcl"
+VARIABLES_FILE = "variables.pkrvars.json"
+CONTROLS_FILE = "controls.json"
+
+# The order the hardening sections run in; a section is rendered when a control in force
+# names it as its remediation. The reboot section sits between patching and the rest.
+SECTION_ORDER = (
+    "10-patching",
+    "15-reboot-if-kernel-changed",
+    "20-firewall",
+    "30-ssh",
+    "40-agents",
+    "41-aws-agents",
+    "90-image-hygiene",
+)
+REBOOT_SECTION = "15-reboot-if-kernel-changed"
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The image a build starts from, as the target resolved it (part of the fingerprint)."""
+
+    id: str  # ami-… or sha256:… of a local base disk
+    name: str
+    location: str = ""  # local: path of the base disk; aws: region
+    checksum: str = ""  # local: "sha256:<hex>" that Packer re-checks before it boots the disk
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "location": self.location, "checksum": self.checksum}
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    directory: Path
+    fingerprint: str
+    files: dict[str, str]  # relative path -> sha256
+    source: SourceImage
+
+
+# --- quoting -------------------------------------------------------------------------------
+class RawShell(str):
+    """A string already safe for the shell (an int, or words quoted by shell_join)."""
+
+
+def _shell_finalize(value: Any) -> str:
+    if isinstance(value, RawShell):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        raise jinja2.TemplateError("a list reached a shell template unquoted: use |shell_join")
+    return shlex.quote(str(value))
+
+
+def shell_join(values: Iterable[Any]) -> RawShell:
+    return RawShell(" ".join(shlex.quote(str(v)) for v in values))
+
+
+def raw_shell(value: Any) -> RawShell:
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_./:=@%+-]*", text):
+        raise jinja2.TemplateError(f"raw_shell refuses {text!r}: it needs quoting")
+    return RawShell(text)
+
+
+def hcl_string(value: Any) -> str:
+    """An HCL string literal: JSON string syntax with template sequences escaped."""
+    return json.dumps(str(value)).replace("${", "$${").replace("%{", "%%{")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _config_finalize(value: Any) -> str:
+    text = str(value) if not isinstance(value, bool) else ("yes" if value else "no")
+    if _CONTROL_CHARS.search(text):
+        raise jinja2.TemplateError(f"a value with a newline or control character reached a config file: {text!r}")
+    return text
+
+
+def _environment(search_path: Path, finalize) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(search_path)),
+        undefined=jinja2.StrictUndefined,
+        finalize=finalize,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        # Shell has "${#array[@]}": move Jinja's comment markers out of its way.
+        comment_start_string="{%#",
+        comment_end_string="#%}",
+    )
+    env.filters["shell_join"] = shell_join
+    env.filters["raw_shell"] = raw_shell
+    env.filters["hcl"] = hcl_string
+    env.filters["tojson_sorted"] = lambda v: json.dumps(v, sort_keys=True, indent=2)
+    return env
+
+
+def shell_env() -> jinja2.Environment:
+    return _environment(paths.HARDENING_DIR, _shell_finalize)
+
+
+def config_env() -> jinja2.Environment:
+    return _environment(paths.HARDENING_DIR / "files", _config_finalize)
+
+
+def hcl_env() -> jinja2.Environment:
+    def finalize(value: Any) -> str:
+        if isinstance(value, HclRaw):
+            return str(value)
+        return hcl_string(value)
+
+    env = _environment(paths.TEMPLATES_DIR, finalize)
+    env.filters["hcl_raw"] = HclRaw
+    return env
+
+
+class HclRaw(str):
+    """HCL syntax the template builds itself (identifiers, numbers), not a value."""
+
+
+# --- context -------------------------------------------------------------------------------
+def _context(cfg: Resolved, controls: ControlSet, source: SourceImage) -> dict[str, Any]:
+    applicable = {c.id: c for c in controls.applicable}
+    sections = [s for s in SECTION_ORDER if any(c.remediation == s for c in applicable.values())]
+    # Every build cleans the image and runs the in-build gate last, whatever the profile.
+    if "90-image-hygiene" not in sections:
+        sections.append("90-image-hygiene")
+    return {
+        "os": cfg.os.model_dump(),
+        "target": cfg.target,
+        "target_os": cfg.target_os.model_dump(),
+        "profile": cfg.profile,
+        "settings": cfg.settings.model_dump(),
+        "controls": applicable,
+        "control_ids": sorted(applicable),
+        "sections": sections,
+        "reboot_section": REBOOT_SECTION,
+        "source": source.as_dict(),
+        # Packer's own template syntax, passed through as plain strings.
+        "packer_execute_command": "sudo -n env {{ .Vars }} /bin/bash {{ .Path }}",
+        "qemu_netdev": "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22",
+    }
+
+
+def _packer_variables(cfg: Resolved, source: SourceImage) -> dict[str, Any]:
+    """Values the template reads as var.*; deterministic (runtime values come at build time)."""
+    variables: dict[str, Any] = {
+        "os_name": cfg.os.name,
+        "login_user": cfg.target_os.login_user,
+        "source_image_id": source.id,
+        "source_image_name": source.name,
+        "profile": cfg.profile,
+    }
+    if cfg.target == "local":
+        local = cfg.settings.local
+        variables.update(
+            {
+                "source_image_checksum": source.checksum,
+                "cpus": local.cpus,
+                "memory_mb": local.memory_mb,
+                "disk_size_mb": local.disk_size_mb,
+                "ssh_timeout_minutes": local.ssh_timeout_minutes,
+            }
+        )
+    else:
+        aws = cfg.settings.aws
+        variables.update({"region": aws.region, "instance_type": aws.instance_type})
+    return variables
+
+
+# --- rendering -----------------------------------------------------------------------------
+def _render_files(cfg: Resolved, controls: ControlSet, source: SourceImage) -> dict[str, bytes]:
+    ctx = _context(cfg, controls, source)
+    out: dict[str, str] = {}
+    try:
+        sh = shell_env()
+        for section in ctx["sections"]:
+            out[f"scripts/{section}.sh"] = sh.get_template(f"{section}.sh.j2").render(ctx, section=section)
+        conf = config_env()
+        for name in sorted(conf.list_templates(filter_func=lambda n: n.endswith(".j2"))):
+            rendered = conf.get_template(name).render(ctx)
+            if rendered.strip():  # a file template renders empty when nothing in force needs it
+                out[f"files/{name[:-3]}"] = rendered
+        out[TEMPLATE_FILE] = hcl_env().get_template(f"{cfg.target}.pkr.hcl.j2").render(ctx)
+    except jinja2.TemplateError as exc:
+        # A template bug or a value refused by a quoting rule: both stop the render.
+        raise UserError(f"render failed for {cfg.os.name}/{cfg.target}: {exc}") from exc
+    out[VARIABLES_FILE] = json.dumps(_packer_variables(cfg, source), sort_keys=True, indent=2) + "\n"
+    out[CONTROLS_FILE] = json.dumps(controls.as_dict(), sort_keys=True, indent=2) + "\n"
+    return {path: text.encode("utf-8") for path, text in out.items()}
+
+
+def fingerprint_of(files: dict[str, bytes], source: SourceImage) -> str:
+    """sha256 over every rendered byte (path and content) plus the resolved source image."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).hexdigest().encode() + b"\n")
+    digest.update(f"source\0{source.id}\0{source.name}\0{source.checksum}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def read_rendered(directory: Path) -> dict[str, bytes]:
+    """Every file of a build directory that the fingerprint covers (not render.json itself)."""
+    files: dict[str, bytes] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and rel != RENDER_MANIFEST and rel.split("/")[0] in _FINGERPRINTED_TOP:
+            files[rel] = path.read_bytes()
+    return files
+
+
+_FINGERPRINTED_TOP = {"scripts", "files", TEMPLATE_FILE, VARIABLES_FILE, CONTROLS_FILE}
+
+
+def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional[ControlSet] = None) -> RenderResult:
+    """Write the build directory atomically: into a sibling temp dir, then one rename."""
+    controls = controls or controls_for(cfg)
+    files = _render_files(cfg, controls, source)
+    fingerprint = fingerprint_of(files, source)
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} exists and is not empty: choose another --out or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for rel, data in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            if rel.startswith("scripts/"):
+                target.chmod(0o755)
+        manifest = {
+            "fingerprint": fingerprint,
+            "os": cfg.os.name,
+            "target": cfg.target,
+            "profile": cfg.profile,
+            "source_image": source.as_dict(),
+            "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(files.items())},
+        }
+        (staging / RENDER_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return RenderResult(
+        directory=out_dir,
+        fingerprint=fingerprint,
+        files={rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()},
+        source=source,
+    )
+
+
+def load_render(directory: Path) -> tuple[dict[str, Any], str]:
+    """Read a build directory's manifest and recompute its fingerprint from the files on disk.
+
+    A build directory edited by hand (to test a broken script, say) gets the fingerprint of
+    what is really there, so provenance never names content the image does not have.
+    """
+    manifest_path = directory / RENDER_MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"{directory} is not a rendered build directory (no {RENDER_MANIFEST}): run invoke render")
+    manifest = json.loads(manifest_path.read_text())
+    src = manifest["source_image"]
+    source = SourceImage(id=src["id"], name=src["name"], location=src.get("location", ""), checksum=src.get("checksum", ""))
+    return manifest, fingerprint_of(read_rendered(directory), source)
