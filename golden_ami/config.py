@@ -98,6 +98,7 @@ class SourceSpec(_Strict):
     recipe: Optional[Literal["debootstrap"]] = None
     suite: Optional[Identifier] = None
     components: list[Identifier] = Field(default_factory=list)
+    packages: list[Identifier] = Field(default_factory=list)
 
 
 class TargetOsData(_Strict):

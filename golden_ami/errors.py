@@ -9,6 +9,10 @@ class UserError(Exception):
     """
 
 
+class StepFailed(UserError):
+    """An external step (Packer, mmdebstrap, QEMU) failed; the message points at its log."""
+
+
 class HostKeyMismatch(UserError):
     """The machine under test presented a host key that the console did not announce."""
 

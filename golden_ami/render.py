@@ -99,6 +99,14 @@ def raw_shell(value: Any) -> RawShell:
     return RawShell(text)
 
 
+def raw_shell_comment(value: Any) -> RawShell:
+    """Text for a shell comment: one line, no control characters."""
+    text = " ".join(str(value).split())
+    if _CONTROL_CHARS.search(text):
+        raise jinja2.TemplateError(f"refusing control characters in a comment: {text!r}")
+    return RawShell(text)
+
+
 def hcl_string(value: Any) -> str:
     """An HCL string literal: JSON string syntax with template sequences escaped."""
     return json.dumps(str(value)).replace("${", "$${").replace("%{", "%%{")
@@ -129,6 +137,7 @@ def _environment(search_path: Path, finalize) -> jinja2.Environment:
     )
     env.filters["shell_join"] = shell_join
     env.filters["raw_shell"] = raw_shell
+    env.filters["raw_shell_comment"] = raw_shell_comment
     env.filters["hcl"] = hcl_string
     env.filters["tojson_sorted"] = lambda v: json.dumps(v, sort_keys=True, indent=2)
     return env

@@ -1,0 +1,109 @@
+"""Running Packer on a rendered build directory.
+
+Build-time values go into runtime.pkrvars.json beside the rendered variables file, so the
+rendered files (and the fingerprint) stay the same from build to build. Packer's output is
+kept in the build directory (packer.log); its step headers and the hardening scripts' own
+"[golden-ami …]" lines become progress lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import StepFailed, UserError
+from .procs import run_streaming
+from .progress import Progress
+from .render import TEMPLATE_FILE, VARIABLES_FILE
+
+RUNTIME_VARS_FILE = "runtime.pkrvars.json"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UI_LINE = re.compile(r"^(?:==>\s+)?[A-Za-z0-9_.-]+:\s(.*)$")
+
+
+def find(binary: str = "packer") -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise UserError(f"Packer ({binary}) is not installed: apt-get install packer (or run invoke doctor)")
+    return path
+
+
+def version(binary: str = "packer") -> tuple[int, int, int]:
+    out = subprocess.run([find(binary), "version"], capture_output=True, text=True, timeout=60).stdout
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        raise RuntimeError(f"cannot read Packer's version from {out!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def _env(extra: Optional[dict[str, str]], runtime_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "CHECKPOINT_DISABLE": "1",  # no version check call home
+        "PACKER_NO_COLOR": "1",
+        "PACKER_CACHE_DIR": str(runtime_dir / "packer_cache"),
+        "TMPDIR": str(runtime_dir),  # Packer's temporary ISO and scripts stay with the build
+    })
+    env.update(extra or {})
+    return env
+
+
+def write_runtime_vars(runtime_dir: Path, variables: dict[str, Any]) -> Path:
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    path = runtime_dir / RUNTIME_VARS_FILE
+    path.write_text(json.dumps(variables, sort_keys=True, indent=2) + "\n")
+    return path
+
+
+def _argv(binary: str, command: str, build_dir: Path, runtime_vars: Optional[Path], extra: list[str]) -> list[str]:
+    argv = [find(binary), command, *extra, f"-var-file={build_dir / VARIABLES_FILE}"]
+    if runtime_vars is not None:
+        argv.append(f"-var-file={runtime_vars}")
+    argv.append(TEMPLATE_FILE)
+    return argv
+
+
+def validate(build_dir: Path, runtime_vars: Optional[Path] = None, binary: str = "packer",
+             syntax_only: bool = False) -> tuple[bool, str]:
+    """`packer validate` of a build directory; (ok, output)."""
+    extra = ["-syntax-only"] if syntax_only else []
+    proc = subprocess.run(_argv(binary, "validate", build_dir, runtime_vars, extra), cwd=build_dir,
+                          capture_output=True, text=True, timeout=300,
+                          env=_env(None, build_dir))
+    return proc.returncode == 0, _ANSI.sub("", proc.stdout + proc.stderr)
+
+
+def build(
+    build_dir: Path,
+    runtime_dir: Path,
+    runtime_vars: Path,
+    progress: Progress,
+    timeout_minutes: int,
+    env: Optional[dict[str, str]] = None,
+    binary: str = "packer",
+) -> None:
+    """`packer build`; raise StepFailed naming the last error lines when it fails."""
+    argv = _argv(binary, "build", build_dir, runtime_vars, ["-color=false", "-on-error=cleanup"])
+    last_error: list[str] = []
+
+    def on_line(line: str) -> None:
+        text = _ANSI.sub("", line).strip()
+        # "==> qemu.golden: Waiting for SSH…" and "qemu.golden: [golden-ami 10-patching] …"
+        match = _UI_LINE.match(text)
+        body = match.group(1) if match else text
+        if text.startswith("==> ") or body.startswith("[golden-ami"):
+            progress.detail(body)
+        if "GATE FAILED" in body or body.startswith(("Build '", "* ")) or "error" in body.lower():
+            last_error.append(body)
+
+    status = run_streaming(
+        argv, cwd=build_dir, env=_env(env, runtime_dir), log_path=build_dir / "logs" / "packer.log",
+        progress=progress, on_line=on_line, timeout_seconds=timeout_minutes * 60,
+    )
+    if status != 0:
+        detail = " | ".join(last_error[-3:]) or f"exit status {status}"
+        raise StepFailed(f"packer build failed: {detail} (full log: {build_dir / 'logs' / 'packer.log'})")

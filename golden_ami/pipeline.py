@@ -1,0 +1,165 @@
+"""The whole flow for one OS and target: render -> build -> verify -> approve.
+
+Nothing here knows which target it drives. A build directory (<state>/builds/<build id>/)
+keeps the rendered files, logs, Packer's manifest and the verification report; the
+runtime/ directory inside it (keys, seeds, Packer's output) is removed when the build ends,
+however it ends.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from . import approve, packer, paths, render, verify_runner
+from .config import Resolved
+from .errors import UserError, VerificationError
+from .procs import terminate_as_interrupt
+from .progress import Progress
+from .targets import get_target
+from .targets.base import BuildContext, Image, Target
+
+
+@dataclass
+class BuildResult:
+    build_id: str
+    build_dir: Path
+    image: Optional[Image]
+    decision: Optional[approve.Decision]
+    fingerprint: str
+
+    def as_dict(self) -> dict:
+        return {
+            "build_id": self.build_id,
+            "build_dir": str(self.build_dir),
+            "image_id": self.image.id if self.image else None,
+            "status": self.image.status if self.image else "failed",
+            "fingerprint": self.fingerprint,
+            "decision": self.decision.summary() if self.decision else None,
+            "failed_controls": self.decision.failed_controls if self.decision else [],
+        }
+
+
+def pipeline_commit() -> str:
+    """The commit the pipeline runs from, "-dirty" when the checkout has local changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(paths.PROJECT_ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(paths.PROJECT_ROOT), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def new_build_id(os_name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{os_name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def builds_dir(cfg: Resolved) -> Path:
+    return cfg.state_dir / "builds"
+
+
+def target_for(cfg: Resolved) -> Target:
+    return get_target(cfg.target, cfg.settings, cfg.state_dir)
+
+
+def render_only(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> render.RenderResult:
+    target = target_for(cfg)
+    source = target.resolve_source(cfg, source_pin)
+    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    return render.render(cfg, source, out)
+
+
+def _check_prerequisites(target: Target, cfg: Resolved) -> None:
+    problems = target.problems(cfg)
+    if problems:
+        first = problems[0]
+        more = f" (+{len(problems) - 1} more: invoke doctor)" if len(problems) > 1 else ""
+        raise UserError(f"{first.what}: {first.fix}{more}")
+
+
+def build(
+    cfg: Resolved,
+    progress: Progress,
+    source_pin: Optional[str] = None,
+    from_render: Optional[Path] = None,
+) -> BuildResult:
+    """Render (or take a rendered directory), build, verify and approve or reject."""
+    target = target_for(cfg)
+    _check_prerequisites(target, cfg)
+    build_id = new_build_id(cfg.os.name)
+    build_dir = builds_dir(cfg) / build_id
+    commit = pipeline_commit()
+
+    with terminate_as_interrupt():
+        if from_render is not None:
+            manifest, fingerprint = render.load_render(from_render)
+            if (manifest["os"], manifest["target"]) != (cfg.os.name, cfg.target):
+                raise UserError(f"{from_render} was rendered for {manifest['os']}/{manifest['target']}, "
+                                f"not {cfg.os.name}/{cfg.target}")
+            shutil.copytree(from_render, build_dir)
+            src = manifest["source_image"]
+            source = render.SourceImage(src["id"], src["name"], src.get("location", ""), src.get("checksum", ""))
+            progress.say(f"build {build_id}: from {from_render} (fingerprint recomputed: {fingerprint[:19]}…)")
+        else:
+            source = target.resolve_source(cfg, source_pin)
+            result = render.render(cfg, source, build_dir)
+            fingerprint = result.fingerprint
+            progress.say(f"build {build_id}: rendered {len(result.files)} files, fingerprint {fingerprint[:19]}…")
+
+        ctx = BuildContext(
+            build_id=build_id, build_dir=build_dir, runtime_dir=build_dir / "runtime",
+            fingerprint=fingerprint, commit=commit, source=source, progress=progress,
+            created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        image: Optional[Image] = None
+        try:
+            with progress.step(f"packer build ({cfg.os.name}, {cfg.target})"):
+                variables = target.packer_variables(cfg, ctx)
+                variables.update({
+                    "build_id": build_id, "fingerprint": fingerprint, "pipeline_commit": commit,
+                    "manifest_path": str(build_dir / "manifest.json"),
+                })
+                runtime_vars = packer.write_runtime_vars(ctx.runtime_dir, variables)
+                packer.build(build_dir, ctx.runtime_dir, runtime_vars, progress,
+                             cfg.settings.packer.timeout_minutes, env=target.packer_environment(cfg),
+                             binary=cfg.settings.packer.binary)
+                manifest = json.loads((build_dir / "manifest.json").read_text())
+                image = target.register_candidate(cfg, ctx, manifest)
+                progress.say(f"candidate {image.id} stored, Status=candidate")
+        finally:
+            shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
+
+        decision = verify_and_decide(cfg, target, image, build_dir, build_id, progress)
+        image = target.get_image(image.id)
+        if image.status == "approved":
+            for key, value in target.publish(cfg, image, progress).items():
+                progress.say(f"published {key}: {value}")
+        return BuildResult(build_id, build_dir, image, decision, fingerprint)
+
+
+def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str,
+                      progress: Progress) -> approve.Decision:
+    """Verify a candidate, then approve or reject it. A broken verification rejects too."""
+    report = None
+    error = None
+    try:
+        with progress.step(f"verify {image.id}"):
+            report = verify_runner.run(cfg, target, image, build_dir, build_id, progress)
+    except (VerificationError, UserError) as exc:
+        error = str(exc)
+        progress.say(f"verification refused: {error}")
+    decision = approve.decide(image, report, build_dir)
+    if error:
+        decision.approved = False
+        decision.reasons.insert(0, f"verification did not complete: {error}")
+    approve.apply(target, image, decision, build_dir)
+    progress.say(f"{image.id}: {decision.summary()}")
+    return decision

@@ -1,0 +1,20 @@
+"""Targets: where images are built, booted, tagged. See targets/base.py for the interface."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Settings
+from ..errors import UserError
+from .base import Target
+
+
+def get_target(name: str, settings: Settings, state_dir: Path) -> Target:
+    if name == "local":
+        from .local.target import LocalTarget
+
+        return LocalTarget(settings, state_dir)
+    if name == "aws":
+        from .aws.target import AwsTarget
+
+        return AwsTarget(settings, state_dir)
+    raise UserError(f"unknown --target {name!r}: choose aws or local")

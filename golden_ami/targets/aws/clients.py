@@ -1,0 +1,48 @@
+"""boto3 clients with the pipeline's conventions.
+
+Credentials come from the standard chain (environment, AWS_PROFILE, SSO, instance or OIDC
+role); AWS_ENDPOINT_URL (honoured by boto3 itself) points everything at an EC2-compatible
+endpoint such as moto's server. Retries use botocore's "standard" mode.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from ...errors import UserError
+
+RETRY_CONFIG = botocore.config.Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10,
+                                      read_timeout=60)
+
+
+def endpoint_url() -> Optional[str]:
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def client(service: str, region: str) -> Any:
+    try:
+        session = boto3.Session(region_name=region)
+        if session.get_credentials() is None:
+            raise UserError("no AWS credentials found: set AWS_PROFILE, run aws sso login, or use an instance role "
+                            "(invoke doctor --target=aws)")
+        return session.client(service, config=RETRY_CONFIG)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise UserError(f"{exc}: check AWS_PROFILE") from None
+
+
+def describe_error(exc: Exception, action: str) -> UserError:
+    """One actionable line for an AWS API failure (wrong endpoint, denied, expired token)."""
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        where = endpoint_url() or "the AWS endpoint"
+        return UserError(f"cannot reach {where} to {action}: check AWS_ENDPOINT_URL / the network")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return UserError(f"no AWS credentials to {action}: set AWS_PROFILE or run aws sso login")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "Error")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return UserError(f"AWS refused to {action}: {code}: {message}")
+    return UserError(f"AWS call failed to {action}: {exc}")

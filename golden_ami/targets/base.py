@@ -1,0 +1,121 @@
+"""The interface every target implements. Code above it (render, verify, approve, the
+pipeline) talks only to this and never asks which target it has.
+
+    question                       aws                         local
+    which source image?            SSM parameter / filter      a cached base disk
+    build                          Packer amazon-ebs           Packer qemu
+    boot a test instance           run_instances               QEMU on an overlay
+    console text (host keys)       get_console_output          the VM's serial log
+    where tags live                EC2 image tags              the local image store
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import Resolved, Settings
+from ..progress import Progress
+from ..render import SourceImage
+from ..sshkeys import KeyPair
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    tags: dict[str, str]
+    location: str = ""  # local: the disk's path; aws: the region
+
+    @property
+    def status(self) -> str:
+        return self.tags.get("Status", "")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A missing prerequisite, with the command or step that fixes it."""
+
+    what: str
+    fix: str
+
+
+@dataclass
+class BuildContext:
+    build_id: str
+    build_dir: Path  # the rendered directory: Packer runs here; logs and reports stay here
+    runtime_dir: Path  # keys, seeds, Packer's output: removed when the build ends
+    fingerprint: str
+    commit: str
+    source: SourceImage
+    progress: Progress
+    created_at: str = ""
+
+
+@dataclass
+class TestInstance:
+    """A freshly booted instance of a candidate, reachable over SSH."""
+
+    ssh_host: str
+    ssh_port: int
+    login_user: str
+    key: KeyPair
+    instance_id: str
+    console_text: Callable[[], str]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Target(abc.ABC):
+    name: str
+
+    def __init__(self, settings: Settings, state_dir: Path):
+        self.settings = settings
+        self.state_dir = state_dir
+
+    # --- prerequisites and sources ---
+    @abc.abstractmethod
+    def problems(self, cfg: Optional[Resolved] = None) -> list[Problem]:
+        """What is missing to build (cfg given) or to use the target at all."""
+
+    @abc.abstractmethod
+    def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
+        """The image a build of cfg starts from (pinned: a specific id the user chose)."""
+
+    # --- build ---
+    @abc.abstractmethod
+    def packer_variables(self, cfg: Resolved, ctx: BuildContext) -> dict[str, Any]:
+        """Build-time values for the template (written to a var file outside the fingerprint)."""
+
+    def packer_environment(self, cfg: Resolved) -> dict[str, str]:
+        return {}
+
+    @abc.abstractmethod
+    def register_candidate(self, cfg: Resolved, ctx: BuildContext, manifest: dict[str, Any]) -> Image:
+        """Take Packer's result into the registry, tagged Status=candidate with provenance."""
+
+    # --- verify ---
+    @abc.abstractmethod
+    def boot_test_instance(
+        self, cfg: Resolved, image: Image, key: KeyPair, work_dir: Path, progress: Progress
+    ) -> contextlib.AbstractContextManager[TestInstance]:
+        """Boot a fresh instance of image; tear everything down on exit, whatever happened."""
+
+    def outside_checks(self, cfg: Resolved, image: Image, instance: TestInstance) -> list[dict[str, Any]]:
+        """Report rows for controls checked from outside the instance (the AWS API, say)."""
+        return []
+
+    # --- registry ---
+    @abc.abstractmethod
+    def get_image(self, image_id: str) -> Image: ...
+
+    @abc.abstractmethod
+    def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]: ...
+
+    @abc.abstractmethod
+    def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
+        """Change tags, then read them back; raise if the change did not land."""
+
+    def publish(self, cfg: Resolved, image: Image, progress: Progress) -> dict[str, str]:
+        """After approval: make the image findable (aws: the SSM pointer). Returns what it did."""
+        return {}

@@ -1,0 +1,286 @@
+"""Base disks for the local target: built from Debian's archive, or imported from a file.
+
+A base disk is what an AMI is to the aws target: a bootable cloud image (partition table,
+GRUB, kernel, systemd, openssh-server, cloud-init with NoCloud) that Packer starts from.
+
+The debootstrap recipe needs no loop devices and no mounts:
+  1. mmdebstrap fills a directory with the packages the OS data lists;
+  2. mke2fs -d writes that directory into an ext4 filesystem at the partition's offset of a
+     raw disk file (sfdisk writes the partition table into the same file);
+  3. the disk's own kernel boots once under QEMU (direct kernel boot) into a one-shot unit
+     that runs grub-install and update-grub on the guest's /dev/vda, then powers off - the
+     boot loader is installed by the guest, the way an installer would;
+  4. the raw disk becomes a compressed qcow2 in the cache, with a metadata file (sha256,
+     kernel, suite, packages). Everything happens in a work dir that is removed at the end;
+     the cache entry appears by one rename, so a failed or interrupted build leaves nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from ...config import Resolved
+from ...errors import StepFailed, UserError
+from ...progress import Progress
+from .accel import Accelerator
+from .accel import choose as choose_accelerator
+
+BASE_FILE = "base.qcow2"
+META_FILE = "base.json"
+KERNEL_FILE = "vmlinuz"
+FINALIZE_MARKER = "GOLDEN-AMI-FINALIZE-OK"
+PARTITION_OFFSET = 1024 * 1024  # the first partition starts at 1 MiB; GRUB's core sits before it
+BASE_DISK_MB = 3072  # Packer grows the disk to local.disk_size_mb; cloud-init grows the partition
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    os: str
+    path: Path
+    sha256: str
+    name: str
+    meta: dict
+
+    @property
+    def image_id(self) -> str:
+        return f"sha256:{self.sha256}"
+
+
+def cache_dir(state_dir: Path, os_name: str) -> Path:
+    return state_dir / "base" / os_name
+
+
+def load(state_dir: Path, os_name: str) -> Optional[BaseImage]:
+    directory = cache_dir(state_dir, os_name)
+    meta_path, disk = directory / META_FILE, directory / BASE_FILE
+    if not (meta_path.is_file() and disk.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    return BaseImage(os=os_name, path=disk, sha256=meta["sha256"], name=meta["name"], meta=meta)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(4 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _run(argv: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise UserError(f"{argv[0]} is not installed (needed to {what}): run invoke doctor") from None
+    except subprocess.CalledProcessError as exc:
+        tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-5:]
+        raise StepFailed(f"{what} failed ({argv[0]} exit {exc.returncode}): {' | '.join(tail)}") from None
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Replace the cache entry with the finished work dir in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(retired)
+        work.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        work.rename(final)
+
+
+def _write_meta(work: Path, meta: dict) -> None:
+    (work / META_FILE).write_text(json.dumps(meta, sort_keys=True, indent=2) + "\n")
+
+
+# --- import a user-supplied cloud image -----------------------------------------------------
+def import_image(cfg: Resolved, source: Path, progress: Progress) -> BaseImage:
+    """Take a cloud image (qcow2 or raw) supplied by the user as the OS's base disk."""
+    source = source.expanduser().resolve()
+    if not source.is_file():
+        raise UserError(f"--from {source}: no such file")
+    info = json.loads(_run(["qemu-img", "info", "--output=json", str(source)], "inspect the image").stdout)
+    fmt = info.get("format")
+    if fmt not in ("qcow2", "raw"):
+        raise UserError(f"--from {source}: a {fmt!r} image; give a qcow2 or raw cloud image")
+    if info.get("backing-filename"):
+        raise UserError(f"--from {source}: has a backing file; give a standalone image (qemu-img convert)")
+    final = cache_dir(cfg.state_dir, cfg.os.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".work-{cfg.os.name}-", dir=final.parent))
+    try:
+        with progress.step(f"import {source.name}"):
+            _run(["qemu-img", "convert", "-O", "qcow2", "-f", fmt, str(source), str(work / BASE_FILE)],
+                 "convert the image to qcow2")
+            digest = sha256_file(work / BASE_FILE)
+            _write_meta(work, {
+                "os": cfg.os.name, "recipe": "imported", "name": source.name, "sha256": digest,
+                "imported_from_sha256": sha256_file(source),
+                "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            })
+        _publish(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    image = load(cfg.state_dir, cfg.os.name)
+    assert image is not None
+    return image
+
+
+# --- build from Debian's archive -------------------------------------------------------------
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
+    """Files a cloud image has that a bare bootstrap lacks."""
+    _write(rootfs / "etc/fstab", f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n")
+    _write(rootfs / "etc/hostname", "localhost\n")
+    # The console on the serial port last, so /dev/console (and cloud-init's key block) is there.
+    _write(rootfs / "etc/default/grub.d/50-golden-ami.cfg",
+           'GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX_DEFAULT="console=tty0 console=ttyS0,115200n8"\n'
+           'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --speed=115200"\n')
+    # NoCloud (a cidata seed) first; no metadata-service probing on a local VM.
+    _write(rootfs / "etc/cloud/cloud.cfg.d/90-golden-ami-datasource.cfg",
+           "datasource_list: [ NoCloud, None ]\n"
+           # The only locale a minimal system always has; cloud-init's default one is not generated.
+           "locale: C.UTF-8\n")
+    _write(rootfs / "etc/default/locale", "LANG=C.UTF-8\n")
+    _write(rootfs / "etc/cloud/cloud.cfg.d/91-golden-ami-user.cfg",
+           f"system_info:\n  default_user:\n    name: {login_user}\n    lock_passwd: true\n"
+           "    sudo: ['ALL=(ALL) NOPASSWD:ALL']\n    shell: /bin/bash\n    groups: [adm, sudo]\n")
+    _write(rootfs / "etc/systemd/system/golden-ami-finalize.service",
+           "[Unit]\nDescription=golden-ami: install the boot loader on the base disk\n"
+           "After=local-fs.target\n\n[Service]\nType=oneshot\n"
+           "ExecStart=/usr/local/sbin/golden-ami-finalize\n"
+           "ExecStartPost=/bin/systemctl --no-block poweroff\n"
+           "StandardOutput=journal+console\nStandardError=journal+console\n")
+    _write(rootfs / "etc/systemd/system/golden-ami-finalize.target",
+           "[Unit]\nDescription=golden-ami: finalize the base disk\n"
+           "Requires=golden-ami-finalize.service\nAfter=golden-ami-finalize.service\nAllowIsolate=yes\n")
+    _write(rootfs / "usr/local/sbin/golden-ami-finalize",
+           "#!/bin/sh\n# Runs once, inside the base disk's first boot, then deletes itself.\n"
+           "set -eu\n"
+           "echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | debconf-set-selections\n"
+           "grub-install --target=i386-pc /dev/vda\n"
+           "update-grub\n"
+           "rm -f /etc/systemd/system/golden-ami-finalize.service /etc/systemd/system/golden-ami-finalize.target\n"
+           "rm -f /usr/local/sbin/golden-ami-finalize\n"
+           "rm -f /etc/ssh/ssh_host_* /var/lib/systemd/random-seed\n"
+           ": > /etc/machine-id\n"
+           f"echo {FINALIZE_MARKER}\n",
+           mode=0o755)
+    # No host keys and no machine identity in a base disk: every boot of a copy makes its own.
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(rootfs / "etc/machine-id", "")
+
+
+def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Accelerator] = None) -> BaseImage:
+    source = cfg.target_os.source
+    if source.recipe != "debootstrap":
+        raise UserError(
+            f"{cfg.os.name} has no base-image recipe on this machine: supply its cloud image with "
+            f"invoke base-image --os={cfg.os.name} --from PATH"
+        )
+    if os.geteuid() != 0:
+        raise UserError("invoke base-image needs root (mmdebstrap creates device nodes and file owners): run it as root")
+    for tool in ("mmdebstrap", "mke2fs", "sfdisk", "qemu-img", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            raise UserError(f"{tool} is not installed (needed to build a base image): run invoke doctor")
+    local = cfg.settings.local
+    accel = accel or choose_accelerator(local.accelerator, cfg.state_dir)
+    final = cache_dir(cfg.state_dir, cfg.os.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".work-{cfg.os.name}-", dir=final.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".scratch-{cfg.os.name}-", dir=final.parent))
+    try:
+        rootfs = scratch / "rootfs"
+        suite = source.suite or "stable"
+        components = " ".join(source.components or ["main"])
+        mirrors = [
+            f"deb {local.debian_mirror} {suite} {components}",
+            f"deb {local.debian_mirror} {suite}-updates {components}",
+            f"deb {local.debian_security_mirror} {suite}-security {components}",
+        ]
+        with progress.step(f"bootstrap {suite} from {local.debian_mirror}"):
+            _run(["mmdebstrap", "--variant=apt", "--include=" + ",".join(source.packages), suite, str(rootfs), *mirrors],
+                 "bootstrap the root filesystem", timeout=3600)
+        root_uuid = str(uuid.uuid4())
+        _configure_rootfs(rootfs, root_uuid, cfg.target_os.login_user)
+        kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+        initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
+        if not kernels or not initrds:
+            raise RuntimeError("the bootstrap installed no kernel/initrd: check the package list in the OS data")
+        kernel_version = kernels[-1].name.removeprefix("vmlinuz-")
+
+        raw = scratch / "disk.raw"
+        with progress.step("write the disk (partition table + ext4 filesystem)"):
+            with raw.open("wb") as handle:
+                handle.truncate(BASE_DISK_MB * 1024 * 1024)
+            _run(["sfdisk", "--quiet", str(raw)], "write the partition table",
+                 input="label: dos\nstart=2048, type=83, bootable\n")
+            size_kb = (BASE_DISK_MB * 1024 * 1024 - PARTITION_OFFSET) // 1024
+            _run(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-U", root_uuid, "-E", f"offset={PARTITION_OFFSET}",
+                  "-d", str(rootfs), str(raw), f"{size_kb}k"], "write the root filesystem")
+
+        serial = scratch / "finalize-serial.log"
+        with progress.step(f"install the boot loader inside the guest ({accel.name})"):
+            argv = ["qemu-system-x86_64", *accel.qemu_args, "-smp", str(local.cpus), "-m", str(local.memory_mb),
+                    "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
+                    "-serial", f"file:{serial}",
+                    "-drive", f"file={raw},format=raw,if=virtio",
+                    "-kernel", str(kernels[-1]), "-initrd", str(initrds[-1]),
+                    "-append", f"root=UUID={root_uuid} ro console=ttyS0 systemd.unit=golden-ami-finalize.target"]
+            _boot_once(argv, serial, timeout_seconds=max(600, local.boot_timeout_seconds))
+
+        with progress.step("convert to a compressed qcow2"):
+            _run(["qemu-img", "convert", "-c", "-O", "qcow2", "-f", "raw", str(raw), str(work / BASE_FILE)],
+                 "convert the disk to qcow2")
+        shutil.copy2(kernels[-1], work / KERNEL_FILE)  # kept for the KVM probe
+        digest = sha256_file(work / BASE_FILE)
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _write_meta(work, {
+            "os": cfg.os.name, "recipe": "debootstrap", "suite": suite, "mirror": local.debian_mirror,
+            "name": f"{cfg.os.name}-base-{created[:10]}", "sha256": digest, "kernel": kernel_version,
+            "packages": list(source.packages), "created_at": created, "accelerator": accel.name,
+        })
+        _publish(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    image = load(cfg.state_dir, cfg.os.name)
+    assert image is not None
+    return image
+
+
+def _boot_once(argv: list[str], serial: Path, timeout_seconds: float) -> None:
+    from ...procs import stop_process
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        try:
+            _, err = proc.communicate(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"the finalize boot did not power off within {timeout_seconds:.0f} s "
+                               f"(serial log: {serial.name})") from None
+    finally:
+        stop_process(proc, grace_seconds=5)
+    log = serial.read_text(errors="replace") if serial.exists() else ""
+    if proc.returncode != 0 or FINALIZE_MARKER not in log:
+        tail = " | ".join(log.strip().splitlines()[-5:])
+        raise StepFailed(f"installing the boot loader failed (qemu exit {proc.returncode}): {tail or err.decode()[-300:]}")

@@ -1,0 +1,133 @@
+"""The local image store: what EC2's image registry and its tags are to the aws target.
+
+    <state>/store/<image id>/disk.qcow2   the image (never modified after it arrives)
+    <state>/store/<image id>/tags.json    its tags (Status, OS, Fingerprint, ...)
+
+An image appears by one rename of a fully written directory, and tags change by writing a
+new file and renaming it over the old one, under a lock: a crash or Ctrl-C leaves either
+the old state or the new one, never a half-written image or tag file. Directories starting
+with "." are work in progress and are never listed.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ...errors import UserError
+
+DISK_FILE = "disk.qcow2"
+TAGS_FILE = "tags.json"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: str
+    path: Path
+    tags: dict[str, str]
+
+    @property
+    def status(self) -> str:
+        return self.tags.get("Status", "")
+
+
+def new_image_id() -> str:
+    # The shape of an AMI id, so tools and people read both the same way.
+    return "li-" + secrets.token_hex(9)[:17]
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _dir(self, image_id: str) -> Path:
+        if not image_id.startswith("li-") or "/" in image_id or not image_id[3:].isalnum():
+            raise UserError(f"{image_id!r} is not a local image id (li-…)")
+        return self.root / image_id
+
+    @staticmethod
+    def _write_tags(directory: Path, tags: dict[str, str]) -> None:
+        tmp = directory / f".{TAGS_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(tags, sort_keys=True, indent=2) + "\n")
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.rename(directory / TAGS_FILE)
+
+    def add(self, disk: Path, tags: dict[str, str]) -> StoredImage:
+        """Move a finished disk into the store with its first tags; returns the new image."""
+        image_id = new_image_id()
+        incoming = self.root / f".incoming-{image_id}"
+        with self._locked():
+            incoming.mkdir(parents=True)
+            try:
+                shutil.move(str(disk), incoming / DISK_FILE)
+                self._write_tags(incoming, {k: str(v) for k, v in tags.items()})
+                incoming.rename(self.root / image_id)
+            except BaseException:
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise
+        return self.get(image_id)
+
+    def get(self, image_id: str) -> StoredImage:
+        directory = self._dir(image_id)
+        try:
+            tags = json.loads((directory / TAGS_FILE).read_text())
+        except FileNotFoundError:
+            raise UserError(f"no local image {image_id}: see invoke list --target=local") from None
+        return StoredImage(id=image_id, path=directory / DISK_FILE, tags=tags)
+
+    def set_tags(self, image_id: str, updates: dict[str, Optional[str]]) -> StoredImage:
+        """Merge tag updates (a None value removes the tag); re-read to prove they landed."""
+        with self._locked():
+            current = self.get(image_id)
+            tags = dict(current.tags)
+            for key, value in updates.items():
+                if value is None:
+                    tags.pop(key, None)
+                else:
+                    tags[key] = str(value)
+            self._write_tags(self._dir(image_id), tags)
+        after = self.get(image_id)
+        for key, value in updates.items():
+            if after.tags.get(key) != (None if value is None else str(value)):
+                raise RuntimeError(f"tag {key} of {image_id} did not change as asked")
+        return after
+
+    def list(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[StoredImage]:
+        if not self.root.is_dir():
+            return []
+        images = []
+        for directory in sorted(self.root.iterdir()):
+            if directory.name.startswith(".") or not (directory / TAGS_FILE).is_file():
+                continue
+            image = self.get(directory.name)
+            if os_name and image.tags.get("OS") != os_name:
+                continue
+            if status and image.status != status:
+                continue
+            images.append(image)
+        return sorted(images, key=lambda i: (i.tags.get("CreatedAt", ""), i.id))
+
+    def delete(self, image_id: str) -> None:
+        with self._locked():
+            directory = self._dir(image_id)
+            if directory.exists():
+                doomed = self.root / f".deleting-{image_id}"
+                directory.rename(doomed)
+                shutil.rmtree(doomed)

@@ -1,0 +1,125 @@
+"""The local target: Packer's qemu builder, a real VM under QEMU, and the local image store."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ...config import Resolved
+from ...errors import UserError
+from ...progress import Progress
+from ...render import SourceImage
+from ...sshkeys import KeyPair, generate
+from ..base import BuildContext, Image, Problem, Target, TestInstance
+from . import accel as accelerators
+from . import base_image, vm
+from .seed import write_seed_files
+from .store import Store, StoredImage
+
+REQUIRED_TOOLS = {
+    "packer": "apt-get install packer",
+    "qemu-system-x86_64": "apt-get install qemu-system-x86",
+    "qemu-img": "apt-get install qemu-utils",
+    "xorriso": "apt-get install xorriso",
+}
+
+
+def _image(stored: StoredImage) -> Image:
+    return Image(id=stored.id, tags=dict(stored.tags), location=str(stored.path))
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    @property
+    def store(self) -> Store:
+        return Store(self.state_dir / "store")
+
+    # --- prerequisites and sources ---
+    def problems(self, cfg: Optional[Resolved] = None) -> list[Problem]:
+        found = [Problem(f"{tool} is not installed", fix) for tool, fix in REQUIRED_TOOLS.items()
+                 if shutil.which(tool) is None]
+        if cfg is not None and base_image.load(self.state_dir, cfg.os.name) is None:
+            how = (f"invoke base-image --os={cfg.os.name}" if cfg.target_os.source.recipe
+                   else f"invoke base-image --os={cfg.os.name} --from PATH-TO-CLOUD-IMAGE")
+            found.append(Problem(f"no base image for {cfg.os.name}", how))
+        return found
+
+    def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
+        if pinned:
+            raise UserError("--source-ami applies to the aws target; the local target builds from its base image")
+        base = base_image.load(self.state_dir, cfg.os.name)
+        if base is None:
+            how = (f"invoke base-image --os={cfg.os.name}" if cfg.target_os.source.recipe
+                   else f"invoke base-image --os={cfg.os.name} --from PATH-TO-CLOUD-IMAGE")
+            raise UserError(f"no base image for {cfg.os.name} yet: run {how}")
+        return SourceImage(id=base.image_id, name=base.name, location=str(base.path), checksum=f"sha256:{base.sha256}")
+
+    # --- build ---
+    def packer_variables(self, cfg: Resolved, ctx: BuildContext) -> dict[str, Any]:
+        local = cfg.settings.local
+        accel = accelerators.choose(local.accelerator, self.state_dir)
+        ctx.progress.say(f"accelerator: {accel.name} ({accel.reason})")
+        key = generate(ctx.runtime_dir / "build-key", "id_ed25519", f"golden-ami-build-{ctx.build_id}")
+        seed = write_seed_files(ctx.runtime_dir / "seed", f"iid-build-{ctx.build_id}", "golden-build",
+                                cfg.target_os.login_user, key.public_key)
+        (ctx.build_dir / "logs").mkdir(parents=True, exist_ok=True)
+        return {
+            "source_image_path": ctx.source.location,
+            "accelerator": accel.name,
+            "cpu_model": accel.cpu_model,
+            "output_directory": str(ctx.runtime_dir / "packer-output"),
+            "serial_log": str(ctx.build_dir / "logs" / "build-console.log"),
+            "ssh_private_key_file": str(key.private_key_path),
+            "seed_files": [str(path) for path in seed],
+        }
+
+    def register_candidate(self, cfg: Resolved, ctx: BuildContext, manifest: dict[str, Any]) -> Image:
+        disk = ctx.runtime_dir / "packer-output" / "disk.qcow2"
+        if not disk.is_file():
+            raise RuntimeError(f"Packer reported success but left no disk at {disk}")
+        stored = self.store.add(disk, {
+            "Status": "candidate",
+            "OS": cfg.os.name,
+            "Target": "local",
+            "Profile": cfg.profile,
+            "Fingerprint": ctx.fingerprint,
+            "SourceImage": ctx.source.id,
+            "SourceImageName": ctx.source.name,
+            "BuildId": ctx.build_id,
+            "BuildDir": str(ctx.build_dir),
+            "PipelineCommit": ctx.commit,
+            "CreatedAt": ctx.created_at,
+        })
+        return _image(stored)
+
+    # --- verify ---
+    @contextlib.contextmanager
+    def boot_test_instance(
+        self, cfg: Resolved, image: Image, key: KeyPair, work_dir: Path, progress: Progress
+    ) -> Iterator[TestInstance]:
+        local = cfg.settings.local
+        accel = accelerators.choose(local.accelerator, self.state_dir)
+        progress.say(f"booting a fresh VM from {image.id} on an overlay ({accel.name})")
+        with vm.boot(Path(image.location), work_dir, cfg.target_os.login_user, key, accel,
+                     local.cpus, local.memory_mb) as running:
+            yield TestInstance(
+                ssh_host=running.ssh_host,
+                ssh_port=running.ssh_port,
+                login_user=running.login_user,
+                key=key,
+                instance_id=running.instance_id,
+                console_text=running.console_text,
+                details={"accelerator": accel.name, "serial_log": str(running.serial_log)},
+            )
+
+    # --- registry ---
+    def get_image(self, image_id: str) -> Image:
+        return _image(self.store.get(image_id))
+
+    def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]:
+        return [_image(s) for s in self.store.list(os_name, status)]
+
+    def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
+        return _image(self.store.set_tags(image_id, tags))

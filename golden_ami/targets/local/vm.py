@@ -1,0 +1,98 @@
+"""A throw-away QEMU VM booted from an image without touching it.
+
+The VM runs on a copy-on-write overlay (the candidate disk is only its read-only backing
+file), with a fresh NoCloud seed, user-mode networking and SSH forwarded on 127.0.0.1 only.
+Its serial console goes to a file: that is the "console output" host keys are pinned from.
+Leaving the context manager stops QEMU and removes the overlay and seed, whatever happened.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ...errors import UserError, VerificationError
+from ...procs import stop_process
+from ...sshkeys import KeyPair
+from .accel import Accelerator
+from .seed import make_iso, write_seed_files
+
+
+@dataclass
+class RunningVm:
+    ssh_host: str
+    ssh_port: int
+    login_user: str
+    key: KeyPair
+    serial_log: Path
+    instance_id: str
+    process: subprocess.Popen
+
+    def console_text(self) -> str:
+        if self.process.poll() is not None:
+            raise VerificationError(f"the test VM exited early (qemu status {self.process.returncode})")
+        try:
+            return self.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def free_loopback_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def boot(
+    image: Path,
+    work_dir: Path,
+    login_user: str,
+    key: KeyPair,
+    accel: Accelerator,
+    cpus: int,
+    memory_mb: int,
+) -> Iterator[RunningVm]:
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        raise UserError("QEMU is not installed (qemu-system-x86 and qemu-utils): run invoke doctor")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    overlay = work_dir / "overlay.qcow2"
+    seed_dir = work_dir / "seed"
+    seed_iso = work_dir / "seed.iso"
+    serial = work_dir / "serial.log"
+    instance_id = f"iid-verify-{uuid.uuid4().hex[:12]}"
+    # A console log left by an earlier boot must not be read as this boot's console.
+    serial.unlink(missing_ok=True)
+    proc = None
+    try:
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
+            check=True, capture_output=True,
+        )
+        write_seed_files(seed_dir, instance_id, "golden-verify", login_user, key.public_key)
+        make_iso(seed_dir, seed_iso)
+        port = free_loopback_port()
+        argv = [
+            "qemu-system-x86_64", *accel.qemu_args, "-smp", str(cpus), "-m", str(memory_mb),
+            "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
+            "-serial", f"file:{serial}",
+            "-drive", f"file={overlay},format=qcow2,if=virtio",
+            "-drive", f"file={seed_iso},format=raw,if=virtio,readonly=on",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device", "virtio-net-pci,netdev=net0",
+        ]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=(work_dir / "qemu.log").open("wb"), start_new_session=True)
+        yield RunningVm("127.0.0.1", port, login_user, key, serial, instance_id, proc)
+    finally:
+        if proc is not None:
+            stop_process(proc, grace_seconds=5)
+        for path in (overlay, seed_iso):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(seed_dir, ignore_errors=True)

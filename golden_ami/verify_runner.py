@@ -1,0 +1,105 @@
+"""Verify: boot a fresh instance of the candidate, pin its host key, run verify/ over SSH.
+
+Order matters and is fail-closed:
+  1. a new throw-away key pair and a fresh instance (the candidate itself stays untouched);
+  2. wait for the host-key block on the instance's console and pin those keys;
+  3. connect once with RejectPolicy: a different key stops everything before any check;
+  4. run the testinfra suite (JUnit XML + per-control JSON report into <build>/verify/);
+  5. tear the instance down - on success, failure and Ctrl-C alike.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import hostkeys, paths, sshkeys
+from .config import Resolved
+from .errors import VerificationError
+from .procs import run_streaming
+from .progress import Progress
+from .render import CONTROLS_FILE
+from .targets.base import Image, Target
+
+REPORT_FILE = "report.json"
+JUNIT_FILE = "junit.xml"
+
+
+def report_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str, progress: Progress) -> dict[str, Any]:
+    """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
+    verify_dir = build_dir / "verify"
+    verify_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (REPORT_FILE, JUNIT_FILE, "known_hosts"):
+        (verify_dir / stale).unlink(missing_ok=True)
+    key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
+    local = cfg.settings.local
+    try:
+        with target.boot_test_instance(cfg, image, key, verify_dir / "instance", progress) as instance:
+            boot_timeout = float(local.boot_timeout_seconds)
+            progress.say(f"waiting for the host-key block on {instance.instance_id}'s console")
+            keys = hostkeys.wait_for_console_host_keys(
+                instance.console_text, boot_timeout,
+                on_wait=lambda waited: progress.touch(),
+            )
+            known_hosts = verify_dir / "known_hosts"
+            hostkeys.write_known_hosts(known_hosts, instance.ssh_host, instance.ssh_port, keys)
+            progress.say(f"pinned {len(keys)} host key(s) from the console: {', '.join(k for k, _ in keys)}")
+            client = hostkeys.connect_pinned(
+                instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path, known_hosts,
+                timeout_seconds=boot_timeout,
+            )
+            client.close()
+            progress.say("SSH host key matches the pin; running the verify suite")
+            _run_suite(cfg, image, build_dir, build_id, instance, known_hosts, progress)
+            report = json.loads((verify_dir / REPORT_FILE).read_text())
+            outside = target.outside_checks(cfg, image, instance)
+            if outside:
+                report["controls"].extend(outside)
+                _write_report(verify_dir / REPORT_FILE, report)
+    finally:
+        # The private key dies with the instance.
+        key.private_key_path.unlink(missing_ok=True)
+    return report
+
+
+def _run_suite(cfg: Resolved, image: Image, build_dir: Path, build_id: str, instance, known_hosts: Path,
+               progress: Progress) -> None:
+    verify_dir = build_dir / "verify"
+    argv = [
+        sys.executable, "-m", "pytest", str(paths.VERIFY_DIR),
+        "-c", str(paths.VERIFY_DIR / "pytest.ini"), "--rootdir", str(paths.VERIFY_DIR),
+        "-v", "--tb=line", "-o", "junit_family=xunit2", f"--junitxml={verify_dir / JUNIT_FILE}",
+        f"--ga-host={instance.ssh_host}", f"--ga-port={instance.ssh_port}", f"--ga-user={instance.login_user}",
+        f"--ga-identity={instance.key.private_key_path}", f"--ga-known-hosts={known_hosts}",
+        f"--ga-controls={build_dir / CONTROLS_FILE}", f"--ga-report={verify_dir / REPORT_FILE}",
+        f"--ga-image-id={image.id}", f"--ga-fingerprint={image.tags.get('Fingerprint', '')}",
+        f"--ga-build-id={build_id}", f"--ga-instance-id={instance.instance_id}",
+        f"--ga-login-public-key={instance.key.public_key}",
+    ]
+
+    def on_line(line: str) -> None:
+        # "verify/test_ssh.py::test_root_login_disabled PASSED [ 40%]" -> a progress line
+        if "::" in line and any(word in line for word in (" PASSED", " FAILED", " ERROR", " SKIPPED")):
+            progress.detail(" ".join(line.split("::", 1)[1].split()))
+        elif " passed" in line or " failed" in line:
+            progress.detail(line.strip("= "))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # one line per check as it finishes
+    status = run_streaming(argv, cwd=paths.PROJECT_ROOT, env=env, log_path=verify_dir / "pytest.log", progress=progress,
+                           on_line=on_line, timeout_seconds=cfg.settings.verify.timeout_minutes * 60,
+                           interrupt_grace_seconds=10)
+    if not (verify_dir / REPORT_FILE).is_file():
+        raise VerificationError(f"the verify suite wrote no report (pytest exit {status}): see {verify_dir / 'pytest.log'}")
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    tmp.rename(path)

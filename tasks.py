@@ -1,0 +1,254 @@
+"""Golden AMI pipeline tasks: `invoke --list`, and `invoke <task> --help` for each one.
+
+The flow: config -> render -> build -> verify -> approve. Two targets share it: `local`
+(the default: Packer qemu and a real VM, no AWS account needed) and `aws` (Packer
+amazon-ebs and EC2). Progress goes to stderr; --json prints one JSON document on stdout.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+from golden_ami import config as gconfig
+from golden_ami.errors import UserError
+from golden_ami.progress import Progress
+
+TARGET_HELP = "aws or local (default: local, a real VM under QEMU; no AWS account needed)"
+OS_HELP = "one of: " + ", ".join(gconfig.available_os())
+CONFIG_HELP = "a config file (default: ./golden-ami.yaml if present, or $GOLDEN_AMI_CONFIG)"
+JSON_HELP = "print the result as JSON on stdout"
+
+
+def _user_errors(func):
+    """One line and exit 1 for user errors, 130 for Ctrl-C; internal errors keep tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted: what this run started has been stopped and removed", code=130) from None
+
+    return wrapper
+
+
+def _resolve(os_name, target, config_file, profile=None):
+    if not os_name:
+        raise UserError(f"--os is required: {OS_HELP}")
+    return gconfig.resolve(os_name, target or gconfig.DEFAULT_TARGET, config_file,
+                          overrides={"profile": profile} if profile else None)
+
+
+def _emit(as_json: bool, data, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def _settings_target(target: str, config_file):
+    """A target for commands that span every OS (list): defaults + the user's config file."""
+    cfg = gconfig.resolve(gconfig.available_os()[0], target, config_file)
+    from golden_ami.targets import get_target
+
+    return get_target(target, cfg.settings, cfg.state_dir)
+
+
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "out": "directory to write (default: under the state dir)",
+            "source_ami": "aws: pin the source AMI id instead of resolving it",
+            "profile": "baseline or cis-level1-server", "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def render(c, os_=None, target="local", out=None, source_ami=None, profile=None, config_=None, json_=False):
+    """Render the Packer template, hardening scripts and variables for one OS into a build directory.
+
+    The directory is self-contained and deterministic (same inputs, same bytes); its
+    fingerprint (sha256 over every rendered byte plus the resolved source image) is printed.
+    """
+    from golden_ami import pipeline
+
+    cfg = _resolve(os_, target, config_, profile)
+    result = pipeline.render_only(cfg, Path(out) if out else None, source_ami)
+    _emit(json_, {"directory": str(result.directory), "fingerprint": result.fingerprint,
+                 "source_image": result.source.as_dict(), "files": result.files},
+          f"rendered {len(result.files)} files into {result.directory}\nfingerprint {result.fingerprint}")
+
+
+@task(name="base-image",
+      help={"os_": OS_HELP, "from_": "use this cloud image (qcow2 or raw) instead of building one",
+            "rebuild": "build again even if a base image is cached", "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def base_image(c, os_=None, from_=None, rebuild=False, config_=None, json_=False):
+    """Build (or import) the base disk the local target builds from, and cache it.
+
+    debian12 is built from Debian's archive (mmdebstrap, then GRUB installed by the guest
+    itself); other OSes take their official cloud image with --from PATH.
+    """
+    from golden_ami.targets.local import base_image as base
+
+    cfg = _resolve(os_, "local", config_)
+    progress = Progress()
+    cached = base.load(cfg.state_dir, cfg.os.name)
+    if from_:
+        image = base.import_image(cfg, Path(from_), progress)
+    elif cached and not rebuild:
+        image = cached
+        progress.say(f"cached base image for {cfg.os.name} reused (--rebuild to build again)")
+    else:
+        image = base.build_debootstrap(cfg, progress)
+    _emit(json_, {"os": image.os, "path": str(image.path), "id": image.image_id, "name": image.name, **image.meta},
+          f"base image {image.name}: {image.path} ({image.image_id[:19]}…)")
+
+
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "source_ami": "aws: pin the source AMI id",
+            "from_render": "build exactly this rendered directory (its fingerprint is recomputed)",
+            "profile": "baseline or cis-level1-server", "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def build(c, os_=None, target="local", source_ami=None, from_render=None, profile=None, config_=None, json_=False):
+    """Render, build, verify and approve (or reject) a golden image for one OS.
+
+    Exits 0 only when the new image is approved; a rejected image exits 1 and names the
+    failing control ids. Temporary VMs, keys and disks are removed on failure and Ctrl-C too.
+    """
+    from golden_ami import pipeline
+
+    cfg = _resolve(os_, target, config_, profile)
+    progress = Progress()
+    result = pipeline.build(cfg, progress, source_pin=source_ami,
+                            from_render=Path(from_render) if from_render else None)
+    data = result.as_dict()
+    _emit(json_, data, f"{data['image_id']}: {data['status']} ({data['decision']})\nbuild directory: {data['build_dir']}")
+    if data["status"] != "approved":
+        raise Exit(code=1)
+
+
+def _image_and_build_dir(target_name, image_id, config_file):
+    target = _settings_target(target_name, config_file)
+    image = target.get_image(image_id)
+    build_dir = Path(image.tags.get("BuildDir", ""))
+    if not image.tags.get("BuildDir") or not build_dir.is_dir():
+        raise UserError(f"{image_id} names no build directory that still exists: rebuild it with invoke build")
+    return target, image, build_dir
+
+
+@task(help={"image_id": "the image to judge (li-… or ami-…)", "target": TARGET_HELP, "config_": CONFIG_HELP,
+            "json_": JSON_HELP})
+@_user_errors
+def approve(c, image_id, target="local", config_=None, json_=False):
+    """Run the approval gate again on an image's stored verification report.
+
+    Approves only when the report names this image id and its fingerprint, the build
+    directory still hashes to that fingerprint, and every control passed (or is
+    not-applicable with a reason); otherwise tags the image rejected.
+    """
+    from golden_ami import approve as gate
+
+    target_obj, image, build_dir = _image_and_build_dir(target, image_id, config_)
+    decision = gate.decide(image, gate.load_report(build_dir), build_dir)
+    image = gate.apply(target_obj, image, decision, build_dir)
+    _emit(json_, {"image_id": image.id, "status": image.status, "failed_controls": decision.failed_controls,
+                 "reasons": decision.reasons}, f"{image.id}: {decision.summary()}")
+    if not decision.approved:
+        raise Exit(code=1)
+
+
+@task(help={"image_id": "the candidate to verify again", "target": TARGET_HELP, "config_": CONFIG_HELP,
+            "json_": JSON_HELP})
+@_user_errors
+def verify(c, image_id, target="local", config_=None, json_=False):
+    """Boot a fresh instance of an image, verify it over SSH (pinned host key), then approve or reject."""
+    from golden_ami import pipeline
+
+    target_obj, image, build_dir = _image_and_build_dir(target, image_id, config_)
+    cfg = _resolve(image.tags["OS"], target, config_, image.tags.get("Profile"))
+    progress = Progress()
+    decision = pipeline.verify_and_decide(cfg, target_obj, image, build_dir, image.tags.get("BuildId", ""), progress)
+    _emit(json_, {"image_id": image.id, "approved": decision.approved, "failed_controls": decision.failed_controls,
+                 "reasons": decision.reasons}, f"{image.id}: {decision.summary()}")
+    if not decision.approved:
+        raise Exit(code=1)
+
+
+def _image_row(image) -> dict:
+    keys = ("Status", "OS", "CreatedAt", "ApprovedAt", "Fingerprint", "SourceImage", "BuildId", "PipelineCommit",
+            "FailedControls")
+    return {"id": image.id, "location": image.location, **{k: image.tags.get(k, "") for k in keys}}
+
+
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def latest(c, os_=None, target="local", config_=None, json_=False):
+    """Print the newest approved image for an OS (what application teams should launch)."""
+    cfg = _resolve(os_, target, config_)
+    from golden_ami.pipeline import target_for
+
+    approved = target_for(cfg).list_images(cfg.os.name, "approved")
+    if not approved:
+        raise UserError(f"no approved {cfg.os.name} image on the {cfg.target} target yet: run invoke build --os={cfg.os.name}"
+                        f" --target={cfg.target}")
+    newest = approved[-1]
+    _emit(json_, _image_row(newest), f"{newest.id}\t{newest.tags.get('ApprovedAt', '')}\t{newest.location}")
+
+
+@task(name="list", help={"os_": "only this OS", "target": TARGET_HELP, "status": "candidate, approved or rejected",
+                         "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def list_(c, os_=None, target="local", status=None, config_=None, json_=False):
+    """List the pipeline's images with their status and provenance tags."""
+    if os_ and os_ not in gconfig.available_os():
+        raise UserError(f"unknown --os {os_!r}: {OS_HELP}")
+    if status and status not in ("candidate", "approved", "rejected"):
+        raise UserError(f"unknown --status {status!r}: candidate, approved or rejected")
+    rows = [_image_row(i) for i in _settings_target(target, config_).list_images(os_, status)]
+    if json_:
+        _emit(True, rows, "")
+        return
+    columns = ("id", "OS", "Status", "CreatedAt", "FailedControls")
+    widths = {col: max([len(col)] + [len(str(r[col])) for r in rows]) for col in columns}
+    print("  ".join(col.ljust(widths[col]) for col in columns))
+    for row in rows:
+        print("  ".join(str(row[col]).ljust(widths[col]) for col in columns))
+
+
+@task(help={"target": "check only this target (aws or local)", "json_": JSON_HELP})
+@_user_errors
+def doctor(c, target=None, json_=False):
+    """Check this machine: Packer, QEMU, a working accelerator, base images, AWS credentials."""
+    from golden_ami import doctor as checks
+
+    if target not in (None, "aws", "local"):
+        raise UserError(f"unknown --target {target!r}: choose aws or local")
+    cfg = gconfig.resolve(gconfig.available_os()[0], "local", None)
+    findings = checks.check(cfg.state_dir, (target,) if target else ("local", "aws"))
+    if json_:
+        _emit(True, [f.as_dict() for f in findings], "")
+    else:
+        for f in findings:
+            mark = "ok " if f.ok else "MISSING"
+            print(f"[{mark}] {f.area:6} {f.detail}" + (f"\n          fix: {f.fix}" if f.fix else ""))
+    if not all(f.ok for f in findings):
+        raise Exit(code=1)
+
+
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "profile": "baseline or cis-level1-server",
+            "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def controls(c, os_=None, target="local", profile=None, config_=None, json_=False):
+    """List the controls in force for an OS and target, with their ids and applicability."""
+    from golden_ami.catalogue import controls_for
+
+    cfg = _resolve(os_, target, config_, profile)
+    chosen = controls_for(cfg)
+    if json_:
+        _emit(True, chosen.as_dict(), "")
+        return
+    for control in chosen.controls:
+        state = "applies" if control.applicable else f"n/a: {control.reason}"
+        print(f"{control.id:18} {control.os_id:9} {control.title}  [{state}]")
+    print(f"{len(chosen.applicable)} applicable of {len(chosen.controls)} in profile {chosen.profile}",
+          file=sys.stderr)

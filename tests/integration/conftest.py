@@ -1,0 +1,71 @@
+"""A real OpenSSH server on 127.0.0.1 for the SSH and verify tests (started and stopped here)."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from golden_ami import sshkeys
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class LocalSshd:
+    port: int
+    host_key_line: str  # "ssh-ed25519 AAAA… comment"
+    client_key: sshkeys.KeyPair
+    user: str
+
+    @property
+    def console_text(self) -> str:
+        """What cloud-init would print on the console for this server."""
+        return (f"[  1.0] boot noise\n-----BEGIN SSH HOST KEY KEYS-----\n{self.host_key_line}\n"
+                "-----END SSH HOST KEY KEYS-----\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def local_sshd(tmp_path):
+    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
+        pytest.fail("openssh-server is required: the README's test command installs it")
+    work = tmp_path / "sshd"
+    work.mkdir()
+    host_key = work / "host_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@test", "-f", str(host_key)], check=True)
+    client = sshkeys.generate(work / "client", "id_ed25519", "golden-ami-test")
+    (work / "authorized_keys").write_text(client.public_key + "\n")
+    port = _free_port()
+    (work / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {work / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {work / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "Subsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(work / "sshd_config")], stderr=(work / "sshd.log").open("wb"))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"sshd exited: {(work / 'sshd.log').read_text()}")
+                time.sleep(0.2)
+        import getpass
+
+        yield LocalSshd(port, (host_key.with_suffix(".pub")).read_text().strip(), client, getpass.getuser())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,99 @@
+"""Host-key pinning against a real sshd: the announced key connects, any other is refused."""
+import json
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from golden_ami import hostkeys, paths
+from golden_ami.errors import HostKeyMismatch
+
+pytestmark = pytest.mark.integration
+
+
+def _pin(tmp_path, sshd, console_text):
+    keys = hostkeys.parse_console_host_keys(console_text)
+    known_hosts = tmp_path / "known_hosts"
+    hostkeys.write_known_hosts(known_hosts, "127.0.0.1", sshd.port, keys)
+    return known_hosts
+
+
+def test_the_announced_key_connects(tmp_path, local_sshd):
+    known_hosts = _pin(tmp_path, local_sshd, local_sshd.console_text)
+    client = hostkeys.connect_pinned("127.0.0.1", local_sshd.port, local_sshd.user,
+                                     local_sshd.client_key.private_key_path, known_hosts, timeout_seconds=20)
+    _, out, _ = client.exec_command("echo pinned")
+    assert out.read().strip() == b"pinned"
+    client.close()
+
+
+def test_a_different_key_is_refused_before_anything_runs(tmp_path, local_sshd):
+    impostor = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    console = local_sshd.console_text.replace(local_sshd.host_key_line, impostor + " root@elsewhere")
+    known_hosts = _pin(tmp_path, local_sshd, console)
+    with pytest.raises(HostKeyMismatch, match="did not announce"):
+        hostkeys.connect_pinned("127.0.0.1", local_sshd.port, local_sshd.user,
+                                local_sshd.client_key.private_key_path, known_hosts, timeout_seconds=20)
+
+
+def _controls_document(tmp_path):
+    doc = {"os": "debian12", "target": "local", "profile": "baseline", "controls": [
+        {"id": "4.2.7", "title": "SSH root login is disabled", "section": "ssh", "os_id": "5.1.20",
+         "applicable": True, "reason": "", "params": {}},
+        {"id": "GA-AGENT-SSM", "title": "amazon-ssm-agent is installed, enabled and running", "section": "agents",
+         "os_id": "", "applicable": False, "reason": "no metadata service on a local VM", "params": {}},
+    ]}
+    path = tmp_path / "controls.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _run_suite(tmp_path, sshd, known_hosts):
+    report = tmp_path / "report.json"
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([
+        sys.executable, "-m", "pytest", str(paths.VERIFY_DIR), "-c", str(paths.VERIFY_DIR / "pytest.ini"),
+        "--rootdir", str(paths.VERIFY_DIR), "-q", f"--junitxml={junit}",
+        "--ga-host=127.0.0.1", f"--ga-port={sshd.port}", f"--ga-user={sshd.user}",
+        f"--ga-identity={sshd.client_key.private_key_path}", f"--ga-known-hosts={known_hosts}",
+        f"--ga-controls={_controls_document(tmp_path)}", f"--ga-report={report}",
+        "--ga-image-id=li-0123456789abcdef0", "--ga-fingerprint=sha256:test",
+    ], capture_output=True, text=True, timeout=300)
+    return proc, report, junit
+
+
+def test_the_verify_suite_reports_one_row_per_control_naming_failures(tmp_path, local_sshd):
+    """The suite runs over the pinned connection against this machine's own sshd settings.
+
+    This machine keeps Debian's default (root may log in with a key), so 4.2.7 must fail,
+    and the failure must name the control; the agent control is not applicable with its reason.
+    """
+    proc, report_path, junit = _run_suite(tmp_path, local_sshd, _pin(tmp_path, local_sshd, local_sshd.console_text))
+    report = json.loads(report_path.read_text())
+    rows = {row["id"]: row for row in report["controls"]}
+    assert set(rows) == {"4.2.7", "GA-AGENT-SSM"}
+    assert report["image_id"] == "li-0123456789abcdef0" and report["fingerprint"] == "sha256:test"
+    permit = subprocess.run(["/usr/sbin/sshd", "-T"], capture_output=True, text=True).stdout
+    expected = "pass" if "permitrootlogin no" in permit else "fail"
+    assert rows["4.2.7"]["outcome"] == expected, proc.stdout
+    if expected == "fail":
+        assert "permitrootlogin" in rows["4.2.7"]["message"]
+        assert "[4.2.7]" in junit.read_text()
+        assert proc.returncode != 0
+    assert rows["GA-AGENT-SSM"] | {"checks": []} == rows["GA-AGENT-SSM"] | {"checks": []}
+    assert rows["GA-AGENT-SSM"]["outcome"] == "not-applicable"
+    assert rows["GA-AGENT-SSM"]["message"] == "no metadata service on a local VM"
+
+
+def test_the_verify_suite_refuses_an_unpinned_host(tmp_path, local_sshd):
+    impostor = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    known_hosts = _pin(tmp_path, local_sshd, local_sshd.console_text.replace(local_sshd.host_key_line, impostor))
+    proc, report_path, _ = _run_suite(tmp_path, local_sshd, known_hosts)
+    report = json.loads(report_path.read_text())
+    row = {r["id"]: r for r in report["controls"]}["4.2.7"]
+    assert row["outcome"] == "fail"
+    assert "BadHostKey" in row["message"] or "does not match" in row["message"] or "Host key" in row["message"], row

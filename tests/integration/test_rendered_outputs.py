@@ -1,0 +1,99 @@
+"""Every OS x target renders into a template the installed Packer validates and scripts
+that shellcheck passes."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from golden_ami import config, packer, render, sshkeys
+
+pytestmark = pytest.mark.integration
+
+LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
+                                  checksum="sha256:" + "1" * 64)
+AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd64-20261101", location="us-east-1")
+CASES = [(os_name, target) for os_name in config.available_os() for target in config.TARGETS]
+
+
+def _runtime_vars(target, tmp_path):
+    common = {"build_id": "test-build", "fingerprint": "sha256:test", "pipeline_commit": "test",
+              "manifest_path": str(tmp_path / "manifest.json")}
+    if target == "local":
+        key = sshkeys.generate(tmp_path / "key", "id_ed25519", "validate").private_key_path
+        for name in ("meta-data", "user-data"):
+            (tmp_path / name).write_text("")
+        return {**common, "source_image_path": str(tmp_path / "base.qcow2"), "accelerator": "tcg",
+                "cpu_model": "max", "output_directory": str(tmp_path / "out"),
+                "serial_log": str(tmp_path / "serial.log"), "ssh_private_key_file": str(key),
+                "seed_files": [str(tmp_path / "meta-data"), str(tmp_path / "user-data")]}
+    return {**common, "ami_name": "golden-test-1", "runner_cidrs": ["203.0.113.7/32"]}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = {}
+    root = tmp_path_factory.mktemp("rendered")
+    for os_name, target in CASES:
+        cfg = config.resolve(os_name, target)
+        out[(os_name, target)] = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE,
+                                               root / f"{os_name}-{target}")
+    return out
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
+@pytest.mark.parametrize("os_name, target", CASES)
+def test_packer_validates_the_rendered_template(rendered, tmp_path, os_name, target):
+    build_dir = rendered[(os_name, target)].directory
+    runtime = packer.write_runtime_vars(tmp_path, _runtime_vars(target, tmp_path))
+    ok, output = packer.validate(build_dir, runtime)
+    assert ok, output
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
+def test_packer_validate_can_fail(rendered, tmp_path):
+    # Proof that the validation above has teeth: a misspelt argument is an error.
+    source = rendered[("debian12", "local")].directory
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    template = broken / "template.pkr.hcl"
+    template.write_text(template.read_text().replace("disk_interface", "disk_interfase"))
+    runtime = packer.write_runtime_vars(tmp_path / "rt", _runtime_vars("local", tmp_path))
+    ok, output = packer.validate(broken, runtime)
+    assert not ok and "disk_interfase" in output
+
+
+def test_no_template_opens_ssh_to_the_world(rendered):
+    for result in rendered.values():
+        text = (result.directory / "template.pkr.hcl").read_text()
+        assert "0.0.0.0/0" not in text
+    local = (rendered[("debian12", "local")].directory / "template.pkr.hcl").read_text()
+    assert "hostfwd=tcp:127.0.0.1:" in local
+
+
+def _shellcheck():
+    return shutil.which("shellcheck")
+
+
+@pytest.mark.skipif(_shellcheck() is None, reason="shellcheck comes with requirements-test.txt")
+@pytest.mark.parametrize("os_name, target", CASES)
+def test_every_rendered_script_passes_shellcheck(rendered, os_name, target):
+    scripts = sorted((rendered[(os_name, target)].directory / "scripts").glob("*.sh"))
+    assert scripts
+    proc = subprocess.run([_shellcheck(), "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables' nft parses the rendered ruleset")
+def test_rendered_ruleset_parses(rendered, tmp_path):
+    conf = rendered[("debian12", "local")].directory / "files" / "nftables.conf"
+    proc = subprocess.run(["nft", "--check", "--file", str(conf)], capture_output=True, text=True)
+    if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
+        pytest.skip("nft --check needs CAP_NET_ADMIN here")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_variables_file_is_json_with_the_resolved_source(rendered):
+    variables = json.loads((rendered[("al2023", "aws")].directory / "variables.pkrvars.json").read_text())
+    assert variables["source_image_id"] == AWS_SOURCE.id
+    assert variables["login_user"] == "ec2-user"

@@ -1,0 +1,81 @@
+"""The approval gate judges a report about *this* image, or refuses."""
+import json
+
+import pytest
+
+from golden_ami import approve, config, render
+from golden_ami.targets.base import Image
+from golden_ami.targets.local.store import Store
+from golden_ami.targets.local.target import LocalTarget
+
+SOURCE = render.SourceImage(id="sha256:" + "3" * 64, name="base", location="/x", checksum="sha256:" + "3" * 64)
+
+
+@pytest.fixture
+def built(state_dir, tmp_path):
+    """A rendered build dir, a stored candidate for it, and a passing report."""
+    cfg = config.resolve("debian12", "local")
+    result = render.render(cfg, SOURCE, tmp_path / "build")
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"disk")
+    stored = Store(state_dir / "store").add(disk, {"Status": "candidate", "OS": "debian12",
+                                                    "Fingerprint": result.fingerprint})
+    image = Image(stored.id, stored.tags, str(stored.path))
+    controls = json.loads((result.directory / "controls.json").read_text())["controls"]
+    rows = [{"id": c["id"], "title": c["title"], "outcome": "pass" if c["applicable"] else "not-applicable",
+             "message": "" if c["applicable"] else c["reason"], "checks": []} for c in controls]
+    report = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
+    (result.directory / "verify").mkdir()
+    (result.directory / "verify" / "report.json").write_text(json.dumps(report))
+    return cfg, image, result.directory, report
+
+
+def test_a_passing_report_about_this_image_approves(built):
+    cfg, image, build_dir, report = built
+    decision = approve.decide(image, report, build_dir)
+    assert decision.approved, decision.summary()
+    target = LocalTarget(cfg.settings, cfg.state_dir)
+    after = approve.apply(target, image, decision, build_dir)
+    assert after.status == "approved" and after.tags["ReportDigest"].startswith("sha256:")
+    assert after.tags["ApprovedAt"]
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("image_id", "li-0000000000000000b", "names image"),
+    ("fingerprint", "sha256:" + "0" * 64, "names fingerprint"),
+])
+def test_a_report_about_another_image_is_refused(built, field, value, needle):
+    _, image, build_dir, report = built
+    decision = approve.decide(image, {**report, field: value}, build_dir)
+    assert not decision.approved and needle in decision.summary()
+
+
+def test_a_failing_control_rejects_with_its_id(built):
+    cfg, image, build_dir, report = built
+    for row in report["controls"]:
+        if row["id"] == "GA-SSH-PASSWORD":
+            row["outcome"], row["message"] = "fail", "sshd passwordauthentication is 'yes'"
+    decision = approve.decide(image, report, build_dir)
+    assert not decision.approved and decision.failed_controls == ["GA-SSH-PASSWORD"]
+    after = approve.apply(LocalTarget(cfg.settings, cfg.state_dir), image, decision, build_dir)
+    assert after.status == "rejected" and after.tags["FailedControls"] == "GA-SSH-PASSWORD"
+
+
+def test_missing_rows_unexplained_not_applicable_and_no_report(built):
+    _, image, build_dir, report = built
+    short = {**report, "controls": [r for r in report["controls"] if r["id"] != "4.2.7"]}
+    assert approve.decide(image, short, build_dir).failed_controls == ["4.2.7"]
+    unexplained = json.loads(json.dumps(report))
+    for row in unexplained["controls"]:
+        if row["outcome"] == "not-applicable":
+            row["message"] = ""
+    assert "GA-AGENT-SSM" in approve.decide(image, unexplained, build_dir).failed_controls
+    assert not approve.decide(image, None, build_dir).approved
+
+
+def test_a_build_directory_edited_after_the_build_is_refused(built):
+    _, image, build_dir, report = built
+    (build_dir / "controls.json").write_text(json.dumps({"os": "debian12", "target": "local", "profile": "baseline",
+                                                         "controls": []}))
+    decision = approve.decide(image, report, build_dir)
+    assert not decision.approved and "no longer hashes" in decision.summary()

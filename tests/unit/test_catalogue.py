@@ -1,0 +1,74 @@
+"""One id everywhere: catalogue <-> verify checks <-> rendered remediation."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from golden_ami import catalogue, config, paths
+from golden_ami.errors import UserError
+
+
+def _verify_markers() -> dict[str, list[str]]:
+    """control id -> the verify/ test functions marked with it (read from source, not imported)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(paths.VERIFY_DIR.glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                for deco in node.decorator_list:
+                    if (isinstance(deco, ast.Call) and getattr(deco.func, "attr", "") == "control"
+                            and deco.args and isinstance(deco.args[0], ast.Constant)):
+                        found.setdefault(deco.args[0].value, []).append(f"{path.name}::{node.name}")
+    return found
+
+
+def test_every_control_has_a_check_and_every_check_a_control():
+    ids = {spec.id for spec in catalogue.load_catalogue()}
+    markers = _verify_markers()
+    assert ids - set(markers) == set(), "controls without a verify check"
+    assert set(markers) - ids == set(), "verify checks naming controls that are not in the catalogue"
+
+
+def test_every_control_names_an_existing_remediation_section():
+    for spec in catalogue.load_catalogue():
+        assert (paths.HARDENING_DIR / f"{spec.remediation}.sh.j2").is_file(), spec.id
+
+
+def test_local_agents_are_not_applicable_with_the_datas_reason(state_dir):
+    chosen = catalogue.controls_for(config.resolve("debian12", "local")).by_id()
+    ssm = chosen["GA-AGENT-SSM"]
+    assert not ssm.applicable
+    assert "metadata" in ssm.reason
+    aws = catalogue.controls_for(config.resolve("debian12", "aws")).by_id()
+    assert aws["GA-AGENT-SSM"].applicable and aws["GA-AGENT-CWAGENT"].applicable
+
+
+def test_param_overrides_are_checked(state_dir, tmp_path):
+    user = tmp_path / "c.yaml"
+    user.write_text("controls:\n  '4.2.16':\n    params:\n      max_auth_tries: 3\n")
+    chosen = catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    assert chosen.params("4.2.16")["max_auth_tries"] == 3
+    for bad, message in [
+        ("controls:\n  '4.2.16':\n    params:\n      max_auth_tries: 9\n", "at most 4"),
+        ("controls:\n  'GA-SSH-CIPHERS':\n    params:\n      ciphers: ['aes128-ctr;reboot']\n", "not allowed"),
+        ("controls:\n  '9.9.9':\n    enabled: false\n", "unknown control"),
+        ("controls:\n  '4.2.16':\n    params:\n      tries: 3\n", "not a parameter"),
+    ]:
+        user.write_text(bad)
+        with pytest.raises(UserError, match=message):
+            catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+
+
+def test_disabled_control_leaves_the_set(state_dir, tmp_path):
+    user = tmp_path / "c.yaml"
+    user.write_text("controls:\n  '4.2.12':\n    enabled: false\n")
+    chosen = catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    assert "4.2.12" not in chosen.by_id()
+
+
+def test_benchmark_numbers_per_os(state_dir):
+    debian = catalogue.controls_for(config.resolve("debian12", "local")).by_id()
+    al2023 = catalogue.controls_for(config.resolve("al2023", "local")).by_id()
+    assert debian["4.2.7"].os_id == "5.1.20"
+    assert al2023["4.2.7"].os_id == "4.2.7"
+    assert al2023["GA-HYG-HISTORY"].os_id == ""

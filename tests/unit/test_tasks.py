@@ -1,0 +1,61 @@
+"""The command line as a person meets it: one actionable line for bad input, no traceback."""
+import json
+
+import pytest
+
+from tests.conftest import invoke_cmd
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["render", "--os=windows"], ["unknown --os 'windows'", "debian12"]),
+    (["render", "--os=debian12", "--target=gcp"], ["unknown --target 'gcp'"]),
+    (["build", "--os=solaris"], ["unknown --os"]),
+    (["latest", "--os=debian12"], ["no approved debian12 image", "invoke build --os=debian12"]),
+    (["list", "--status=weird"], ["unknown --status"]),
+    (["render"], ["--os is required"]),
+])
+def test_bad_input_is_one_actionable_line(state_dir, args, needles):
+    _one_line_error(invoke_cmd(*args), *needles)
+
+
+def test_no_base_image_is_named_with_its_fix(state_dir):
+    _one_line_error(invoke_cmd("render", "--os=debian12", "--target=local"),
+                    "no base image for debian12", "invoke base-image --os=debian12")
+    _one_line_error(invoke_cmd("render", "--os=al2023", "--target=local"), "--from PATH")
+
+
+def test_a_config_value_with_command_substitution_is_refused_and_nothing_is_written(state_dir, tmp_path):
+    config = tmp_path / "golden-ami.yaml"
+    config.write_text("local:\n  debian_mirror: 'http://deb.debian.org/$(reboot)'\n")
+    proc = invoke_cmd("build", "--os=debian12", f"--config={config}")
+    _one_line_error(proc, "local.debian_mirror", str(config))
+    assert not (state_dir / "store").exists() and not (state_dir / "builds").exists()
+
+
+def test_list_json_parses_when_empty(state_dir):
+    proc = invoke_cmd("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_help_explains_every_task():
+    listing = invoke_cmd("--list").stdout
+    for task in ("render", "base-image", "build", "verify", "approve", "latest", "list", "doctor", "controls"):
+        assert task in listing
+    assert "--target" in invoke_cmd("build", "--help").stdout
+
+
+def test_controls_json(state_dir):
+    proc = invoke_cmd("controls", "--os=ubuntu2404", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["os"] == "ubuntu2404" and {c["id"] for c in doc["controls"]} >= {"4.2.7", "GA-FW-INBOUND"}

@@ -1,0 +1,117 @@
+"""One report row per control: what the approval gate reads.
+
+Every check carries @pytest.mark.control("<id>"). A control passes when all of its checks
+pass; fails when any fails (the message names the control id); is not-applicable (with the
+catalogue's reason) when the build's controls.json says so. An applicable control with no
+check at all is a failure ("no check implemented"), never a silent gap.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+
+def control_id_of(item: pytest.Item) -> Optional[str]:
+    marker = item.get_closest_marker("control")
+    return str(marker.args[0]) if marker and marker.args else None
+
+
+def _short_message(report: pytest.TestReport) -> str:
+    if report.passed:
+        return ""
+    stashed = getattr(report, "ga_message", None)
+    if stashed is not None:
+        return stashed
+    longrepr = report.longrepr
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        # The assertion's own message is its first line; the rest is pytest's explanation.
+        first = str(crash.message).strip().splitlines()[0] if str(crash.message).strip() else ""
+        return first.removeprefix("AssertionError: ")
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (file, line, reason)
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""
+
+
+class ControlReport:
+    """pytest plugin: collects outcomes per control and writes the JSON report."""
+
+    def __init__(self, path: Path, header: dict[str, Any], controls: list[dict[str, Any]]):
+        self.path = path
+        self.header = header
+        self.controls = {c["id"]: c for c in controls}
+        self.checks: dict[str, list[dict[str, str]]] = {cid: [] for cid in self.controls}
+        self.started = datetime.now(timezone.utc)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call):
+        outcome = yield
+        report = outcome.get_result()
+        control_id = control_id_of(item)
+        report.user_properties.append(("control", control_id or ""))
+        if control_id and report.failed and control_id in self.controls:
+            # Name the control in the failure text JUnit shows, too.
+            title = self.controls[control_id]["title"]
+            message = _short_message(report)
+            report.ga_message = message
+            report.longrepr = f"[{control_id}] {title}: {message or report.longrepr}"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not (report.failed or report.skipped):
+            return
+        control_id = dict(report.user_properties).get("control")
+        if not control_id or control_id not in self.checks:
+            return
+        outcome = "pass" if report.passed else "skip" if report.skipped else "fail"
+        self.checks[control_id].append({"test": report.nodeid, "outcome": outcome, "message": _short_message(report)})
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for control_id, control in self.controls.items():
+            checks = self.checks[control_id]
+            if not control["applicable"]:
+                outcome, message = "not-applicable", control["reason"]
+            elif not checks:
+                outcome, message = "fail", "no check implemented for this control"
+            elif any(c["outcome"] == "fail" for c in checks):
+                outcome = "fail"
+                message = "; ".join(c["message"] for c in checks if c["outcome"] == "fail")
+            elif any(c["outcome"] == "skip" for c in checks):
+                # An applicable control whose check skipped was not verified: that is a failure.
+                outcome = "fail"
+                message = "check skipped: " + "; ".join(c["message"] for c in checks if c["outcome"] == "skip")
+            else:
+                outcome, message = "pass", ""
+            rows.append({
+                "id": control_id,
+                "title": control["title"],
+                "section": control["section"],
+                "os_id": control.get("os_id", ""),
+                "outcome": outcome,
+                "message": message,
+                "checks": checks,
+            })
+        return rows
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        rows = self.rows()
+        summary: dict[str, int] = {}
+        for row in rows:
+            summary[row["outcome"]] = summary.get(row["outcome"], 0) + 1
+        report = {
+            "schema": 1,
+            **self.header,
+            "started_at": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "pytest_exit_status": int(exitstatus),
+            "summary": summary,
+            "controls": rows,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        tmp.rename(self.path)
