@@ -15,6 +15,7 @@ from invoke import Exit, task
 
 from golden_ami import config as gconfig
 from golden_ami.errors import UserError
+from golden_ami.procs import terminate_as_interrupt
 from golden_ami.progress import Progress
 
 TARGET_HELP = "aws or local (default: local, a real VM under QEMU; no AWS account needed)"
@@ -29,7 +30,8 @@ def _user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with terminate_as_interrupt():  # SIGTERM tears down like Ctrl-C does
+                return func(*args, **kwargs)
         except UserError as exc:
             raise Exit(f"error: {exc}", code=1) from None
         except KeyboardInterrupt:
@@ -38,11 +40,18 @@ def _user_errors(func):
     return wrapper
 
 
-def _resolve(os_name, target, config_file, profile=None):
+ACCEL_HELP = "local: auto (KVM only if a probe boots a kernel with it), kvm or tcg"
+
+
+def _resolve(os_name, target, config_file, profile=None, accelerator=None):
     if not os_name:
         raise UserError(f"--os is required: {OS_HELP}")
-    return gconfig.resolve(os_name, target or gconfig.DEFAULT_TARGET, config_file,
-                          overrides={"profile": profile} if profile else None)
+    overrides = {}
+    if profile:
+        overrides["profile"] = profile
+    if accelerator:
+        overrides["local"] = {"accelerator": accelerator}
+    return gconfig.resolve(os_name, target or gconfig.DEFAULT_TARGET, config_file, overrides=overrides)
 
 
 def _emit(as_json: bool, data, text: str) -> None:
@@ -81,9 +90,10 @@ def render(c, os_=None, target="local", out=None, source_ami=None, profile=None,
 
 @task(name="base-image",
       help={"os_": OS_HELP, "from_": "use this cloud image (qcow2 or raw) instead of building one",
-            "rebuild": "build again even if a base image is cached", "config_": CONFIG_HELP, "json_": JSON_HELP})
+            "rebuild": "build again even if a base image is cached", "accelerator": ACCEL_HELP,
+            "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
-def base_image(c, os_=None, from_=None, rebuild=False, config_=None, json_=False):
+def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, config_=None, json_=False):
     """Build (or import) the base disk the local target builds from, and cache it.
 
     debian12 is built from Debian's archive (mmdebstrap, then GRUB installed by the guest
@@ -91,7 +101,7 @@ def base_image(c, os_=None, from_=None, rebuild=False, config_=None, json_=False
     """
     from golden_ami.targets.local import base_image as base
 
-    cfg = _resolve(os_, "local", config_)
+    cfg = _resolve(os_, "local", config_, accelerator=accelerator)
     progress = Progress()
     cached = base.load(cfg.state_dir, cfg.os.name)
     if from_:
@@ -107,9 +117,11 @@ def base_image(c, os_=None, from_=None, rebuild=False, config_=None, json_=False
 
 @task(help={"os_": OS_HELP, "target": TARGET_HELP, "source_ami": "aws: pin the source AMI id",
             "from_render": "build exactly this rendered directory (its fingerprint is recomputed)",
-            "profile": "baseline or cis-level1-server", "config_": CONFIG_HELP, "json_": JSON_HELP})
+            "profile": "baseline or cis-level1-server", "accelerator": ACCEL_HELP, "config_": CONFIG_HELP,
+            "json_": JSON_HELP})
 @_user_errors
-def build(c, os_=None, target="local", source_ami=None, from_render=None, profile=None, config_=None, json_=False):
+def build(c, os_=None, target="local", source_ami=None, from_render=None, profile=None, accelerator=None,
+          config_=None, json_=False):
     """Render, build, verify and approve (or reject) a golden image for one OS.
 
     Exits 0 only when the new image is approved; a rejected image exits 1 and names the
@@ -117,7 +129,7 @@ def build(c, os_=None, target="local", source_ami=None, from_render=None, profil
     """
     from golden_ami import pipeline
 
-    cfg = _resolve(os_, target, config_, profile)
+    cfg = _resolve(os_, target, config_, profile, accelerator)
     progress = Progress()
     result = pipeline.build(cfg, progress, source_pin=source_ami,
                             from_render=Path(from_render) if from_render else None)
@@ -128,11 +140,14 @@ def build(c, os_=None, target="local", source_ami=None, from_render=None, profil
 
 
 def _image_and_build_dir(target_name, image_id, config_file):
+    """An image and its build directory (<state>/builds/<its BuildId tag>)."""
     target = _settings_target(target_name, config_file)
     image = target.get_image(image_id)
-    build_dir = Path(image.tags.get("BuildDir", ""))
-    if not image.tags.get("BuildDir") or not build_dir.is_dir():
-        raise UserError(f"{image_id} names no build directory that still exists: rebuild it with invoke build")
+    build_id = image.tags.get("BuildId", "")
+    build_dir = target.state_dir / "builds" / build_id
+    if not build_id or "/" in build_id or not build_dir.is_dir():
+        raise UserError(f"{image_id}'s build directory (BuildId {build_id or 'missing'}) is not in this state dir: "
+                        "verify and approve run where the image was built")
     return target, image, build_dir
 
 

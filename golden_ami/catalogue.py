@@ -48,7 +48,10 @@ class ControlSpec(BaseModel):
     applies: Applies = Applies()
     params: dict[str, Any] = Field(default_factory=dict)
     param_bounds: dict[str, Bounds] = Field(default_factory=dict)
+    # 00-packer-template: remediated by the Packer template / the pipeline's API calls, not a script.
     remediation: str = Field(pattern=r"^[0-9]{2}-[a-z0-9-]+$")
+    # suite: a check in verify/; aws-api: checked through the EC2 API by the aws target.
+    check: Literal["suite", "aws-api"] = "suite"
     enabled: bool = True
 
 
@@ -64,6 +67,7 @@ class Control:
     remediation: str
     params: dict[str, Any]
     applicable: bool
+    check: str = "suite"
     reason: str = ""  # why not applicable
     os_id: str = ""  # the OS benchmark's own number, when it has one
 
@@ -192,6 +196,7 @@ def controls_for(cfg: Resolved) -> ControlSet:
                 level=spec.level,
                 refs=dict(spec.refs),
                 remediation=spec.remediation,
+                check=spec.check,
                 params=params,
                 applicable=applicable,
                 reason=reason,

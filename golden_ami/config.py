@@ -124,6 +124,10 @@ class OsData(_Strict):
 # --- pipeline settings -----------------------------------------------------------------------
 class PackerSettings(_Strict):
     binary: Identifier = "packer"
+    # Template dialect: "legacy" for Packer 1.6 (builders built in; the version installable
+    # here), "plugins" for Packer >= 1.7 (required_plugins + packer init), "auto" = by the
+    # installed version.
+    syntax: Literal["auto", "legacy", "plugins"] = "auto"
     timeout_minutes: int = Field(90, ge=5, le=24 * 60)
 
 
@@ -138,13 +142,46 @@ class LocalSettings(_Strict):
     debian_security_mirror: Url = "http://deb.debian.org/debian-security"
 
 
+Cidr = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$")]
+AwsId = Annotated[str, StringConstraints(pattern=r"^$|^[a-z]+-[0-9a-f]{8,17}$")]
+AccountId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
+Arn = Annotated[str, StringConstraints(pattern=r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:[A-Za-z0-9/_+=.@-]+$")]
+KmsKey = Annotated[str, StringConstraints(pattern=r"^$|^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/)?[A-Za-z0-9/_-]+$")]
+ProfileName = Annotated[str, StringConstraints(pattern=r"^$|^[A-Za-z0-9+=,.@_-]{1,128}$")]
+
+
 class AwsSettings(_Strict):
     region: AwsRegion = "us-east-1"
     instance_type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = "t3.small"
+    # Build and test instances: subnet/VPC (empty: the default VPC), instance profiles (none
+    # unless set: a verified image needs no AWS permissions to be checked).
+    subnet_id: AwsId = ""
+    vpc_id: AwsId = ""
+    build_instance_profile: ProfileName = ""
+    verify_instance_profile: ProfileName = ""
+    # Encrypt the image with this KMS key (empty: the account's AWS-managed EBS key).
+    kms_key_id: KmsKey = ""
+    # Where SSH to build and test instances may come from. Empty: this runner's own public
+    # address (/32), looked up at build time. 0.0.0.0/0 only if you write it here yourself.
+    ssh_cidrs: list[Cidr] = Field(default_factory=list)
+    ssh_interface: Literal["public_ip", "private_ip"] = "public_ip"
+    ssh_port: int = Field(22, ge=1, le=65535)
+    spot: bool = False
+    # After approval: the SSM parameter that names the newest approved AMI, sharing, copies.
+    ssm_parameter_prefix: SsmName = "/golden-ami"
+    share_accounts: list[AccountId] = Field(default_factory=list)
+    share_organization_arns: list[Arn] = Field(default_factory=list)
+    share_ou_arns: list[Arn] = Field(default_factory=list)
+    copy_regions: list[AwsRegion] = Field(default_factory=list)
+    # How long to wait for cloud-init's host-key block in the console output.
+    console_timeout_seconds: int = Field(900, ge=60, le=7200)
 
 
 class VerifySettings(_Strict):
     timeout_minutes: int = Field(30, ge=1, le=600)
+    # Only for accounts where console output is unavailable: trust the first host key seen.
+    # Off by default, loud when on, and written into the report.
+    accept_unpinned_host_key: bool = False
 
 
 ParamValue = Any  # checked against the catalogue's declared defaults in catalogue.py

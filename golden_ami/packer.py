@@ -22,7 +22,8 @@ from .render import TEMPLATE_FILE, VARIABLES_FILE
 
 RUNTIME_VARS_FILE = "runtime.pkrvars.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UI_LINE = re.compile(r"^(?:==>\s+)?[A-Za-z0-9_.-]+:\s(.*)$")
+# "2026-11-29T01:40:27Z: ==> golden.qemu.golden: Waiting for SSH…" (with -timestamp-ui)
+_UI_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT[\d:]+Z:\s+)?(?P<step>==>\s+)?[A-Za-z0-9_.-]+:\s(?P<body>.*)$")
 
 
 def find(binary: str = "packer") -> str:
@@ -77,6 +78,14 @@ def validate(build_dir: Path, runtime_vars: Optional[Path] = None, binary: str =
     return proc.returncode == 0, _ANSI.sub("", proc.stdout + proc.stderr)
 
 
+def init(build_dir: Path, runtime_dir: Path, progress: Progress, binary: str = "packer") -> None:
+    """`packer init`: install the plugins a Packer >= 1.7 template requires."""
+    status = run_streaming([find(binary), "init", TEMPLATE_FILE], cwd=build_dir, env=_env(None, runtime_dir),
+                           log_path=build_dir / "logs" / "packer-init.log", progress=progress, timeout_seconds=600)
+    if status != 0:
+        raise StepFailed(f"packer init failed (exit {status}): see {build_dir / 'logs' / 'packer-init.log'}")
+
+
 def build(
     build_dir: Path,
     runtime_dir: Path,
@@ -87,15 +96,15 @@ def build(
     binary: str = "packer",
 ) -> None:
     """`packer build`; raise StepFailed naming the last error lines when it fails."""
-    argv = _argv(binary, "build", build_dir, runtime_vars, ["-color=false", "-on-error=cleanup"])
+    argv = _argv(binary, "build", build_dir, runtime_vars, ["-color=false", "-on-error=cleanup", "-timestamp-ui"])
     last_error: list[str] = []
 
     def on_line(line: str) -> None:
         text = _ANSI.sub("", line).strip()
         # "==> qemu.golden: Waiting for SSH…" and "qemu.golden: [golden-ami 10-patching] …"
         match = _UI_LINE.match(text)
-        body = match.group(1) if match else text
-        if text.startswith("==> ") or body.startswith("[golden-ami"):
+        body = match["body"] if match else text
+        if (match and match["step"]) or body.startswith("[golden-ami"):
             progress.detail(body)
         if "GATE FAILED" in body or body.startswith(("Build '", "* ")) or "error" in body.lower():
             last_error.append(body)

@@ -11,6 +11,7 @@ import json
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,9 @@ from .procs import terminate_as_interrupt
 from .progress import Progress
 from .targets import get_target
 from .targets.base import BuildContext, Image, Target
+
+
+BUILD_RECORD = "build.json"  # step timings and sizes; bench/ reads these
 
 
 @dataclass
@@ -98,51 +102,76 @@ def build(
     build_dir = builds_dir(cfg) / build_id
     commit = pipeline_commit()
 
+    record: dict = {"build_id": build_id, "os": cfg.os.name, "target": cfg.target, "profile": cfg.profile,
+                    "commit": commit, "status": "failed", "seconds": {}}
+    started = time.monotonic()
     with terminate_as_interrupt():
-        if from_render is not None:
-            manifest, fingerprint = render.load_render(from_render)
-            if (manifest["os"], manifest["target"]) != (cfg.os.name, cfg.target):
-                raise UserError(f"{from_render} was rendered for {manifest['os']}/{manifest['target']}, "
-                                f"not {cfg.os.name}/{cfg.target}")
-            shutil.copytree(from_render, build_dir)
-            src = manifest["source_image"]
-            source = render.SourceImage(src["id"], src["name"], src.get("location", ""), src.get("checksum", ""))
-            progress.say(f"build {build_id}: from {from_render} (fingerprint recomputed: {fingerprint[:19]}…)")
-        else:
-            source = target.resolve_source(cfg, source_pin)
-            result = render.render(cfg, source, build_dir)
-            fingerprint = result.fingerprint
-            progress.say(f"build {build_id}: rendered {len(result.files)} files, fingerprint {fingerprint[:19]}…")
-
-        ctx = BuildContext(
-            build_id=build_id, build_dir=build_dir, runtime_dir=build_dir / "runtime",
-            fingerprint=fingerprint, commit=commit, source=source, progress=progress,
-            created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        image: Optional[Image] = None
         try:
-            with progress.step(f"packer build ({cfg.os.name}, {cfg.target})"):
-                variables = target.packer_variables(cfg, ctx)
-                variables.update({
-                    "build_id": build_id, "fingerprint": fingerprint, "pipeline_commit": commit,
-                    "manifest_path": str(build_dir / "manifest.json"),
-                })
-                runtime_vars = packer.write_runtime_vars(ctx.runtime_dir, variables)
-                packer.build(build_dir, ctx.runtime_dir, runtime_vars, progress,
-                             cfg.settings.packer.timeout_minutes, env=target.packer_environment(cfg),
-                             binary=cfg.settings.packer.binary)
-                manifest = json.loads((build_dir / "manifest.json").read_text())
-                image = target.register_candidate(cfg, ctx, manifest)
-                progress.say(f"candidate {image.id} stored, Status=candidate")
+            result = _build(cfg, target, progress, build_id, build_dir, commit, record, source_pin, from_render)
+            record["status"] = result.image.status if result.image else "failed"
+            return result
         finally:
-            shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
+            record["seconds"]["total"] = round(time.monotonic() - started, 1)
+            if build_dir.is_dir():
+                (build_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-        decision = verify_and_decide(cfg, target, image, build_dir, build_id, progress)
-        image = target.get_image(image.id)
-        if image.status == "approved":
-            for key, value in target.publish(cfg, image, progress).items():
-                progress.say(f"published {key}: {value}")
-        return BuildResult(build_id, build_dir, image, decision, fingerprint)
+
+def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, build_dir: Path, commit: str,
+           record: dict, source_pin: Optional[str], from_render: Optional[Path]) -> BuildResult:
+    clock = time.monotonic()
+    if from_render is not None:
+        manifest, fingerprint = render.load_render(from_render)
+        if (manifest["os"], manifest["target"]) != (cfg.os.name, cfg.target):
+            raise UserError(f"{from_render} was rendered for {manifest['os']}/{manifest['target']}, "
+                            f"not {cfg.os.name}/{cfg.target}")
+        shutil.copytree(from_render, build_dir)
+        src = manifest["source_image"]
+        source = render.SourceImage(src["id"], src["name"], src.get("location", ""), src.get("checksum", ""))
+        progress.say(f"build {build_id}: from {from_render} (fingerprint recomputed: {fingerprint[:19]}…)")
+    else:
+        source = target.resolve_source(cfg, source_pin)
+        result = render.render(cfg, source, build_dir)
+        fingerprint = result.fingerprint
+        progress.say(f"build {build_id}: rendered {len(result.files)} files, fingerprint {fingerprint[:19]}…")
+
+    record["fingerprint"] = fingerprint
+    record["seconds"]["render"] = round(time.monotonic() - clock, 1)
+    clock = time.monotonic()
+    ctx = BuildContext(
+        build_id=build_id, build_dir=build_dir, runtime_dir=build_dir / "runtime",
+        fingerprint=fingerprint, commit=commit, source=source, progress=progress,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    image: Optional[Image] = None
+    try:
+        with progress.step(f"packer build ({cfg.os.name}, {cfg.target})"):
+            variables = target.packer_variables(cfg, ctx)
+            variables.update({
+                "build_id": build_id, "fingerprint": fingerprint, "pipeline_commit": commit,
+                "manifest_path": str(build_dir / "manifest.json"),
+            })
+            runtime_vars = packer.write_runtime_vars(ctx.runtime_dir, variables)
+            packer.build(build_dir, ctx.runtime_dir, runtime_vars, progress,
+                         cfg.settings.packer.timeout_minutes, env=target.packer_environment(cfg),
+                         binary=cfg.settings.packer.binary)
+            manifest = json.loads((build_dir / "manifest.json").read_text())
+            image = target.register_candidate(cfg, ctx, manifest)
+            progress.say(f"candidate {image.id} stored, Status=candidate")
+    finally:
+        shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
+    record["seconds"]["packer_build"] = round(time.monotonic() - clock, 1)
+    record["image_id"] = image.id
+    if image.location and Path(image.location).is_file():
+        record["image_bytes"] = Path(image.location).stat().st_size
+    clock = time.monotonic()
+
+    decision = verify_and_decide(cfg, target, image, build_dir, build_id, progress)
+    record["seconds"]["verify_and_approve"] = round(time.monotonic() - clock, 1)
+    image = target.get_image(image.id)
+    if image.status == "approved":
+        for key, value in target.publish(cfg, image, progress).items():
+            progress.say(f"published {key}: {value}")
+    return BuildResult(build_id, build_dir, image, decision, fingerprint)
 
 
 def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str,

@@ -167,9 +167,10 @@ class HclRaw(str):
 
 
 # --- context -------------------------------------------------------------------------------
-def _context(cfg: Resolved, controls: ControlSet, source: SourceImage) -> dict[str, Any]:
+def _context(cfg: Resolved, controls: ControlSet, source: SourceImage, packer_plugins: bool) -> dict[str, Any]:
     applicable = {c.id: c for c in controls.applicable}
     sections = [s for s in SECTION_ORDER if any(c.remediation == s for c in applicable.values())]
+    # (00-packer-template controls are remediated by the template itself, not by a script.)
     # Every build cleans the image and runs the in-build gate last, whatever the profile.
     if "90-image-hygiene" not in sections:
         sections.append("90-image-hygiene")
@@ -183,6 +184,7 @@ def _context(cfg: Resolved, controls: ControlSet, source: SourceImage) -> dict[s
         "control_ids": sorted(applicable),
         "sections": sections,
         "reboot_section": REBOOT_SECTION,
+        "packer_plugins": packer_plugins,
         "source": source.as_dict(),
         # Packer's own template syntax, passed through as plain strings.
         "packer_execute_command": "sudo -n env {{ .Vars }} /bin/bash {{ .Path }}",
@@ -217,8 +219,8 @@ def _packer_variables(cfg: Resolved, source: SourceImage) -> dict[str, Any]:
 
 
 # --- rendering -----------------------------------------------------------------------------
-def _render_files(cfg: Resolved, controls: ControlSet, source: SourceImage) -> dict[str, bytes]:
-    ctx = _context(cfg, controls, source)
+def _render_files(cfg: Resolved, controls: ControlSet, source: SourceImage, packer_plugins: bool) -> dict[str, bytes]:
+    ctx = _context(cfg, controls, source, packer_plugins)
     out: dict[str, str] = {}
     try:
         sh = shell_env()
@@ -260,10 +262,26 @@ def read_rendered(directory: Path) -> dict[str, bytes]:
 _FINGERPRINTED_TOP = {"scripts", "files", TEMPLATE_FILE, VARIABLES_FILE, CONTROLS_FILE}
 
 
-def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional[ControlSet] = None) -> RenderResult:
+def packer_plugins_wanted(cfg: Resolved) -> bool:
+    """Whether the template needs Packer >= 1.7's required_plugins (see packer.syntax)."""
+    syntax = cfg.settings.packer.syntax
+    if syntax != "auto":
+        return syntax == "plugins"
+    from . import packer
+
+    try:
+        return packer.version(cfg.settings.packer.binary) >= (1, 7, 0)
+    except UserError:
+        return False  # no Packer here: render for the version this project installs (1.6)
+
+
+def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional[ControlSet] = None,
+           packer_plugins: Optional[bool] = None) -> RenderResult:
     """Write the build directory atomically: into a sibling temp dir, then one rename."""
     controls = controls or controls_for(cfg)
-    files = _render_files(cfg, controls, source)
+    if packer_plugins is None:
+        packer_plugins = packer_plugins_wanted(cfg)
+    files = _render_files(cfg, controls, source, packer_plugins)
     fingerprint = fingerprint_of(files, source)
     out_dir = out_dir.resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -283,6 +301,7 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
             "target": cfg.target,
             "profile": cfg.profile,
             "source_image": source.as_dict(),
+            "packer_plugins": packer_plugins,
             "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(files.items())},
         }
         (staging / RENDER_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n")

@@ -73,6 +73,8 @@ class ControlReport:
         rows = []
         for control_id, control in self.controls.items():
             checks = self.checks[control_id]
+            if control["applicable"] and control.get("check", "suite") != "suite":
+                continue  # checked from outside the instance; the runner adds that row
             if not control["applicable"]:
                 outcome, message = "not-applicable", control["reason"]
             elif not checks:

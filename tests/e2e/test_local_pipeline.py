@@ -1,55 +1,29 @@
 """The local target end to end, on real VMs under QEMU: the only proof the scripts work.
 
-One module-wide state dir: the base image is built once (about 2 minutes under TCG), then
-  1. a good build must end approved and be what `invoke latest` prints;
+  1. a build from Debian's point release must end approved and be what `invoke latest` prints;
   2. a build whose rendered sshd drop-in leaves password authentication on must be rejected
      naming GA-SSH-PASSWORD, and approve nothing;
-  3. a report edited to name another image must be refused by the gate.
-Afterwards no QEMU process of these builds may be left running.
-Set GOLDEN_AMI_E2E_STATE to a directory to keep (and reuse) its base image between runs.
+  3. a report edited to name another image must be refused by the gate;
+  4. SIGTERM during a build or a verification must leave no VM, key or half-stored image.
+(Fixtures in conftest.py; tests 2 and 4 rebuild from the approved image, the fast path.)
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import invoke_cmd
+from tests.e2e.conftest import qemu_processes_under
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def e2e_state(tmp_path_factory):
-    keep = os.environ.get("GOLDEN_AMI_E2E_STATE")
-    state = Path(keep) if keep else tmp_path_factory.mktemp("e2e-state")
-    env = {"GOLDEN_AMI_STATE_DIR": str(state), "GOLDEN_AMI_CONFIG": ""}
-    proc = invoke_cmd("base-image", "--os=debian12", "--json", env=env, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    yield state, env
-    if not keep:
-        shutil.rmtree(state / "store", ignore_errors=True)
-
-
-def _qemu_processes_under(path: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "qemu-system" in line and str(path) in line]
-
-
-@pytest.fixture(scope="module")
-def approved_build(e2e_state):
-    state, env = e2e_state
-    proc = invoke_cmd("build", "--os=debian12", "--target=local", "--json", env=env, timeout=3600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
-    return json.loads(proc.stdout)
-
-
-def test_a_good_build_is_approved_and_latest(e2e_state, approved_build):
-    state, env = e2e_state
+def test_a_good_build_is_approved_and_latest(local_state, approved_build):
+    state, env = local_state
     assert approved_build["status"] == "approved", approved_build
     report = json.loads((Path(approved_build["build_dir"]) / "verify" / "report.json").read_text())
     assert report["image_id"] == approved_build["image_id"]
@@ -63,11 +37,11 @@ def test_a_good_build_is_approved_and_latest(e2e_state, approved_build):
     assert json.loads(latest.stdout)["id"] == approved_build["image_id"]
     listing = json.loads(invoke_cmd("list", "--json", env=env).stdout)
     assert {row["id"]: row["Status"] for row in listing}[approved_build["image_id"]] == "approved"
-    assert not _qemu_processes_under(state)
+    assert not qemu_processes_under(state)
 
 
-def test_password_authentication_left_on_is_rejected(e2e_state, approved_build, tmp_path):
-    state, env = e2e_state
+def test_password_authentication_left_on_is_rejected(rebuild_state, tmp_path):
+    state, env = rebuild_state
     rendered = tmp_path / "broken-render"
     proc = invoke_cmd("render", "--os=debian12", "--target=local", f"--out={rendered}", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -86,16 +60,15 @@ def test_password_authentication_left_on_is_rejected(e2e_state, approved_build, 
     row = {r["id"]: r for r in report["controls"]}["GA-SSH-PASSWORD"]
     assert row["outcome"] == "fail" and "passwordauthentication" in row["message"]
 
-    # Still the good image for consumers; the rejected one carries its failing control.
-    latest = json.loads(invoke_cmd("latest", "--os=debian12", "--json", env=env).stdout)
-    assert latest["id"] == approved_build["image_id"]
+    # Nothing approved for consumers; the rejected image carries its failing control.
+    assert invoke_cmd("latest", "--os=debian12", env=env).returncode == 1
     rejected = json.loads(invoke_cmd("list", "--status=rejected", "--json", env=env).stdout)
     assert {r["id"]: r["FailedControls"] for r in rejected}[result["image_id"]] == "GA-SSH-PASSWORD"
-    assert not _qemu_processes_under(state)
+    assert not qemu_processes_under(state)
 
 
-def test_a_report_naming_another_image_is_refused(e2e_state, approved_build):
-    state, env = e2e_state
+def test_a_report_naming_another_image_is_refused(local_state, approved_build):
+    state, env = local_state
     report_path = Path(approved_build["build_dir"]) / "verify" / "report.json"
     original = report_path.read_text()
     try:
@@ -112,3 +85,59 @@ def test_a_report_naming_another_image_is_refused(e2e_state, approved_build):
     # The untouched report approves again: the gate judges what it is shown, nothing else.
     proc = invoke_cmd("approve", approved_build["image_id"], "--json", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _interrupt_when(args: list[str], env: dict, marker: str, timeout: float = 900) -> tuple[int, str]:
+    """Start `invoke <args>`, send SIGTERM once stderr shows marker; return (status, stderr)."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    proc = subprocess.Popen([invoke, "--search-root", str(Path(__file__).resolve().parents[2]), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env}, start_new_session=True)
+    seen: list[str] = []
+    hit = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            seen.append(line)
+            if marker in line:
+                hit.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert hit.wait(timeout), "".join(seen[-20:])
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(timeout=600)
+    reader.join(timeout=10)
+    return status, "".join(seen)
+
+
+def test_sigterm_during_the_packer_build_leaves_nothing_behind(rebuild_state):
+    state, env = rebuild_state
+    before = {p.name for p in (state / "store").iterdir()} if (state / "store").exists() else set()
+    status, stderr = _interrupt_when(["build", "--os=debian12", "--target=local"], env, "Waiting for SSH")
+    assert status == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    assert not qemu_processes_under(state), "the build VM survived the interruption"
+    newest = max((state / "builds").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert not (newest / "runtime").exists(), "keys / seed / Packer output left behind"
+    after = {p.name for p in (state / "store").iterdir()} if (state / "store").exists() else set()
+    assert after == before, "an interrupted build put something into the image store"
+
+
+def test_sigterm_during_verification_stops_the_vm_and_removes_the_overlay(local_state, approved_build):
+    state, env = local_state
+    status, stderr = _interrupt_when(["verify", approved_build["image_id"]], env, "waiting for the host-key block")
+    assert status == 130, stderr[-2000:]
+    assert not qemu_processes_under(state), "the test VM survived the interruption"
+    instance_dir = Path(approved_build["build_dir"]) / "verify" / "instance"
+    assert not (instance_dir / "overlay.qcow2").exists() and not (instance_dir / "seed.iso").exists()
+    assert not list((Path(approved_build["build_dir"]) / "verify" / "key").glob("id_*")), "private key left behind"
+    # Interrupted verification decides nothing: the image keeps its status.
+    listing = json.loads(invoke_cmd("list", "--json", env=env).stdout)
+    assert {row["id"]: row["Status"] for row in listing}[approved_build["image_id"]] == "approved"

@@ -1,10 +1,10 @@
 """One id everywhere: catalogue <-> verify checks <-> rendered remediation."""
 import ast
-from pathlib import Path
 
 import pytest
 
 from golden_ami import catalogue, config, paths
+from golden_ami.targets.aws import checks as aws_checks
 from golden_ami.errors import UserError
 
 
@@ -23,14 +23,20 @@ def _verify_markers() -> dict[str, list[str]]:
 
 
 def test_every_control_has_a_check_and_every_check_a_control():
-    ids = {spec.id for spec in catalogue.load_catalogue()}
+    specs = catalogue.load_catalogue()
+    suite_ids = {spec.id for spec in specs if spec.check == "suite"}
+    api_ids = {spec.id for spec in specs if spec.check == "aws-api"}
     markers = _verify_markers()
-    assert ids - set(markers) == set(), "controls without a verify check"
-    assert set(markers) - ids == set(), "verify checks naming controls that are not in the catalogue"
+    assert suite_ids - set(markers) == set(), "controls without a verify check"
+    assert set(markers) - suite_ids == set(), "verify checks naming controls that are not suite controls in the catalogue"
+    assert api_ids == set(aws_checks.TITLES), "aws-api controls and golden_ami/targets/aws/checks.py disagree"
 
 
 def test_every_control_names_an_existing_remediation_section():
     for spec in catalogue.load_catalogue():
+        if spec.remediation == "00-packer-template":
+            assert spec.applies.targets, f"{spec.id}: template-remediated controls name their target"
+            continue
         assert (paths.HARDENING_DIR / f"{spec.remediation}.sh.j2").is_file(), spec.id
 
 

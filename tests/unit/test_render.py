@@ -61,7 +61,8 @@ def test_every_applicable_control_id_appears_in_the_rendered_remediation(state_d
             result = _render(tmp_path, f"{os_name}-{target}", os_name, target, source)
             controls = json.loads((result.directory / "controls.json").read_text())["controls"]
             text = "\n".join(p.read_text() for p in result.directory.rglob("*") if p.is_file()
-                             and p.parts[-2] in ("scripts", "files", "apt", "dnf", "chrony", "cloudwatch"))
+                             and (p.parts[-2] in ("scripts", "files", "apt", "dnf", "chrony", "cloudwatch")
+                                  or p.name == "template.pkr.hcl"))
             for control in controls:
                 if control["applicable"]:
                     assert re.search(rf"CONTROL {re.escape(control['id'])}\b", text), (os_name, target, control["id"])
@@ -130,3 +131,20 @@ def test_rendered_scripts_parse_as_bash(state_dir, tmp_path):
     result = _render(tmp_path, "parse")
     for script in (result.directory / "scripts").iterdir():
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_templates_fit_the_packer_dialect(state_dir, tmp_path):
+    import hcl2
+
+    legacy = render.render(config.resolve("debian12", "aws"), AWS_SOURCE, tmp_path / "legacy", packer_plugins=False)
+    plugins = render.render(config.resolve("debian12", "aws"), AWS_SOURCE, tmp_path / "plugins", packer_plugins=True)
+    parsed_legacy = hcl2.loads((legacy.directory / "template.pkr.hcl").read_text())
+    parsed_plugins = hcl2.loads((plugins.directory / "template.pkr.hcl").read_text())
+    assert "required_plugins" not in json.dumps(parsed_legacy["packer"])
+    assert "github.com/hashicorp/amazon" in json.dumps(parsed_plugins["packer"])
+    source = parsed_plugins["source"][0]['"amazon-ebs"']['"golden"']
+    assert source["imds_support"] == '"v2.0"' or source["imds_support"] == "v2.0"
+    assert "metadata_options" in source
+    assert legacy.fingerprint != plugins.fingerprint
+    local = render.render(config.resolve("debian12", "local"), LOCAL_SOURCE, tmp_path / "qemu", packer_plugins=True)
+    assert "github.com/hashicorp/qemu" in (local.directory / "template.pkr.hcl").read_text()

@@ -59,3 +59,29 @@ def test_controls_json(state_dir):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["os"] == "ubuntu2404" and {c["id"] for c in doc["controls"]} >= {"4.2.7", "GA-FW-INBOUND"}
+
+
+def test_doctor_json_names_every_gap_with_a_fix(state_dir):
+    proc = invoke_cmd("doctor", "--target=local", "--json")
+    findings = json.loads(proc.stdout)
+    assert {"area", "ok", "detail", "fix"} <= set(findings[0])
+    missing = [f for f in findings if not f["ok"]]
+    assert all(f["fix"] for f in missing)
+    # A fresh state dir has no base image: doctor says so, with the command that fixes it.
+    assert any("invoke base-image --os=debian12" == f["fix"] for f in missing)
+    assert proc.returncode == 1
+
+
+def test_missing_tools_stop_a_build_before_anything_is_written(state_dir, monkeypatch):
+    import shutil
+
+    from golden_ami import config, pipeline
+    from golden_ami.errors import UserError
+    from golden_ami.progress import Progress
+
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name.startswith("qemu") else real_which(name))
+    with pytest.raises(UserError) as err:
+        pipeline.build(config.resolve("debian12", "local"), Progress(quiet=True))
+    assert "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86" in str(err.value)
+    assert not (state_dir / "builds").exists() and not (state_dir / "store").exists()

@@ -1,29 +1,70 @@
-"""The aws target: Packer amazon-ebs, EC2 test instances, EC2 image tags.
+"""The aws target: Packer amazon-ebs, EC2 test instances, EC2 image tags and an SSM pointer.
 
-This stage provides the source-image resolution the renderer needs; building, verifying
-and approving on AWS are not wired up yet and say so instead of pretending.
+Everything the pipeline creates carries ManagedBy=golden-ami and BuildId, so a reaper can
+find what a crashed run left; everything it creates for one run is removed in a finally
+block. Sharing and copies happen only after approval: an image shared at build time would
+be exposed before anyone verified it.
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import secrets
 import shutil
+import time
+import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+import botocore.exceptions
 
 from ...config import Resolved
-from ...errors import UserError
+from ...errors import UserError, VerificationError
 from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
-from ..base import BuildContext, Image, Problem, Target
-from . import clients, source
+from ..base import BuildContext, Image, Problem, Target, TestInstance
+from . import checks, clients, source
 
-_NOT_YET = ("the aws target can render (invoke render --target=aws) but cannot build, verify or tag yet; "
-            "use --target=local")
+MANAGED_BY = "golden-ami"
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def _tags(pairs: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": str(v)} for k, v in pairs.items()]
+
+
+def _image(raw: dict[str, Any], region: str) -> Image:
+    tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+    return Image(id=raw["ImageId"], tags=tags, location=region)
+
+
+def runner_cidrs(configured: list[str]) -> list[str]:
+    """Where SSH may come from: the configured CIDRs, else this runner's address as a /32."""
+    if configured:
+        return list(configured)
+    try:
+        with urllib.request.urlopen(CHECKIP_URL, timeout=10) as response:  # noqa: S310 - fixed https URL
+            address = ipaddress.ip_address(response.read().decode().strip())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not look up this runner's public address ({exc}): set aws.ssh_cidrs") from None
+    return [f"{address}/{32 if address.version == 4 else 128}"]
 
 
 class AwsTarget(Target):
     name = "aws"
 
+    @property
+    def region(self) -> str:
+        return self.settings.aws.region
+
+    def _ec2(self, region: Optional[str] = None) -> Any:
+        return clients.client("ec2", region or self.region)
+
+    def _ssm(self, region: Optional[str] = None) -> Any:
+        return clients.client("ssm", region or self.region)
+
+    # --- prerequisites and sources ---
     def problems(self, cfg: Optional[Resolved] = None) -> list[Problem]:
         found = []
         if shutil.which(self.settings.packer.binary) is None:
@@ -38,23 +79,224 @@ class AwsTarget(Target):
         return found
 
     def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
-        region = cfg.settings.aws.region
-        return source.resolve(cfg, clients.client("ec2", region), clients.client("ssm", region), pinned)
+        return source.resolve(cfg, self._ec2(), self._ssm(), pinned)
 
+    # --- build ---
     def packer_variables(self, cfg: Resolved, ctx: BuildContext) -> dict[str, Any]:
-        raise UserError(_NOT_YET)
+        aws = cfg.settings.aws
+        cidrs = runner_cidrs(aws.ssh_cidrs)
+        if any(ipaddress.ip_network(c, strict=False).prefixlen == 0 for c in cidrs):
+            ctx.progress.say("WARNING: aws.ssh_cidrs opens SSH to the whole internet, as configured")
+        return {
+            "ami_name": f"golden-{ctx.build_id}",
+            "runner_cidrs": cidrs,
+            "subnet_id": aws.subnet_id,
+            "vpc_id": aws.vpc_id,
+            "iam_instance_profile": aws.build_instance_profile,
+            "kms_key_id": aws.kms_key_id,
+            "ec2_endpoint": clients.endpoint_url() or "",
+            "ssh_interface": aws.ssh_interface,
+            "ssh_port": aws.ssh_port,
+            "spot": aws.spot,
+        }
 
     def register_candidate(self, cfg: Resolved, ctx: BuildContext, manifest: dict[str, Any]) -> Image:
-        raise UserError(_NOT_YET)
+        artifact = manifest["builds"][-1]["artifact_id"]  # "us-east-1:ami-0123…[,region:ami-…]"
+        amis = dict(part.split(":", 1) for part in artifact.split(","))
+        image_id = amis.get(self.region)
+        if not image_id:
+            raise RuntimeError(f"Packer's manifest names no AMI in {self.region}: {artifact}")
+        ec2 = self._ec2()
+        # Packer 1.6.6 cannot set the AMI's IMDS support; boto3 can, right after the build.
+        ec2.modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": "v2.0"})
+        return self.set_tags(image_id, {"CreatedAt": ctx.created_at, "Status": "candidate", "Target": "aws"})
 
-    def boot_test_instance(self, cfg: Resolved, image: Image, key: KeyPair, work_dir: Path, progress: Progress):
-        raise UserError(_NOT_YET)
+    # --- verify ---
+    @contextlib.contextmanager
+    def boot_test_instance(
+        self, cfg: Resolved, image: Image, key: KeyPair, work_dir: Path, progress: Progress
+    ) -> Iterator[TestInstance]:
+        aws = cfg.settings.aws
+        ec2 = self._ec2()
+        build_id = image.tags.get("BuildId", "unknown")
+        suffix = secrets.token_hex(4)
+        labels = {"ManagedBy": MANAGED_BY, "BuildId": build_id, "Purpose": "verify"}
+        key_name = sg_id = instance_id = None
+        try:
+            key_name = f"golden-ami-verify-{suffix}"
+            ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=key.public_key.encode(),
+                                TagSpecifications=[{"ResourceType": "key-pair", "Tags": _tags(labels)}])
+            vpc_id = aws.vpc_id or self._vpc_of(ec2, aws.subnet_id)
+            sg_id = ec2.create_security_group(
+                GroupName=f"golden-ami-verify-{suffix}", Description="golden-ami verify: SSH from the runner only",
+                VpcId=vpc_id, TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(labels)}],
+            )["GroupId"]
+            ec2.authorize_security_group_ingress(GroupId=sg_id, IpPermissions=[{
+                "IpProtocol": "tcp", "FromPort": aws.ssh_port, "ToPort": aws.ssh_port,
+                "IpRanges": [{"CidrIp": c, "Description": "golden-ami runner"} for c in runner_cidrs(aws.ssh_cidrs)
+                             if ":" not in c],
+                "Ipv6Ranges": [{"CidrIpv6": c} for c in runner_cidrs(aws.ssh_cidrs) if ":" in c],
+            }])
+            request: dict[str, Any] = {
+                "ImageId": image.id, "InstanceType": aws.instance_type, "MinCount": 1, "MaxCount": 1,
+                "KeyName": key_name, "SecurityGroupIds": [sg_id],
+                "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+                "InstanceInitiatedShutdownBehavior": "terminate",
+                "TagSpecifications": [{"ResourceType": kind, "Tags": _tags({**labels, "Name": f"golden-ami-verify-{build_id}"})}
+                                      for kind in ("instance", "volume")],
+            }
+            if aws.subnet_id:
+                request["SubnetId"] = aws.subnet_id
+            if aws.verify_instance_profile:
+                request["IamInstanceProfile"] = {"Name": aws.verify_instance_profile}
+            instance_id = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+            progress.say(f"test instance {instance_id} launched; waiting for it to run")
+            ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+            described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+            address = described.get("PublicIpAddress") if aws.ssh_interface == "public_ip" else described.get("PrivateIpAddress")
+            if not address:
+                raise VerificationError(f"{instance_id} has no {aws.ssh_interface.replace('_', ' ')}: "
+                                        "set aws.ssh_interface or use a subnet that assigns one")
 
+            def console_text() -> str:
+                return ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+
+            yield TestInstance(
+                ssh_host=address, ssh_port=aws.ssh_port, login_user=cfg.target_os.login_user, key=key,
+                instance_id=instance_id, console_text=console_text,
+                details={"region": self.region, "security_group": sg_id, "key_pair": key_name},
+            )
+        finally:
+            self._teardown(ec2, instance_id, key_name, sg_id, progress)
+
+    @staticmethod
+    def _vpc_of(ec2: Any, subnet_id: str) -> str:
+        if subnet_id:
+            return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            raise UserError("this region has no default VPC: set aws.subnet_id (and aws.vpc_id)")
+        return vpcs[0]["VpcId"]
+
+    @staticmethod
+    def _teardown(ec2: Any, instance_id: Optional[str], key_name: Optional[str], sg_id: Optional[str],
+                  progress: Progress) -> None:
+        """Terminate, then delete key pair and security group; each step tried even if one fails."""
+        errors = []
+        if instance_id:
+            try:
+                ec2.terminate_instances(InstanceIds=[instance_id])
+                ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id],
+                                                           WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+            except (botocore.exceptions.ClientError, botocore.exceptions.WaiterError) as exc:
+                errors.append(f"instance {instance_id}: {exc}")
+        if key_name:
+            try:
+                ec2.delete_key_pair(KeyName=key_name)
+            except botocore.exceptions.ClientError as exc:
+                errors.append(f"key pair {key_name}: {exc}")
+        if sg_id:
+            for attempt in range(24):  # the group stays in use until the instance's ENI is gone
+                try:
+                    ec2.delete_security_group(GroupId=sg_id)
+                    break
+                except botocore.exceptions.ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "DependencyViolation" or attempt == 23:
+                        errors.append(f"security group {sg_id}: {exc}")
+                        break
+                    time.sleep(5)
+        if errors:
+            progress.say("teardown left resources behind (invoke reap finds them by tag): " + "; ".join(errors))
+        else:
+            progress.say("test instance, key pair and security group removed")
+
+    def outside_checks(self, cfg: Resolved, image: Image, instance: TestInstance) -> list[dict[str, Any]]:
+        return checks.image_checks(self._ec2(), image.id)
+
+    # --- registry ---
     def get_image(self, image_id: str) -> Image:
-        raise UserError(_NOT_YET)
+        try:
+            images = self._ec2().describe_images(ImageIds=[image_id])["Images"]
+        except botocore.exceptions.ClientError as exc:
+            raise clients.describe_error(exc, f"describe {image_id}") from None
+        if not images:
+            raise UserError(f"no AMI {image_id} in {self.region}")
+        return _image(images[0], self.region)
 
     def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]:
-        raise UserError(_NOT_YET)
+        filters = [{"Name": "tag:ManagedBy", "Values": [MANAGED_BY]}]
+        if os_name:
+            filters.append({"Name": "tag:OS", "Values": [os_name]})
+        if status:
+            filters.append({"Name": "tag:Status", "Values": [status]})
+        try:
+            raw = self._ec2().describe_images(Owners=["self"], Filters=filters)["Images"]
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise clients.describe_error(exc, "list the pipeline's AMIs") from None
+        images = [_image(r, self.region) for r in raw]
+        return sorted(images, key=lambda i: (i.tags.get("ApprovedAt") or i.tags.get("CreatedAt", ""), i.id))
 
-    def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
-        raise UserError(_NOT_YET)
+    def _snapshots_of(self, ec2: Any, image_id: str) -> list[str]:
+        image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+    def set_tags(self, image_id: str, tags: dict[str, Optional[str]], region: Optional[str] = None) -> Image:
+        ec2 = self._ec2(region)
+        resources = [image_id, *self._snapshots_of(ec2, image_id)]
+        present = {k: v for k, v in tags.items() if v is not None}
+        absent = [k for k, v in tags.items() if v is None]
+        try:
+            if present:
+                ec2.create_tags(Resources=resources, Tags=_tags(present))
+            if absent:
+                ec2.delete_tags(Resources=resources, Tags=[{"Key": k} for k in absent])
+        except botocore.exceptions.ClientError as exc:
+            raise clients.describe_error(exc, f"tag {image_id}") from None
+        after = _image(ec2.describe_images(ImageIds=[image_id])["Images"][0], region or self.region)
+        for key, value in tags.items():
+            if after.tags.get(key) != value:
+                raise RuntimeError(f"tag {key} of {image_id} did not change as asked")
+        return after
+
+    # --- after approval ---
+    def publish(self, cfg: Resolved, image: Image, progress: Progress) -> dict[str, str]:
+        aws = cfg.settings.aws
+        done: dict[str, str] = {}
+        ec2 = self._ec2()
+        permissions = ([{"UserId": a} for a in aws.share_accounts]
+                       + [{"OrganizationArn": a} for a in aws.share_organization_arns]
+                       + [{"OrganizationalUnitArn": a} for a in aws.share_ou_arns])
+        if permissions:
+            ec2.modify_image_attribute(ImageId=image.id, LaunchPermission={"Add": permissions})
+            if aws.kms_key_id and aws.share_accounts:
+                # A customer-managed key: accounts also need to create volumes from the snapshots
+                # (and the key policy must grant them kms:Decrypt / CreateGrant).
+                for snapshot in self._snapshots_of(ec2, image.id):
+                    ec2.modify_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission",
+                                                  OperationType="add", UserIds=list(aws.share_accounts))
+            done["launch permissions"] = ", ".join(next(iter(p.values())) for p in permissions)
+        copies = {self.region: image.id}
+        for region in aws.copy_regions:
+            if region == self.region:
+                continue
+            copies[region] = self._copy(cfg, image, region, progress)
+        name = f"{aws.ssm_parameter_prefix.rstrip('/')}/{cfg.os.name}/latest"
+        for region, image_id in copies.items():
+            ssm = self._ssm(region)
+            ssm.put_parameter(Name=name, Value=image_id, Type="String", DataType="aws:ec2:image", Overwrite=True,
+                              Description=f"newest approved golden-ami {cfg.os.name} image")
+            if ssm.get_parameter(Name=name)["Parameter"]["Value"] != image_id:
+                raise RuntimeError(f"SSM parameter {name} in {region} does not name {image_id}")
+            done[f"{name} ({region})"] = image_id
+        return done
+
+    def _copy(self, cfg: Resolved, image: Image, region: str, progress: Progress) -> str:
+        ec2 = self._ec2(region)
+        progress.say(f"copying {image.id} to {region}")
+        copy_id = ec2.copy_image(SourceRegion=self.region, SourceImageId=image.id, Name=f"golden-{image.tags['BuildId']}",
+                                 Encrypted=True)["ImageId"]
+        ec2.get_waiter("image_available").wait(ImageIds=[copy_id], WaiterConfig={"Delay": 15, "MaxAttempts": 240})
+        ec2.modify_image_attribute(ImageId=copy_id, ImdsSupport={"Value": "v2.0"})
+        carried = {k: v for k, v in image.tags.items() if not k.startswith("aws:")}
+        self.set_tags(copy_id, {**carried, "CopiedFrom": f"{self.region}:{image.id}"}, region=region)
+        return copy_id

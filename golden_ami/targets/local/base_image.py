@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -30,6 +31,7 @@ from typing import Optional
 
 from ...config import Resolved
 from ...errors import StepFailed, UserError
+from ...procs import run_streaming
 from ...progress import Progress
 from .accel import Accelerator
 from .accel import choose as choose_accelerator
@@ -143,6 +145,33 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+def _write_sources(rootfs: Path, mirrors: list[str]) -> None:
+    _write(rootfs / "etc/apt/sources.list", "".join(f"{line}\n" for line in mirrors))
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/mounts", encoding="utf-8") as handle:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in handle]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a scratch tree, first unmounting what an interrupted bootstrap left mounted in it.
+
+    Never deletes across a mount point: if something stays mounted, the tree stays too and
+    the error says where.
+    """
+    if not path.exists():
+        return
+    for point in _mounts_below(path):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+    remaining = _mounts_below(path)
+    if remaining:
+        raise StepFailed(f"{remaining[0]} is still mounted; unmount it, then remove {path}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
     """Files a cloud image has that a bare bootstrap lacks."""
     _write(rootfs / "etc/fstab", f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n")
@@ -181,6 +210,9 @@ def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
            ": > /etc/machine-id\n"
            f"echo {FINALIZE_MARKER}\n",
            mode=0o755)
+    # man-db rebuilds its index after every package change: minutes under emulation, for a
+    # server nobody reads manual pages on. (Debian's man-db runs it only when this flag exists.)
+    (rootfs / "var/lib/man-db/auto-update").unlink(missing_ok=True)
     # No host keys and no machine identity in a base disk: every boot of a copy makes its own.
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -209,14 +241,22 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         rootfs = scratch / "rootfs"
         suite = source.suite or "stable"
         components = " ".join(source.components or ["main"])
+        # The disk is the point release, like a vendor's cloud image; the golden build patches
+        # it from -updates and -security, which its sources list names.
+        mirror = f"deb {local.debian_mirror} {suite} {components}"
         mirrors = [
-            f"deb {local.debian_mirror} {suite} {components}",
+            mirror,
             f"deb {local.debian_mirror} {suite}-updates {components}",
             f"deb {local.debian_security_mirror} {suite}-security {components}",
         ]
         with progress.step(f"bootstrap {suite} from {local.debian_mirror}"):
-            _run(["mmdebstrap", "--variant=apt", "--include=" + ",".join(source.packages), suite, str(rootfs), *mirrors],
-                 "bootstrap the root filesystem", timeout=3600)
+            argv = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(source.packages), suite, str(rootfs), mirror]
+            status = run_streaming(argv, log_path=scratch / "mmdebstrap.log", progress=progress, timeout_seconds=3600,
+                                   interrupt_signal=signal.SIGTERM, interrupt_grace_seconds=120)
+            if status != 0:
+                tail = " | ".join((scratch / "mmdebstrap.log").read_text(errors="replace").strip().splitlines()[-3:])
+                raise StepFailed(f"mmdebstrap failed (exit {status}): {tail}")
+        _write_sources(rootfs, mirrors)
         root_uuid = str(uuid.uuid4())
         _configure_rootfs(rootfs, root_uuid, cfg.target_os.login_user)
         kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
@@ -261,7 +301,7 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
     image = load(cfg.state_dir, cfg.os.name)
     assert image is not None
     return image

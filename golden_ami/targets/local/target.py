@@ -88,7 +88,6 @@ class LocalTarget(Target):
             "SourceImage": ctx.source.id,
             "SourceImageName": ctx.source.name,
             "BuildId": ctx.build_id,
-            "BuildDir": str(ctx.build_dir),
             "PipelineCommit": ctx.commit,
             "CreatedAt": ctx.created_at,
         })

@@ -1,0 +1,68 @@
+"""Session-wide fixtures for the end-to-end tests: one base image, one approved golden image.
+
+Builds under TCG take minutes, so the expensive things happen once per test session:
+  local_state      a state dir with the debian12 base image (Debian's point release, so the
+                   build really patches it: upgrades, a new kernel, a reboot)
+  approved_build   `invoke build --os=debian12 --target=local` in that state dir, approved
+  rebuild_state    a second state dir whose base image is that approved golden image (a
+                   rebuild from an already patched image: the fast path for further builds)
+Set GOLDEN_AMI_E2E_STATE to a directory to keep these between runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import invoke_cmd
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory) -> Path:
+    keep = os.environ.get("GOLDEN_AMI_E2E_STATE")
+    return Path(keep) if keep else tmp_path_factory.mktemp("e2e")
+
+
+def _env(state: Path) -> dict[str, str]:
+    return {"GOLDEN_AMI_STATE_DIR": str(state), "GOLDEN_AMI_CONFIG": ""}
+
+
+@pytest.fixture(scope="session")
+def local_state(e2e_root):
+    state = e2e_root / "local"
+    env = _env(state)
+    proc = invoke_cmd("base-image", "--os=debian12", "--json", env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return state, env
+
+
+@pytest.fixture(scope="session")
+def approved_build(local_state):
+    state, env = local_state
+    proc = invoke_cmd("build", "--os=debian12", "--target=local", "--json", env=env, timeout=3600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def golden_disk(local_state, approved_build) -> Path:
+    state, env = local_state
+    listing = json.loads(invoke_cmd("list", "--json", env=env).stdout)
+    return Path({row["id"]: row["location"] for row in listing}[approved_build["image_id"]])
+
+
+@pytest.fixture(scope="session")
+def rebuild_state(e2e_root, golden_disk):
+    state = e2e_root / "from-golden"
+    env = _env(state)
+    proc = invoke_cmd("base-image", "--os=debian12", f"--from={golden_disk}", "--json", env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return state, env
+
+
+def qemu_processes_under(path: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "qemu-system" in line and str(path) in line]
