@@ -43,7 +43,11 @@ def _user_errors(func):
 ACCEL_HELP = "local: auto (KVM only if a probe boots a kernel with it), kvm or tcg"
 
 
-def _resolve(os_name, target, config_file, profile=None, accelerator=None):
+UNPINNED_HELP = ("DANGEROUS, only for AWS accounts without console output: trust the test instance's first "
+                 "host key instead of pinning it from the console (recorded in the report)")
+
+
+def _resolve(os_name, target, config_file, profile=None, accelerator=None, accept_unpinned=False):
     if not os_name:
         raise UserError(f"--os is required: {OS_HELP}")
     overrides = {}
@@ -51,6 +55,8 @@ def _resolve(os_name, target, config_file, profile=None, accelerator=None):
         overrides["profile"] = profile
     if accelerator:
         overrides["local"] = {"accelerator": accelerator}
+    if accept_unpinned:
+        overrides["verify"] = {"accept_unpinned_host_key": True}
     return gconfig.resolve(os_name, target or gconfig.DEFAULT_TARGET, config_file, overrides=overrides)
 
 
@@ -118,10 +124,10 @@ def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, config_
 @task(help={"os_": OS_HELP, "target": TARGET_HELP, "source_ami": "aws: pin the source AMI id",
             "from_render": "build exactly this rendered directory (its fingerprint is recomputed)",
             "profile": "baseline or cis-level1-server", "accelerator": ACCEL_HELP, "config_": CONFIG_HELP,
-            "json_": JSON_HELP})
+            "accept_unpinned_host_key": UNPINNED_HELP, "json_": JSON_HELP})
 @_user_errors
 def build(c, os_=None, target="local", source_ami=None, from_render=None, profile=None, accelerator=None,
-          config_=None, json_=False):
+          config_=None, accept_unpinned_host_key=False, json_=False):
     """Render, build, verify and approve (or reject) a golden image for one OS.
 
     Exits 0 only when the new image is approved; a rejected image exits 1 and names the
@@ -129,7 +135,7 @@ def build(c, os_=None, target="local", source_ami=None, from_render=None, profil
     """
     from golden_ami import pipeline
 
-    cfg = _resolve(os_, target, config_, profile, accelerator)
+    cfg = _resolve(os_, target, config_, profile, accelerator, accept_unpinned_host_key)
     progress = Progress()
     result = pipeline.build(cfg, progress, source_pin=source_ami,
                             from_render=Path(from_render) if from_render else None)
@@ -141,6 +147,8 @@ def build(c, os_=None, target="local", source_ami=None, from_render=None, profil
 
 def _image_and_build_dir(target_name, image_id, config_file):
     """An image and its build directory (<state>/builds/<its BuildId tag>)."""
+    if not image_id:
+        raise UserError("--image-id is required (see invoke list)")
     target = _settings_target(target_name, config_file)
     image = target.get_image(image_id)
     build_id = image.tags.get("BuildId", "")
@@ -154,7 +162,7 @@ def _image_and_build_dir(target_name, image_id, config_file):
 @task(help={"image_id": "the image to judge (li-… or ami-…)", "target": TARGET_HELP, "config_": CONFIG_HELP,
             "json_": JSON_HELP})
 @_user_errors
-def approve(c, image_id, target="local", config_=None, json_=False):
+def approve(c, image_id=None, target="local", config_=None, json_=False):
     """Run the approval gate again on an image's stored verification report.
 
     Approves only when the report names this image id and its fingerprint, the build
@@ -173,14 +181,15 @@ def approve(c, image_id, target="local", config_=None, json_=False):
 
 
 @task(help={"image_id": "the candidate to verify again", "target": TARGET_HELP, "config_": CONFIG_HELP,
-            "json_": JSON_HELP})
+            "accept_unpinned_host_key": UNPINNED_HELP, "json_": JSON_HELP})
 @_user_errors
-def verify(c, image_id, target="local", config_=None, json_=False):
+def verify(c, image_id=None, target="local", config_=None, accept_unpinned_host_key=False, json_=False):
     """Boot a fresh instance of an image, verify it over SSH (pinned host key), then approve or reject."""
     from golden_ami import pipeline
 
     target_obj, image, build_dir = _image_and_build_dir(target, image_id, config_)
-    cfg = _resolve(image.tags["OS"], target, config_, image.tags.get("Profile"))
+    cfg = _resolve(image.tags["OS"], target, config_, image.tags.get("Profile"),
+                   accept_unpinned=accept_unpinned_host_key)
     progress = Progress()
     decision = pipeline.verify_and_decide(cfg, target_obj, image, build_dir, image.tags.get("BuildId", ""), progress)
     _emit(json_, {"image_id": image.id, "approved": decision.approved, "failed_controls": decision.failed_controls,

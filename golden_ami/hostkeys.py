@@ -137,3 +137,22 @@ def connect_pinned(
             on_wait(time.monotonic() - started)
         time.sleep(3)
     raise VerificationError(f"SSH to {host}:{port} did not come up in {timeout_seconds:.0f} s ({last_error})")
+
+
+def first_seen_host_key(host: str, port: int, timeout_seconds: float) -> tuple[str, str]:
+    """The host key a server presents (for the explicit trust-on-first-use opt-out only)."""
+    started = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=15) as sock:
+                transport = paramiko.Transport(sock)
+                try:
+                    transport.start_client(timeout=30)
+                    key = transport.get_remote_server_key()
+                    return key.get_name(), key.get_base64()
+                finally:
+                    transport.close()
+        except (OSError, paramiko.SSHException, EOFError):
+            if time.monotonic() - started > timeout_seconds:
+                raise VerificationError(f"SSH to {host}:{port} did not come up in {timeout_seconds:.0f} s") from None
+            time.sleep(3)

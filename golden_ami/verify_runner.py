@@ -39,18 +39,11 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     for stale in (REPORT_FILE, JUNIT_FILE, "known_hosts"):
         (verify_dir / stale).unlink(missing_ok=True)
     key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
-    local = cfg.settings.local
     try:
         with target.boot_test_instance(cfg, image, key, verify_dir / "instance", progress) as instance:
-            boot_timeout = float(local.boot_timeout_seconds)
-            progress.say(f"waiting for the host-key block on {instance.instance_id}'s console")
-            keys = hostkeys.wait_for_console_host_keys(
-                instance.console_text, boot_timeout,
-                on_wait=lambda waited: progress.touch(),
-            )
+            boot_timeout = float(instance.boot_timeout_seconds)
             known_hosts = verify_dir / "known_hosts"
-            hostkeys.write_known_hosts(known_hosts, instance.ssh_host, instance.ssh_port, keys)
-            progress.say(f"pinned {len(keys)} host key(s) from the console: {', '.join(k for k, _ in keys)}")
+            pinned = _pin_host_keys(cfg, instance, known_hosts, boot_timeout, progress)
             client = hostkeys.connect_pinned(
                 instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path, known_hosts,
                 timeout_seconds=boot_timeout,
@@ -59,14 +52,33 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             progress.say("SSH host key matches the pin; running the verify suite")
             _run_suite(cfg, image, build_dir, build_id, instance, known_hosts, progress)
             report = json.loads((verify_dir / REPORT_FILE).read_text())
-            outside = target.outside_checks(cfg, image, instance)
-            if outside:
-                report["controls"].extend(outside)
-                _write_report(verify_dir / REPORT_FILE, report)
+            report["controls"].extend(target.outside_checks(cfg, image, instance))
+            report["host_key"] = pinned
+            _write_report(verify_dir / REPORT_FILE, report)
     finally:
         # The private key dies with the instance.
         key.private_key_path.unlink(missing_ok=True)
     return report
+
+
+def _pin_host_keys(cfg: Resolved, instance, known_hosts: Path, timeout: float, progress: Progress) -> str:
+    """Pin the keys the console announces; returns how the host key was established."""
+    progress.say(f"waiting for the host-key block on {instance.instance_id}'s console")
+    try:
+        keys = hostkeys.wait_for_console_host_keys(instance.console_text, timeout, on_wait=lambda waited: progress.touch())
+    except VerificationError:
+        if not cfg.settings.verify.accept_unpinned_host_key:
+            raise
+        # The explicit opt-out (verify.accept_unpinned_host_key) for accounts without console
+        # output: trust the first key seen, say so loudly, and write it into the report.
+        progress.say("WARNING: no host keys on the console; verify.accept_unpinned_host_key is set, so the first "
+                     "key the instance presents is trusted (trust on first use)")
+        keys = [hostkeys.first_seen_host_key(instance.ssh_host, instance.ssh_port, timeout)]
+        hostkeys.write_known_hosts(known_hosts, instance.ssh_host, instance.ssh_port, keys)
+        return "trusted on first use (verify.accept_unpinned_host_key)"
+    hostkeys.write_known_hosts(known_hosts, instance.ssh_host, instance.ssh_port, keys)
+    progress.say(f"pinned {len(keys)} host key(s) from the console: {', '.join(k for k, _ in keys)}")
+    return "pinned from the console: " + ", ".join(k for k, _ in keys)
 
 
 def _run_suite(cfg: Resolved, image: Image, build_dir: Path, build_id: str, instance, known_hosts: Path,

@@ -63,6 +63,7 @@ class TestInstance:
     key: KeyPair
     instance_id: str
     console_text: Callable[[], str]
+    boot_timeout_seconds: float = 900
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -75,7 +75,7 @@ def test_a_report_naming_another_image_is_refused(local_state, approved_build):
         doctored = json.loads(original)
         doctored["image_id"] = "li-0000000000000000f"
         report_path.write_text(json.dumps(doctored))
-        proc = invoke_cmd("approve", approved_build["image_id"], "--json", env=env)
+        proc = invoke_cmd("approve", f"--image-id={approved_build['image_id']}", "--json", env=env)
         assert proc.returncode == 1
         decision = json.loads(proc.stdout)
         assert decision["status"] == "rejected"
@@ -83,7 +83,7 @@ def test_a_report_naming_another_image_is_refused(local_state, approved_build):
     finally:
         report_path.write_text(original)
     # The untouched report approves again: the gate judges what it is shown, nothing else.
-    proc = invoke_cmd("approve", approved_build["image_id"], "--json", env=env)
+    proc = invoke_cmd("approve", f"--image-id={approved_build['image_id']}", "--json", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -132,7 +132,7 @@ def test_sigterm_during_the_packer_build_leaves_nothing_behind(rebuild_state):
 
 def test_sigterm_during_verification_stops_the_vm_and_removes_the_overlay(local_state, approved_build):
     state, env = local_state
-    status, stderr = _interrupt_when(["verify", approved_build["image_id"]], env, "waiting for the host-key block")
+    status, stderr = _interrupt_when(["verify", f"--image-id={approved_build['image_id']}"], env, "waiting for the host-key block")
     assert status == 130, stderr[-2000:]
     assert not qemu_processes_under(state), "the test VM survived the interruption"
     instance_dir = Path(approved_build["build_dir"]) / "verify" / "instance"

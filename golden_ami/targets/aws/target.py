@@ -164,6 +164,7 @@ class AwsTarget(Target):
             yield TestInstance(
                 ssh_host=address, ssh_port=aws.ssh_port, login_user=cfg.target_os.login_user, key=key,
                 instance_id=instance_id, console_text=console_text,
+                boot_timeout_seconds=aws.console_timeout_seconds,
                 details={"region": self.region, "security_group": sg_id, "key_pair": key_name},
             )
         finally:

@@ -110,6 +110,7 @@ class LocalTarget(Target):
                 key=key,
                 instance_id=running.instance_id,
                 console_text=running.console_text,
+                boot_timeout_seconds=local.boot_timeout_seconds,
                 details={"accelerator": accel.name, "serial_log": str(running.serial_log)},
             )
 

@@ -1,0 +1,152 @@
+"""The aws target end to end against an EC2 test double: moto's server for the API, real
+QEMU VMs for the instances (tests/e2e/ec2_on_qemu.py), the installed Packer 1.6.6.
+
+`invoke build --os=debian12 --target=aws` must: resolve the source AMI through the owner-pinned
+filter, run Packer amazon-ebs (temporary key pair and security group from the runner's CIDR,
+encrypted copy, provenance tags), set ImdsSupport, boot a test instance with IMDSv2 required,
+pin its host key from the console output, verify, approve, publish the SSM pointer - and leave
+no instance, key pair or security group behind. Then a verification that fails on purpose
+(the console lies about the host key) must reject, and clean up just the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from tests.e2e.ec2_on_qemu import QemuEc2
+
+pytestmark = pytest.mark.e2e
+
+REGION = "us-east-1"
+SOURCE_AMI = "ami-0deb100000000c0de"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_invoke(*args: str) -> tuple[int, str]:
+    """`invoke <args>` in this process (so it talks to the in-process EC2 double)."""
+    from invoke import Collection, Program
+
+    import tasks
+
+    out = io.StringIO()
+    program = Program(namespace=Collection.from_module(tasks), binary="invoke")
+    code = 0
+    with contextlib.redirect_stdout(out):
+        try:
+            program.run(["invoke", *args], exit=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ec2(tmp_path_factory, golden_disk):
+    from moto.server import ThreadedMotoServer
+
+    work = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as mp:
+        # A Debian-owned source AMI whose disk is the approved local golden image (nothing left
+        # to patch, so the build exercises the AWS path rather than apt).
+        seed = work / "amis.json"
+        seed.write_text(json.dumps([{
+            "ami_id": SOURCE_AMI, "name": "debian-12-amd64-20261101-1", "owner_id": "136693071363",
+            "state": "available", "public": True, "architecture": "x86_64", "root_device_type": "ebs",
+            "root_device_name": "/dev/xvda", "virtualization_type": "hvm", "creation_date": "2026-11-01T00:00:00.000Z",
+            "description": "Debian 12", "hypervisor": "xen", "image_location": "debian", "image_type": "machine",
+            "platform": None, "sriov": "simple"}]))
+        for key, value in {"MOTO_AMIS_PATH": str(seed), "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+                           "GOLDEN_AMI_STATE_DIR": str(work / "state"), "GOLDEN_AMI_CONFIG": ""}.items():
+            mp.setenv(key, value)
+        mp.delenv("AWS_PROFILE", raising=False)
+        port = _free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        endpoint = f"http://127.0.0.1:{port}"
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
+        harness = QemuEc2(work / "vms", _free_port(), login_user="admin")
+        harness.disks[SOURCE_AMI] = golden_disk
+        harness.start_imds()
+        harness.install(mp)
+        config = work / "golden-ami.yaml"
+        config.write_text(yaml.safe_dump({
+            "aws": {"region": REGION, "ssh_cidrs": ["127.0.0.1/32"], "ssh_port": harness.ssh_port},
+            # The agents' packages come from S3, which these machines cannot reach: their
+            # scripts are rendered and linted, but not run here.
+            "controls": {"GA-AGENT-SSM": {"enabled": False}, "GA-AGENT-CWAGENT": {"enabled": False}},
+        }))
+        try:
+            yield harness, config, boto3.client("ec2", region_name=REGION), boto3.client("ssm", region_name=REGION)
+        finally:
+            harness.close()
+            server.stop()
+
+
+def _leftovers(client) -> dict[str, list[str]]:
+    live = [i["InstanceId"] for r in client.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    keys = [k["KeyName"] for k in client.describe_key_pairs()["KeyPairs"]]
+    groups = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
+    return {"instances": live, "key_pairs": keys, "security_groups": groups}
+
+
+@pytest.fixture(scope="module")
+def aws_build(ec2):
+    harness, config, client, _ = ec2
+    code, out = run_invoke("build", "--os=debian12", "--target=aws", f"--config={config}", "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_build_on_aws_is_approved_published_and_latest(ec2, aws_build):
+    harness, config, client, ssm = ec2
+    image_id = aws_build["image_id"]
+    assert aws_build["status"] == "approved", aws_build
+    image = client.describe_images(ImageIds=[image_id])["Images"][0]
+    tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+    assert tags["Status"] == "approved" and tags["SourceAmi"] == SOURCE_AMI
+    assert tags["Fingerprint"] == aws_build["fingerprint"] and tags["ReportDigest"].startswith("sha256:")
+    assert tags["SourceAmiName"] == "debian-12-amd64-20261101-1" and tags["OS"] == "debian12"
+    assert all(m["Ebs"]["Encrypted"] for m in image["BlockDeviceMappings"])
+    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == image_id
+
+    report = json.loads((Path(aws_build["build_dir"]) / "verify" / "report.json").read_text())
+    outcomes = {row["id"]: row["outcome"] for row in report["controls"]}
+    for control in ("GA-AWS-EBS-ENCRYPTED", "GA-AWS-IMDS-V2", "GA-AWS-NOT-PUBLIC", "GA-AWS-IMDSV2-ENFORCED",
+                    "GA-SSH-PASSWORD", "GA-FW-INBOUND", "GA-HYG-HOSTKEYS"):
+        assert outcomes[control] == "pass", (control, report)
+
+    code, out = run_invoke("latest", "--os=debian12", "--target=aws", f"--config={config}", "--json")
+    assert code == 0 and json.loads(out)["id"] == image_id
+    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert harness.running() == []
+
+
+def test_a_failed_verification_rejects_and_still_cleans_up(ec2, aws_build):
+    harness, config, client, _ = ec2
+    harness.tamper_console = True
+    try:
+        code, out = run_invoke("verify", f"--image-id={aws_build['image_id']}", "--target=aws", f"--config={config}", "--json")
+    finally:
+        harness.tamper_console = False
+    assert code == 1, out
+    decision = json.loads(out)
+    assert not decision["approved"] and "did not announce" in " ".join(decision["reasons"])
+    tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[aws_build["image_id"]])["Images"][0]["Tags"]}
+    assert tags["Status"] == "rejected"
+    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert harness.running() == []

@@ -1,0 +1,89 @@
+"""`invoke render --target=aws` against moto's server: the source resolves through AWS's own
+SSM parameter, the template validates under the installed Packer and opens nothing to 0.0.0.0/0;
+no credentials or a wrong endpoint give one actionable line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from golden_ami import packer
+from tests.conftest import invoke_cmd
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory):
+    binary = Path(sys.executable).with_name("moto_server")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _aws_env(state_dir, endpoint):
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint, "GOLDEN_AMI_STATE_DIR": str(state_dir)}
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
+def test_render_al2023_resolves_through_ssm_and_validates(state_dir, tmp_path, moto_endpoint):
+    out = tmp_path / "al2023-aws"
+    proc = invoke_cmd("render", "--os=al2023", "--target=aws", f"--out={out}", "--json",
+                      env=_aws_env(state_dir, moto_endpoint))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["source_image"]["id"].startswith("ami-")
+    assert "al2023" in result["source_image"]["name"]
+    template = (out / "template.pkr.hcl").read_text()
+    assert "0.0.0.0/0" not in template
+    runtime = packer.write_runtime_vars(tmp_path / "rt", {
+        "build_id": "b", "fingerprint": result["fingerprint"], "ami_name": "golden-b", "runner_cidrs": ["203.0.113.7/32"],
+        "ec2_endpoint": moto_endpoint})
+    ok, output = packer.validate(out, runtime)
+    assert ok, output
+
+
+def test_no_credentials_is_one_line(state_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HOME": str(tmp_path), "GOLDEN_AMI_STATE_DIR": str(state_dir),
+                "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "--search-root", str(Path(__file__).parents[2]),
+                           "render", "--os=al2023", "--target=aws"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "no AWS credentials" in proc.stderr
+
+
+def test_a_wrong_endpoint_is_one_line(state_dir):
+    proc = invoke_cmd("render", "--os=al2023", "--target=aws",
+                      env=_aws_env(state_dir, f"http://127.0.0.1:{_free_port()}"), timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr and "AWS_ENDPOINT_URL" in proc.stderr
