@@ -47,7 +47,7 @@ UNPINNED_HELP = ("DANGEROUS, only for AWS accounts without console output: trust
                  "host key instead of pinning it from the console (recorded in the report)")
 
 
-def _resolve(os_name, target, config_file, profile=None, accelerator=None, accept_unpinned=False):
+def _resolve(os_name, target, config_file, profile=None, accelerator=None, accept_unpinned=False, region=None):
     if not os_name:
         raise UserError(f"--os is required: {OS_HELP}")
     overrides = {}
@@ -57,6 +57,8 @@ def _resolve(os_name, target, config_file, profile=None, accelerator=None, accep
         overrides["local"] = {"accelerator": accelerator}
     if accept_unpinned:
         overrides["verify"] = {"accept_unpinned_host_key": True}
+    if region:
+        overrides["aws"] = {"region": region}
     return gconfig.resolve(os_name, target or gconfig.DEFAULT_TARGET, config_file, overrides=overrides)
 
 
@@ -67,9 +69,10 @@ def _emit(as_json: bool, data, text: str) -> None:
         print(text)
 
 
-def _settings_target(target: str, config_file):
+def _settings_target(target: str, config_file, region=None):
     """A target for commands that span every OS (list): defaults + the user's config file."""
-    cfg = gconfig.resolve(gconfig.available_os()[0], target, config_file)
+    cfg = gconfig.resolve(gconfig.available_os()[0], target, config_file,
+                          overrides={"aws": {"region": region}} if region else None)
     from golden_ami.targets import get_target
 
     return get_target(target, cfg.settings, cfg.state_dir)
@@ -204,11 +207,14 @@ def _image_row(image) -> dict:
     return {"id": image.id, "location": image.location, **{k: image.tags.get(k, "") for k in keys}}
 
 
-@task(help={"os_": OS_HELP, "target": TARGET_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
+REGION_HELP = "aws: the region to look in (default: aws.region of the config)"
+
+
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "region": REGION_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
-def latest(c, os_=None, target="local", config_=None, json_=False):
+def latest(c, os_=None, target="local", region=None, config_=None, json_=False):
     """Print the newest approved image for an OS (what application teams should launch)."""
-    cfg = _resolve(os_, target, config_)
+    cfg = _resolve(os_, target, config_, region=region)
     from golden_ami.pipeline import target_for
 
     approved = target_for(cfg).list_images(cfg.os.name, "approved")
@@ -220,15 +226,15 @@ def latest(c, os_=None, target="local", config_=None, json_=False):
 
 
 @task(name="list", help={"os_": "only this OS", "target": TARGET_HELP, "status": "candidate, approved or rejected",
-                         "config_": CONFIG_HELP, "json_": JSON_HELP})
+                         "region": REGION_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
-def list_(c, os_=None, target="local", status=None, config_=None, json_=False):
+def list_(c, os_=None, target="local", status=None, region=None, config_=None, json_=False):
     """List the pipeline's images with their status and provenance tags."""
     if os_ and os_ not in gconfig.available_os():
         raise UserError(f"unknown --os {os_!r}: {OS_HELP}")
     if status and status not in ("candidate", "approved", "rejected"):
         raise UserError(f"unknown --status {status!r}: candidate, approved or rejected")
-    rows = [_image_row(i) for i in _settings_target(target, config_).list_images(os_, status)]
+    rows = [_image_row(i) for i in _settings_target(target, config_, region).list_images(os_, status)]
     if json_:
         _emit(True, rows, "")
         return

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,14 +42,17 @@ def version(binary: str = "packer") -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
-def _env(extra: Optional[dict[str, str]], runtime_dir: Path) -> dict[str, str]:
+def _env(extra: Optional[dict[str, str]], runtime_dir: Path, tmp_dir: Optional[Path] = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "CHECKPOINT_DISABLE": "1",  # no version check call home
         "PACKER_NO_COLOR": "1",
         "PACKER_CACHE_DIR": str(runtime_dir / "packer_cache"),
-        "TMPDIR": str(runtime_dir),  # Packer's temporary ISO and scripts stay with the build
     })
+    if tmp_dir is not None:
+        # Packer's plugin sockets live in TMPDIR: a Unix socket path must stay under 108 bytes,
+        # so this is a short private directory of its own, not the (long) build directory.
+        env["TMPDIR"] = str(tmp_dir)
     env.update(extra or {})
     return env
 
@@ -109,10 +113,14 @@ def build(
         if "GATE FAILED" in body or body.startswith(("Build '", "* ")) or "error" in body.lower():
             last_error.append(body)
 
-    status = run_streaming(
-        argv, cwd=build_dir, env=_env(env, runtime_dir), log_path=build_dir / "logs" / "packer.log",
-        progress=progress, on_line=on_line, timeout_seconds=timeout_minutes * 60,
-    )
+    tmp_dir = Path(tempfile.mkdtemp(prefix="golden-ami-"))
+    try:
+        status = run_streaming(
+            argv, cwd=build_dir, env=_env(env, runtime_dir, tmp_dir), log_path=build_dir / "logs" / "packer.log",
+            progress=progress, on_line=on_line, timeout_seconds=timeout_minutes * 60,
+        )
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     if status != 0:
         detail = " | ".join(last_error[-3:]) or f"exit status {status}"
         raise StepFailed(f"packer build failed: {detail} (full log: {build_dir / 'logs' / 'packer.log'})")

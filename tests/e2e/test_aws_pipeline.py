@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -21,18 +20,13 @@ import boto3
 import pytest
 import yaml
 
+from tests.conftest import free_port, seed_moto_amis
 from tests.e2e.ec2_on_qemu import QemuEc2
 
 pytestmark = pytest.mark.e2e
 
 REGION = "us-east-1"
 SOURCE_AMI = "ami-0deb100000000c0de"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_invoke(*args: str) -> tuple[int, str]:
@@ -60,25 +54,24 @@ def ec2(tmp_path_factory, golden_disk):
     with pytest.MonkeyPatch.context() as mp:
         # A Debian-owned source AMI whose disk is the approved local golden image (nothing left
         # to patch, so the build exercises the AWS path rather than apt).
-        seed = work / "amis.json"
-        seed.write_text(json.dumps([{
+        seed_moto_amis(mp, work, [{
             "ami_id": SOURCE_AMI, "name": "debian-12-amd64-20261101-1", "owner_id": "136693071363",
             "state": "available", "public": True, "architecture": "x86_64", "root_device_type": "ebs",
             "root_device_name": "/dev/xvda", "virtualization_type": "hvm", "creation_date": "2026-11-01T00:00:00.000Z",
             "description": "Debian 12", "hypervisor": "xen", "image_location": "debian", "image_type": "machine",
-            "platform": None, "sriov": "simple"}]))
-        for key, value in {"MOTO_AMIS_PATH": str(seed), "AWS_ACCESS_KEY_ID": "testing",
+            "platform": None, "sriov": "simple"}])
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                            "GOLDEN_AMI_STATE_DIR": str(work / "state"), "GOLDEN_AMI_CONFIG": ""}.items():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
-        port = _free_port()
+        port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         endpoint = f"http://127.0.0.1:{port}"
         mp.setenv("AWS_ENDPOINT_URL", endpoint)
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
-        harness = QemuEc2(work / "vms", _free_port(), login_user="admin")
+        harness = QemuEc2(work / "vms", free_port(), login_user="admin")
         harness.disks[SOURCE_AMI] = golden_disk
         harness.start_imds()
         harness.install(mp)

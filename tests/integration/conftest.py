@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from golden_ami import sshkeys
+from tests.conftest import free_port, wait_for_port
 
 SSHD = "/usr/sbin/sshd"
 
@@ -29,12 +28,6 @@ class LocalSshd:
                 "-----END SSH HOST KEY KEYS-----\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def local_sshd(tmp_path):
     if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
@@ -45,7 +38,7 @@ def local_sshd(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@test", "-f", str(host_key)], check=True)
     client = sshkeys.generate(work / "client", "id_ed25519", "golden-ami-test")
     (work / "authorized_keys").write_text(client.public_key + "\n")
-    port = _free_port()
+    port = free_port()
     (work / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {work / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {work / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
@@ -54,15 +47,7 @@ def local_sshd(tmp_path):
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(work / "sshd_config")], stderr=(work / "sshd.log").open("wb"))
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"sshd exited: {(work / 'sshd.log').read_text()}")
-                time.sleep(0.2)
+        wait_for_port(port, proc, work / "sshd.log", timeout=20)
         import getpass
 
         yield LocalSshd(port, (host_key.with_suffix(".pub")).read_text().strip(), client, getpass.getuser())

@@ -6,42 +6,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from golden_ami import packer
-from tests.conftest import invoke_cmd
+from tests.conftest import free_port, invoke_cmd, wait_for_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def moto_endpoint(tmp_path_factory):
     binary = Path(sys.executable).with_name("moto_server")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                time.sleep(0.3)
+        wait_for_port(port, proc, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -84,6 +69,6 @@ def test_no_credentials_is_one_line(state_dir, tmp_path):
 
 def test_a_wrong_endpoint_is_one_line(state_dir):
     proc = invoke_cmd("render", "--os=al2023", "--target=aws",
-                      env=_aws_env(state_dir, f"http://127.0.0.1:{_free_port()}"), timeout=300)
+                      env=_aws_env(state_dir, f"http://127.0.0.1:{free_port()}"), timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr and "AWS_ENDPOINT_URL" in proc.stderr

@@ -97,3 +97,24 @@ def test_the_verify_suite_refuses_an_unpinned_host(tmp_path, local_sshd):
     row = {r["id"]: r for r in report["controls"]}["4.2.7"]
     assert row["outcome"] == "fail"
     assert "BadHostKey" in row["message"] or "does not match" in row["message"] or "Host key" in row["message"], row
+
+
+def test_no_console_keys_fails_closed_unless_explicitly_opted_out(tmp_path, local_sshd, state_dir):
+    from types import SimpleNamespace
+
+    from golden_ami import config, verify_runner
+    from golden_ami.errors import VerificationError
+    from golden_ami.progress import Progress
+
+    instance = SimpleNamespace(instance_id="i-test", ssh_host="127.0.0.1", ssh_port=local_sshd.port,
+                               console_text=lambda: "no key block on this console")
+    known_hosts = tmp_path / "known_hosts"
+    strict = config.resolve("debian12", "aws")
+    with pytest.raises(VerificationError, match="refusing to connect"):
+        verify_runner._pin_host_keys(strict, instance, known_hosts, 1, Progress(quiet=True))
+    assert not known_hosts.exists()
+
+    opted_out = config.resolve("debian12", "aws", overrides={"verify": {"accept_unpinned_host_key": True}})
+    how = verify_runner._pin_host_keys(opted_out, instance, known_hosts, 10, Progress(quiet=True))
+    assert how.startswith("trusted on first use")
+    assert local_sshd.host_key_line.split()[1] in known_hosts.read_text()

@@ -14,6 +14,7 @@ from golden_ami.errors import UserError, VerificationError
 from golden_ami.progress import Progress
 from golden_ami.targets.aws import checks, source
 from golden_ami.targets.aws.target import AwsTarget, runner_cidrs
+from tests.conftest import seed_moto_amis
 
 REGION = "us-east-1"
 DEBIAN_OWNER = "136693071363"
@@ -32,9 +33,7 @@ def aws_env(state_dir, monkeypatch, tmp_path):
              "root_device_name": "/dev/xvda", "virtualization_type": "hvm", "creation_date": f"2026-11-0{n}T00:00:00.000Z",
              "description": "Debian 12", "hypervisor": "xen", "image_location": "debian", "image_type": "machine",
              "platform": None, "sriov": "simple"} for n in (1, 2)]
-    seed = tmp_path / "amis.json"
-    seed.write_text(json.dumps(amis))
-    monkeypatch.setenv("MOTO_AMIS_PATH", str(seed))
+    seed_moto_amis(monkeypatch, tmp_path, amis)
     with mock_aws():
         yield
 
