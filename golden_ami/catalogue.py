@@ -1,4 +1,4 @@
-"""The control catalogue (controls/catalogue.yaml) and the controls in force for one build.
+"""The control catalogue (controls/*.yaml) and the controls in force for one build.
 
 A control is in force when its profile is selected and it is enabled; it is then either
 applicable (remediated by a hardening script, checked by verify/) or not applicable with a
@@ -14,10 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import paths
-from .config import Resolved, describe_validation_error
+from .config import Resolved, available_os, describe_validation_error
 from .errors import UserError
 
-CATALOGUE_FILE = paths.CONTROLS_DIR / "catalogue.yaml"
+CATALOGUE_GLOB = "*.yaml"  # controls/NN-<area>.yaml, read in name order
 PROFILES = ("baseline", "cis-level1-server")
 
 # A parameter value ends up in scripts and config files: keep strings to a plain alphabet.
@@ -29,6 +29,8 @@ class Applies(BaseModel):
     targets: Optional[list[Literal["aws", "local"]]] = None
     os: Optional[list[str]] = None
     requires_agent: Optional[Literal["ssm", "cloudwatch"]] = None
+    # OS on which the recommendation does not apply, each with the reason the report shows.
+    not_on: dict[str, str] = Field(default_factory=dict)
 
 
 class Bounds(BaseModel):
@@ -47,6 +49,9 @@ class ControlSpec(BaseModel):
     refs: dict[str, str] = Field(default_factory=dict)
     applies: Applies = Applies()
     params: dict[str, Any] = Field(default_factory=dict)
+    # Per-OS values of some params (package names, paths that differ): applied before the
+    # user's overrides, and checked like them.
+    params_by_os: dict[str, dict[str, Any]] = Field(default_factory=dict)
     param_bounds: dict[str, Bounds] = Field(default_factory=dict)
     # 00-packer-template: remediated by the Packer template / the pipeline's API calls, not a script.
     remediation: str = Field(pattern=r"^[0-9]{2}-[a-z0-9-]+$")
@@ -102,19 +107,25 @@ class ControlSet:
 
 
 def load_catalogue() -> list[ControlSpec]:
-    with CATALOGUE_FILE.open(encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
+    """Every control of every controls/*.yaml file, in file order then entry order."""
     specs: list[ControlSpec] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(raw or []):
-        try:
-            spec = ControlSpec.model_validate(entry)
-        except ValidationError as exc:
-            raise UserError(describe_validation_error(exc, f"controls/catalogue.yaml entry {index + 1}")) from None
-        if spec.id in seen:
-            raise UserError(f"controls/catalogue.yaml: control {spec.id} is listed twice")
-        seen.add(spec.id)
-        specs.append(spec)
+    seen: dict[str, str] = {}
+    for path in sorted(paths.CONTROLS_DIR.glob(CATALOGUE_GLOB)):
+        with path.open(encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+        for index, entry in enumerate(raw or []):
+            where = f"controls/{path.name} entry {index + 1}"
+            try:
+                spec = ControlSpec.model_validate(entry)
+            except ValidationError as exc:
+                raise UserError(describe_validation_error(exc, where)) from None
+            if spec.id in seen:
+                raise UserError(f"{where}: control {spec.id} is already listed in controls/{seen[spec.id]}")
+            unknown = sorted(set(spec.params_by_os) - set(available_os()))
+            if unknown or sorted(set(spec.applies.not_on) - set(available_os())):
+                raise UserError(f"{where}: names an unknown OS {(unknown or sorted(spec.applies.not_on))[0]!r}")
+            seen[spec.id] = path.name
+            specs.append(spec)
     return specs
 
 
@@ -152,6 +163,8 @@ def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
         return False, f"applies to the {', '.join(applies.targets)} target only"
     if applies.os is not None and cfg.os.name not in applies.os:
         return False, f"applies to {', '.join(applies.os)} only"
+    if cfg.os.name in applies.not_on:
+        return False, " ".join(applies.not_on[cfg.os.name].split())
     if applies.requires_agent:
         agent = cfg.target_os.agents.get(applies.requires_agent)
         if agent is None:
@@ -182,6 +195,10 @@ def controls_for(cfg: Resolved) -> ControlSet:
         if cfg.profile not in spec.profiles or not enabled:
             continue
         params = dict(spec.params)
+        for name, value in spec.params_by_os.get(cfg.os.name, {}).items():
+            if name not in spec.params:
+                raise UserError(f"controls: {spec.id} params_by_os.{cfg.os.name}.{name} is not one of its params")
+            params[name] = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
         if override is not None:
             for name, value in override.params.items():
                 if name not in spec.params:

@@ -36,17 +36,9 @@ TEMPLATE_FILE = "template.pkr.hcl"
 VARIABLES_FILE = "variables.pkrvars.json"
 CONTROLS_FILE = "controls.json"
 
-# The order the hardening sections run in; a section is rendered when a control in force
-# names it as its remediation. The reboot section sits between patching and the rest.
-SECTION_ORDER = (
-    "10-patching",
-    "15-reboot-if-kernel-changed",
-    "20-firewall",
-    "30-ssh",
-    "40-agents",
-    "41-aws-agents",
-    "90-image-hygiene",
-)
+# Hardening sections run in the order of their number (hardening/NN-name.sh.j2); a section is
+# rendered when a control in force names it as its remediation. 15 reboots into a new kernel
+# between patching and the rest; 90 cleans the image and runs the in-build gate, always last.
 REBOOT_SECTION = "15-reboot-if-kernel-changed"
 
 
@@ -169,8 +161,8 @@ class HclRaw(str):
 # --- context -------------------------------------------------------------------------------
 def _context(cfg: Resolved, controls: ControlSet, source: SourceImage, packer_plugins: bool) -> dict[str, Any]:
     applicable = {c.id: c for c in controls.applicable}
-    sections = [s for s in SECTION_ORDER if any(c.remediation == s for c in applicable.values())]
     # (00-packer-template controls are remediated by the template itself, not by a script.)
+    sections = sorted({c.remediation for c in applicable.values() if c.remediation != "00-packer-template"})
     # Every build cleans the image and runs the in-build gate last, whatever the profile.
     if "90-image-hygiene" not in sections:
         sections.append("90-image-hygiene")

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import botocore.exceptions
 
-# id -> title; the ids are in controls/catalogue.yaml as well (applies: targets [aws]).
+# id -> title; the ids are in controls/10-baseline.yaml as well (applies: targets [aws]).
 TITLES = {
     "GA-AWS-EBS-ENCRYPTED": "Every EBS volume of the AMI is encrypted",
     "GA-AWS-IMDS-V2": "The AMI requires IMDSv2 (ImdsSupport v2.0)",
