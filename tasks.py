@@ -269,16 +269,20 @@ def doctor(c, target=None, json_=False):
             "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
 def controls(c, os_=None, target="local", profile=None, config_=None, json_=False):
-    """List the controls in force for an OS and target, with their ids and applicability."""
-    from golden_ami.catalogue import controls_for
+    """List the controls in force for an OS and target (ids, benchmark numbers, applicability)
+    and how much of the OS's CIS Level 1 automatable recommendations they cover."""
+    from golden_ami.catalogue import controls_for, coverage
 
     cfg = _resolve(os_, target, config_, profile)
     chosen = controls_for(cfg)
+    covered = coverage(chosen)
     if json_:
-        _emit(True, chosen.as_dict(), "")
+        _emit(True, {**chosen.as_dict(), "coverage": covered}, "")
         return
     for control in chosen.controls:
         state = "applies" if control.applicable else f"n/a: {control.reason}"
-        print(f"{control.id:18} {control.os_id:9} {control.title}  [{state}]")
-    print(f"{len(chosen.applicable)} applicable of {len(chosen.controls)} in profile {chosen.profile}",
-          file=sys.stderr)
+        print(f"{control.id:18} {control.os_id:12} {control.title}  [{state}]")
+    print(f"{cfg.os.name}/{cfg.target}, profile {chosen.profile}: {covered['applicable']} applicable controls "
+          f"({covered['not_applicable']} not applicable); {covered['benchmark_covered']} of "
+          f"{covered['benchmark_level1_automated']} automatable Level 1 benchmark recommendations implemented "
+          "and verified", file=sys.stderr)

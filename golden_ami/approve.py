@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from . import waivers
 from .render import CONTROLS_FILE, load_render
 from .targets.base import Image, Target
 from .verify_runner import REPORT_FILE, report_digest
@@ -65,6 +66,10 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path) -> D
         if row is None:
             failed.append(control["id"])
             reasons.append(f"{control['id']} has no row in the report")
+        elif control["applicable"] and row["outcome"] == "waived":
+            if not waivers.still_valid(row):
+                failed.append(control["id"])
+                reasons.append(f"{control['id']}: its waiver has expired since verification")
         elif control["applicable"] and row["outcome"] != "pass":
             failed.append(control["id"])
         elif not control["applicable"] and not (row["outcome"] == "not-applicable" and row.get("message")):

@@ -221,3 +221,30 @@ def controls_for(cfg: Resolved) -> ControlSet:
             )
         )
     return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen))
+
+
+BENCHMARK_INDEX = paths.CONTROLS_DIR / "benchmarks" / "level1-automated.yaml"
+
+
+def coverage(chosen: ControlSet) -> dict[str, Any]:
+    """How much of the OS benchmark's automatable Level 1 set the controls in force cover.
+
+    A recommendation counts when an applicable control in force carries its number for this
+    OS (every control has a remediation and a check: tests/unit/test_catalogue.py sees to it).
+    """
+    with BENCHMARK_INDEX.open(encoding="utf-8") as handle:
+        benchmark = {str(i) for i in (yaml.safe_load(handle) or {}).get(chosen.os, [])}
+    covered: set[str] = set()
+    for control in chosen.applicable:
+        numbers = {n.strip() for n in control.os_id.split(",") if n.strip()}
+        covered |= numbers & benchmark
+    return {
+        "os": chosen.os,
+        "profile": chosen.profile,
+        "in_force": len(chosen.controls),
+        "applicable": len(chosen.applicable),
+        "not_applicable": len(chosen.controls) - len(chosen.applicable),
+        "benchmark_level1_automated": len(benchmark),
+        "benchmark_covered": len(covered),
+        "benchmark_missing": sorted(benchmark - covered, key=lambda s: [int(p) if p.isdigit() else p for p in s.split(".")]),
+    }

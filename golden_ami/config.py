@@ -195,6 +195,8 @@ class ControlOverride(_Strict):
 class Settings(_Strict):
     profile: Literal["baseline", "cis-level1-server"] = "baseline"
     state_dir: Optional[str] = None
+    # Expiring exceptions for failing controls (golden_ami/waivers.py); relative to the config file.
+    waivers_file: Optional[str] = None
     packer: PackerSettings = PackerSettings()
     local: LocalSettings = LocalSettings()
     aws: AwsSettings = AwsSettings()
@@ -221,6 +223,15 @@ class Resolved(BaseModel):
     @property
     def profile(self) -> str:
         return self.settings.profile
+
+    @property
+    def waivers_file(self) -> Optional[Path]:
+        if not self.settings.waivers_file:
+            return None
+        path = Path(self.settings.waivers_file).expanduser()
+        if not path.is_absolute() and self.config_files:
+            path = Path(self.config_files[0]).parent / path
+        return path.resolve()
 
     @property
     def state_dir(self) -> Path:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import hostkeys, paths, sshkeys
+from . import hostkeys, paths, sshkeys, waivers
+from .report import markdown, summarise
 from .config import Resolved
 from .errors import VerificationError
 from .procs import run_streaming
@@ -25,6 +26,7 @@ from .render import CONTROLS_FILE
 from .targets.base import Image, Target
 
 REPORT_FILE = "report.json"
+MARKDOWN_FILE = "report.md"
 JUNIT_FILE = "junit.xml"
 
 
@@ -36,7 +38,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
     verify_dir = build_dir / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (REPORT_FILE, JUNIT_FILE, "known_hosts"):
+    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, "known_hosts"):
         (verify_dir / stale).unlink(missing_ok=True)
     key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
     try:
@@ -54,7 +56,11 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report = json.loads((verify_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
             report["host_key"] = pinned
+            report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
+                                              cfg.target)
+            report["summary"] = summarise(report["controls"])
             _write_report(verify_dir / REPORT_FILE, report)
+            (verify_dir / MARKDOWN_FILE).write_text(markdown(report))
     finally:
         # The private key dies with the instance.
         key.private_key_path.unlink(missing_ok=True)
