@@ -100,9 +100,12 @@ def render(c, os_=None, target="local", out=None, source_ami=None, profile=None,
 @task(name="base-image",
       help={"os_": OS_HELP, "from_": "use this cloud image (qcow2 or raw) instead of building one",
             "rebuild": "build again even if a base image is cached", "accelerator": ACCEL_HELP,
+            "point_release_kernel": "keep the point release's kernel (all else current): the golden build "
+                                    "must then patch the kernel and reboot, like on a weeks-old vendor image",
             "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
-def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, config_=None, json_=False):
+def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, point_release_kernel=False, config_=None,
+               json_=False):
     """Build (or import) the base disk the local target builds from, and cache it.
 
     debian12 is built from Debian's archive (mmdebstrap, then GRUB installed by the guest
@@ -119,7 +122,7 @@ def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, config_
         image = cached
         progress.say(f"cached base image for {cfg.os.name} reused (--rebuild to build again)")
     else:
-        image = base.build_debootstrap(cfg, progress)
+        image = base.build_debootstrap(cfg, progress, point_release_kernel=point_release_kernel)
     _emit(json_, {"os": image.os, "path": str(image.path), "id": image.image_id, "name": image.name, **image.meta},
           f"base image {image.name}: {image.path} ({image.image_id[:19]}…)")
 

@@ -193,7 +193,7 @@ class ControlOverride(_Strict):
 
 
 class Settings(_Strict):
-    profile: Literal["baseline", "cis-level1-server"] = "baseline"
+    profile: Literal["baseline", "cis-level1-server"] = "cis-level1-server"
     state_dir: Optional[str] = None
     # Expiring exceptions for failing controls (golden_ami/waivers.py); relative to the config file.
     waivers_file: Optional[str] = None

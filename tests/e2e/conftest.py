@@ -1,8 +1,8 @@
 """Session-wide fixtures for the end-to-end tests: one base image, one approved golden image.
 
 Builds under TCG take minutes, so the expensive things happen once per test session:
-  local_state      a state dir with the debian12 base image (Debian's point release, so the
-                   build really patches it: upgrades, a new kernel, a reboot)
+  local_state      a state dir with the debian12 base image, built with the point release's
+                   kernel, so the build really patches it: a new kernel, and a reboot into it
   approved_build   `invoke build --os=debian12 --target=local` in that state dir, approved
   rebuild_state    a second state dir whose base image is that approved golden image (a
                    rebuild from an already patched image: the fast path for further builds)
@@ -34,7 +34,7 @@ def _env(state: Path) -> dict[str, str]:
 def local_state(e2e_root):
     state = e2e_root / "local"
     env = _env(state)
-    proc = invoke_cmd("base-image", "--os=debian12", "--json", env=env, timeout=1800)
+    proc = invoke_cmd("base-image", "--os=debian12", "--point-release-kernel", "--json", env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return state, env
 

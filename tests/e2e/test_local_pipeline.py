@@ -23,14 +23,24 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_good_build_is_approved_and_latest(local_state, approved_build):
+    """The default build (profile cis-level1-server) passes every applicable control."""
     state, env = local_state
     assert approved_build["status"] == "approved", approved_build
-    report = json.loads((Path(approved_build["build_dir"]) / "verify" / "report.json").read_text())
-    assert report["image_id"] == approved_build["image_id"]
+    build_dir = Path(approved_build["build_dir"])
+    report = json.loads((build_dir / "verify" / "report.json").read_text())
+    assert report["image_id"] == approved_build["image_id"] and report["profile"] == "cis-level1-server"
     outcomes = {row["id"]: row["outcome"] for row in report["controls"]}
     assert outcomes["GA-SSH-PASSWORD"] == "pass" and outcomes["GA-FW-INBOUND"] == "pass"
     assert outcomes["GA-AGENT-SSM"] == "not-applicable"
     assert set(outcomes.values()) <= {"pass", "not-applicable"}
+    assert sum(1 for outcome in outcomes.values() if outcome == "pass") >= 120
+    # Every not-applicable row says why.
+    assert all(row["message"] for row in report["controls"] if row["outcome"] == "not-applicable")
+    assert (build_dir / "verify" / "report.md").read_text().startswith("# Verification report")
+    # The base image kept the point release's kernel: the build had to install a newer one and
+    # reboot into it (unless Debian's point release is the newest kernel right now).
+    packer_log = (build_dir / "logs" / "packer.log").read_text()
+    assert "rebooting" in packer_log or "unchanged: running the newest kernel" in packer_log
 
     latest = invoke_cmd("latest", "--os=debian12", "--target=local", "--json", env=env)
     assert latest.returncode == 0, latest.stderr
@@ -43,15 +53,16 @@ def test_a_good_build_is_approved_and_latest(local_state, approved_build):
 def test_password_authentication_left_on_is_rejected(rebuild_state, tmp_path):
     state, env = rebuild_state
     rendered = tmp_path / "broken-render"
-    proc = invoke_cmd("render", "--os=debian12", "--target=local", f"--out={rendered}", env=env)
+    # The baseline profile is enough to break and catch one control, and keeps this build short.
+    proc = invoke_cmd("render", "--os=debian12", "--target=local", "--profile=baseline", f"--out={rendered}", env=env)
     assert proc.returncode == 0, proc.stderr
     dropin = rendered / "files" / "sshd-hardening.conf"
     text = dropin.read_text()
     assert "PasswordAuthentication no" in text
     dropin.write_text(text.replace("PasswordAuthentication no", "PasswordAuthentication yes"))
 
-    proc = invoke_cmd("build", "--os=debian12", "--target=local", f"--from-render={rendered}", "--json",
-                      env=env, timeout=3600)
+    proc = invoke_cmd("build", "--os=debian12", "--target=local", "--profile=baseline", f"--from-render={rendered}",
+                      "--json", env=env, timeout=3600)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "rejected"
@@ -194,3 +205,45 @@ def test_hardening_is_idempotent_on_the_built_image(local_state, approved_build,
             assert not changes, f"the second run changed things: {json.dumps(changes, indent=1)}"
         finally:
             client.close()
+
+
+# One or more controls from every area of the catalogue, each failing on a stock system.
+UNHARDENED_FAILURES = ["1.1.1.3", "1.1.2.1", "1.7.1", "2.1.1", "3.3.4", "3.4.1.1", "4.1.1", "4.2.17", "4.5.1",
+                       "5.1.1.1", "5.2.1.2", "5.2.3.1", "6.2.10", "GA-SSH-CIPHERS"]
+
+
+def test_cis_checks_fail_on_an_image_without_the_hardening(local_state, approved_build, tmp_path):
+    """The verify suite has teeth: on the unhardened base image, controls from every area fail."""
+    import subprocess
+    import sys
+
+    from golden_ami import hostkeys, paths, sshkeys
+    from golden_ami.targets.local import accel, vm
+
+    state, env = local_state
+    controls = json.loads((Path(approved_build["build_dir"]) / "controls.json").read_text())
+    chosen = [c for c in controls["controls"] if c["id"] in UNHARDENED_FAILURES]
+    assert sorted(c["id"] for c in chosen) == sorted(UNHARDENED_FAILURES)
+    assert all(c["applicable"] for c in chosen)
+    subset = tmp_path / "controls.json"
+    subset.write_text(json.dumps({**controls, "controls": chosen}))
+    key = sshkeys.generate(tmp_path / "key", "id_ed25519", "unhardened")
+    report = tmp_path / "report.json"
+    with vm.boot(state / "base" / "debian12" / "base.qcow2", tmp_path / "vm", "debian", key,
+                 accel.choose("auto", state), 2, 1024) as running:
+        keys = hostkeys.wait_for_console_host_keys(running.console_text, 900)
+        known_hosts = tmp_path / "known_hosts"
+        hostkeys.write_known_hosts(known_hosts, running.ssh_host, running.ssh_port, keys)
+        hostkeys.connect_pinned(running.ssh_host, running.ssh_port, "debian", key.private_key_path, known_hosts,
+                                timeout_seconds=600).close()
+        subprocess.run([
+            sys.executable, "-m", "pytest", str(paths.VERIFY_DIR), "-c", str(paths.VERIFY_DIR / "pytest.ini"),
+            "--rootdir", str(paths.VERIFY_DIR), "-q", f"--ga-host={running.ssh_host}", f"--ga-port={running.ssh_port}",
+            "--ga-user=debian", f"--ga-identity={key.private_key_path}", f"--ga-known-hosts={known_hosts}",
+            f"--ga-controls={subset}", f"--ga-report={report}", "--ga-image-id=base", "--ga-fingerprint=none",
+        ], capture_output=True, text=True, timeout=1200)
+    rows = {row["id"]: row for row in json.loads(report.read_text())["controls"]}
+    passing = {control_id: rows[control_id]["outcome"] for control_id in UNHARDENED_FAILURES
+               if rows[control_id]["outcome"] != "fail"}
+    assert not passing, f"checks that did not fail on the unhardened image: {passing}"
+    assert all(rows[c]["message"] for c in UNHARDENED_FAILURES)

@@ -14,6 +14,7 @@ LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location
                                   checksum="sha256:" + "1" * 64)
 AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd64-20261101", location="us-east-1")
 CASES = [(os_name, target) for os_name in config.available_os() for target in config.TARGETS]
+PROFILES = ("baseline", "cis-level1-server")
 
 
 def _runtime_vars(target, tmp_path):
@@ -31,20 +32,29 @@ def _runtime_vars(target, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
+def rendered_profiles(tmp_path_factory):
     out = {}
     root = tmp_path_factory.mktemp("rendered")
-    for os_name, target in CASES:
-        cfg = config.resolve(os_name, target)
-        out[(os_name, target)] = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE,
-                                               root / f"{os_name}-{target}")
+    for profile in PROFILES:
+        for os_name, target in CASES:
+            cfg = config.resolve(os_name, target, overrides={"profile": profile})
+            out[(os_name, target, profile)] = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE,
+                                                            root / f"{profile}-{os_name}-{target}")
     return out
 
 
+@pytest.fixture(scope="module")
+def rendered(rendered_profiles):
+    """The default profile's renders, by (os, target)."""
+    return {(os_name, target): result for (os_name, target, profile), result in rendered_profiles.items()
+            if profile == "baseline"}
+
+
 @pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("os_name, target", CASES)
-def test_packer_validates_the_rendered_template(rendered, tmp_path, os_name, target):
-    build_dir = rendered[(os_name, target)].directory
+def test_packer_validates_the_rendered_template(rendered_profiles, tmp_path, os_name, target, profile):
+    build_dir = rendered_profiles[(os_name, target, profile)].directory
     runtime = packer.write_runtime_vars(tmp_path, _runtime_vars(target, tmp_path))
     ok, output = packer.validate(build_dir, runtime)
     assert ok, output
@@ -63,8 +73,8 @@ def test_packer_validate_can_fail(rendered, tmp_path):
     assert not ok and "disk_interfase" in output
 
 
-def test_no_template_opens_ssh_to_the_world(rendered):
-    for result in rendered.values():
+def test_no_template_opens_ssh_to_the_world(rendered_profiles, rendered):
+    for result in rendered_profiles.values():
         text = (result.directory / "template.pkr.hcl").read_text()
         assert "0.0.0.0/0" not in text
     local = (rendered[("debian12", "local")].directory / "template.pkr.hcl").read_text()
@@ -76,9 +86,10 @@ def _shellcheck():
 
 
 @pytest.mark.skipif(_shellcheck() is None, reason="shellcheck comes with requirements-test.txt")
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("os_name, target", CASES)
-def test_every_rendered_script_passes_shellcheck(rendered, os_name, target):
-    scripts = sorted((rendered[(os_name, target)].directory / "scripts").glob("*.sh"))
+def test_every_rendered_script_passes_shellcheck(rendered_profiles, os_name, target, profile):
+    scripts = sorted((rendered_profiles[(os_name, target, profile)].directory / "scripts").glob("*.sh"))
     assert scripts
     proc = subprocess.run([_shellcheck(), "--severity=style", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout

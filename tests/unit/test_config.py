@@ -28,10 +28,10 @@ def test_unknown_os_or_target_is_one_actionable_line(state_dir, os_name, target,
 def test_layers_apply_in_order(state_dir, tmp_path):
     user = tmp_path / "golden-ami.yaml"
     user.write_text("local:\n  memory_mb: 2048\n  cpus: 1\nper_os:\n  debian12:\n    local:\n      cpus: 3\n")
-    cfg = config.resolve("debian12", "local", str(user), overrides={"profile": "cis-level1-server"})
+    cfg = config.resolve("debian12", "local", str(user), overrides={"profile": "baseline"})
     assert cfg.settings.local.memory_mb == 2048  # user file over defaults
     assert cfg.settings.local.cpus == 3  # per_os over the general user setting
-    assert cfg.settings.profile == "cis-level1-server"  # flags over everything
+    assert cfg.settings.profile == "baseline"  # flags over everything (the default is cis-level1-server)
     assert cfg.settings.local.disk_size_mb == 4096  # defaults where nobody spoke
     other = config.resolve("al2023", "local", str(user))
     assert other.settings.local.cpus == 1

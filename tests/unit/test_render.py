@@ -40,12 +40,16 @@ def test_fingerprint_covers_the_source_image_and_every_byte(state_dir, tmp_path)
 
 
 def test_build_directory_layout(state_dir, tmp_path):
-    result = _render(tmp_path, "out")
+    result = _render(tmp_path, "out", overrides={"profile": "baseline"})
     names = sorted(str(p.relative_to(result.directory)) for p in result.directory.rglob("*") if p.is_file())
     assert "template.pkr.hcl" in names and "variables.pkrvars.json" in names and "controls.json" in names
     assert [n for n in names if n.startswith("scripts/")] == [
         "scripts/10-patching.sh", "scripts/15-reboot-if-kernel-changed.sh", "scripts/20-firewall.sh",
         "scripts/30-ssh.sh", "scripts/40-agents.sh", "scripts/90-image-hygiene.sh"]
+    # The default profile adds the CIS sections, in number order, before the clean-up.
+    cis = _render(tmp_path, "cis")
+    scripts = sorted(p.name for p in (cis.directory / "scripts").iterdir())
+    assert scripts[-1] == "90-image-hygiene.sh" and "56-cis-audit.sh" in scripts and len(scripts) > 10
     assert "files/nftables.conf" in names and "files/sshd-hardening.conf" in names
     assert json.loads((result.directory / "render.json").read_text())["fingerprint"] == result.fingerprint
     # The aws target adds the agents' section and their configuration.
@@ -55,10 +59,12 @@ def test_build_directory_layout(state_dir, tmp_path):
     json.loads((aws.directory / "files" / "cloudwatch" / "amazon-cloudwatch-agent.json").read_text())
 
 
-def test_every_applicable_control_id_appears_in_the_rendered_remediation(state_dir, tmp_path):
+@pytest.mark.parametrize("profile", ["baseline", "cis-level1-server"])
+def test_every_applicable_control_id_appears_in_the_rendered_remediation(state_dir, tmp_path, profile):
     for os_name in config.available_os():
         for target, source in (("local", LOCAL_SOURCE), ("aws", AWS_SOURCE)):
-            result = _render(tmp_path, f"{os_name}-{target}", os_name, target, source)
+            result = _render(tmp_path, f"{os_name}-{target}", os_name, target, source,
+                             overrides={"profile": profile})
             controls = json.loads((result.directory / "controls.json").read_text())["controls"]
             text = "\n".join(p.read_text() for p in result.directory.rglob("*") if p.is_file()
                              and (p.parts[-2] in ("scripts", "files", "apt", "dnf", "chrony", "cloudwatch")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -219,7 +220,17 @@ def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
     _write(rootfs / "etc/machine-id", "")
 
 
-def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Accelerator] = None) -> BaseImage:
+POINT_RELEASE_PIN = "etc/apt/preferences.d/golden-ami-point-release-kernel"
+
+
+def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Accelerator] = None,
+                      point_release_kernel: bool = False) -> BaseImage:
+    """Build the base disk from the suite, its -updates and its -security pockets.
+
+    point_release_kernel: keep the kernel of the point release (everything else current), as
+    a vendor image a few weeks old would have - the golden build then has a newer kernel to
+    install and must reboot into it. Used by the end-to-end tests to prove that path.
+    """
     source = cfg.target_os.source
     if source.recipe != "debootstrap":
         raise UserError(
@@ -241,22 +252,32 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         rootfs = scratch / "rootfs"
         suite = source.suite or "stable"
         components = " ".join(source.components or ["main"])
-        # The disk is the point release, like a vendor's cloud image; the golden build patches
-        # it from -updates and -security, which its sources list names.
-        mirror = f"deb {local.debian_mirror} {suite} {components}"
         mirrors = [
-            mirror,
+            f"deb {local.debian_mirror} {suite} {components}",
             f"deb {local.debian_mirror} {suite}-updates {components}",
             f"deb {local.debian_security_mirror} {suite}-security {components}",
         ]
+        hooks = []
+        if point_release_kernel:
+            # Hold back the kernel meta-package(s) of the package list to the point release; the
+            # kernel they depend on then comes from there too.
+            kernel_meta = " ".join(p for p in source.packages if p.startswith("linux-image-"))
+            if not kernel_meta:
+                raise UserError(f"os/{cfg.os.name}.yaml lists no linux-image-* package to hold back")
+            pin = "".join(f"Package: {kernel_meta}\nPin: release n={suite}-{pocket}\nPin-Priority: -1\n\n"
+                          for pocket in ("updates", "security"))
+            hooks = [f"--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && printf %s {shlex.quote(pin)} "
+                     f"> \"$1/{POINT_RELEASE_PIN}\""]
         with progress.step(f"bootstrap {suite} from {local.debian_mirror}"):
-            argv = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(source.packages), suite, str(rootfs), mirror]
+            argv = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(source.packages), *hooks, suite,
+                    str(rootfs), *mirrors]
             status = run_streaming(argv, log_path=scratch / "mmdebstrap.log", progress=progress, timeout_seconds=3600,
                                    interrupt_signal=signal.SIGTERM, interrupt_grace_seconds=120)
             if status != 0:
                 tail = " | ".join((scratch / "mmdebstrap.log").read_text(errors="replace").strip().splitlines()[-3:])
                 raise StepFailed(f"mmdebstrap failed (exit {status}): {tail}")
         _write_sources(rootfs, mirrors)
+        (rootfs / POINT_RELEASE_PIN).unlink(missing_ok=True)  # the golden build may upgrade the kernel
         root_uuid = str(uuid.uuid4())
         _configure_rootfs(rootfs, root_uuid, cfg.target_os.login_user)
         kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
@@ -295,6 +316,7 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
             "os": cfg.os.name, "recipe": "debootstrap", "suite": suite, "mirror": local.debian_mirror,
             "name": f"{cfg.os.name}-base-{created[:10]}", "sha256": digest, "kernel": kernel_version,
             "packages": list(source.packages), "created_at": created, "accelerator": accel.name,
+            "point_release_kernel": point_release_kernel,
         })
         _publish(work, final)
     except BaseException:
