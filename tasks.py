@@ -33,11 +33,19 @@ def _user_errors(func):
             with terminate_as_interrupt():  # SIGTERM tears down like Ctrl-C does
                 return func(*args, **kwargs)
         except UserError as exc:
+            _emit_error(kwargs.get("json_"), "error", str(exc))
             raise Exit(f"error: {exc}", code=1) from None
         except KeyboardInterrupt:
+            _emit_error(kwargs.get("json_"), "interrupted", "stopped by a signal")
             raise Exit("interrupted: what this run started has been stopped and removed", code=130) from None
 
     return wrapper
+
+
+def _emit_error(as_json, kind: str, message: str) -> None:
+    """With --json a script still gets one JSON document on stdout when the task fails."""
+    if as_json:
+        print(json.dumps({"error": kind, "message": message}, indent=2, sort_keys=True))
 
 
 ACCEL_HELP = "local: auto (KVM only if a probe boots a kernel with it), kvm or tcg"

@@ -179,7 +179,10 @@ def _context(cfg: Resolved, controls: ControlSet, source: SourceImage, packer_pl
         "packer_plugins": packer_plugins,
         "source": source.as_dict(),
         # Packer's own template syntax, passed through as plain strings.
+        # Both name an interpreter rather than executing the uploaded file, because a
+        # hardened /tmp (an image rebuilt from a golden image) is mounted noexec.
         "packer_execute_command": "sudo -n env {{ .Vars }} /bin/bash {{ .Path }}",
+        "packer_user_execute_command": "env {{ .Vars }} /bin/sh {{ .Path }}",
         "qemu_netdev": "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22",
     }
 

@@ -41,6 +41,12 @@ def test_a_config_value_with_command_substitution_is_refused_and_nothing_is_writ
     assert not (state_dir / "store").exists() and not (state_dir / "builds").exists()
 
 
+def test_a_failing_task_with_json_still_prints_one_json_document(state_dir):
+    proc = invoke_cmd("build", "--os=debian12", "--target=local", "--json")
+    _one_line_error(proc, "no base image for debian12")
+    assert json.loads(proc.stdout) == {"error": "error", "message": proc.stderr.strip().removeprefix("error: ")}
+
+
 def test_list_json_parses_when_empty(state_dir):
     proc = invoke_cmd("list", "--json")
     assert proc.returncode == 0, proc.stderr
