@@ -297,3 +297,110 @@ def controls(c, os_=None, target="local", profile=None, config_=None, json_=Fals
           f"({covered['not_applicable']} not applicable); {covered['benchmark_covered']} of "
           f"{covered['benchmark_level1_automated']} automatable Level 1 benchmark recommendations implemented "
           "and verified", file=sys.stderr)
+
+
+@task(help={"os_": "an OS to consider (repeatable); default with --all: rebuild.os of the config",
+            "all_": "every OS in rebuild.os", "target": TARGET_HELP, "dry_run": "decide and print, build nothing",
+            "jobs": "builds at a time (default: rebuild.jobs)", "probe_updates": "also boot each approved image "
+            "and ask for pending security updates", "summary_dir": "where rebuild-summary.json and .md go "
+            "(default: <state dir>/runs/<run id>)", "config_": CONFIG_HELP, "json_": JSON_HELP},
+      iterable=["os_"])
+@_user_errors
+def rebuild(c, os_=None, all_=False, target="local", dry_run=False, jobs=0, probe_updates=False, summary_dir=None,
+            config_=None, json_=False):
+    """Rebuild only what changed: for each OS, build when its source image moved, the rendered
+    content changed, the approved image is older than rebuild.max_age_days, or (with
+    --probe-updates) it lacks security updates; otherwise say why not. Writes a JSON and a
+    Markdown summary, publishes it to notify.sns_topic_arn if set. Exits 1 if a build failed
+    or was rejected, or an OS could not be decided."""
+    from golden_ami import notify
+    from golden_ami import rebuild as planner
+
+    names = list(os_ or [])
+    if all_ == bool(names):
+        raise UserError("name the OSes with --os (repeatable) or use --all")
+    settings_cfg = _resolve(gconfig.available_os()[0], target, config_)
+    settings = settings_cfg.settings
+    names = names or list(settings.rebuild.os)
+    configs = [_resolve(name, target, config_) for name in names]
+    run_id, started = notify.new_run_id(), notify.utc_now()
+    where = Path(summary_dir) if summary_dir else notify.default_summary_dir(settings_cfg.state_dir, run_id)
+    progress = Progress()
+    probe = planner.pending_updates_probe if (probe_updates or settings.rebuild.probe_updates) else None
+    outcomes = planner.run(configs, config_, dry_run, int(jobs or settings.rebuild.jobs), progress, probe)
+    summary = notify.RunSummary.from_outcomes(outcomes, run_id=run_id, target=target, started_at=started,
+                                              dry_run=dry_run)
+    json_path, md_path = notify.write_summaries(summary, where)
+    progress.say(f"summary: {md_path}")
+    notify.notify_run(settings.notify, summary, progress, dry_run=dry_run,
+                      full_summary_at=notify.full_summary_location(md_path, summary.origin))
+    rows = [o.as_dict() for o in outcomes]
+    text = "\n".join(f"{o.os:11} {('build' if o.decision.build else 'skip'):5} {o.status:9} {o.image_id or '-':22} "
+                     f"{o.decision.error or '; '.join(o.decision.reasons)}" for o in outcomes)
+    _emit(json_, {"dry_run": dry_run, "run_id": run_id, "summary_json": str(json_path), "outcomes": rows}, text)
+    if not summary.ok:
+        raise Exit(code=1)
+
+
+@task(help={"os_": "only this OS (repeatable; default: every OS)", "target": TARGET_HELP,
+            "yes": "carry out the plan (without it, only show it)", "config_": CONFIG_HELP, "json_": JSON_HELP},
+      iterable=["os_"])
+@_user_errors
+def prune(c, os_=None, target="local", yes=False, config_=None, json_=False):
+    """Image lifecycle: deprecate older approved images and remove those beyond
+    lifecycle.keep_approved with their snapshots. Never the newest approved image, nor (aws)
+    one a launch template version, an instance or the published SSM pointer uses. Shows the
+    plan; changes something only with --yes."""
+    from golden_ami import lifecycle
+
+    names = list(os_ or [])
+    cfg = _resolve(names[0] if names else gconfig.available_os()[0], target, config_)
+    for name in names:
+        if name not in gconfig.available_os():
+            raise UserError(f"unknown --os {name!r}: {OS_HELP}")
+    plans = lifecycle.plan(cfg.settings, target, cfg.state_dir, names or None)
+    _apply_plans(plans, yes, json_, lambda each: lifecycle.apply(each), "prune")
+
+
+@task(help={"target": TARGET_HELP, "older_than_hours": "leftovers younger than this are kept, a run may still "
+            "own them (default: 2)", "candidates_older_than_hours": "candidate images younger than this are kept "
+            "(default: 24)", "yes": "remove what the plan lists (without it, only show it)", "config_": CONFIG_HELP,
+            "json_": JSON_HELP})
+@_user_errors
+def reap(c, target="local", older_than_hours=None, candidates_older_than_hours=None, yes=False, config_=None,
+         json_=False):
+    """Find what crashed or killed runs left behind, by the pipeline's tags and names: instances,
+    key pairs, security groups, old candidate images (aws); VMs, runtime dirs and partial
+    images (local). Shows the plan; removes only with --yes, then reads every removal back."""
+    from golden_ami import reaper
+
+    cfg = _resolve(gconfig.available_os()[0], target, config_)
+    hours = {}
+    for name, value in (("older_than_hours", older_than_hours), ("candidates_older_than_hours",
+                                                                   candidates_older_than_hours)):
+        if value is not None:
+            try:
+                hours[name] = float(value)
+            except ValueError:
+                raise UserError(f"--{name.replace('_', '-')} must be a number of hours, not {value!r}") from None
+    plan = reaper.plan(cfg.settings, target, cfg.state_dir, **hours)
+    _apply_plans([plan], yes, json_, lambda each: reaper.apply(each, yes=True, settings=cfg.settings), "reap")
+
+
+def _apply_plans(plans, yes, as_json, apply_one, verb):
+    """Print each plan; with yes, carry out those with something to do (prune and reap)."""
+    outcomes = []
+    for each in plans:
+        for line in each.describe():
+            print(line, file=sys.stderr)
+        has_work = getattr(each, "actions", None) or getattr(each, "leftovers", None)
+        if yes and has_work:
+            outcomes += [{"action": o.action, "status": o.status, "detail": o.detail} for o in apply_one(each)]
+    if not yes and any(getattr(p, "actions", None) or getattr(p, "leftovers", None) for p in plans):
+        print(f"{verb}: nothing changed; run again with --yes to carry out the plan above", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"applied": bool(yes), "plans": [p.as_dict() for p in plans], "outcomes": outcomes},
+                         indent=2, sort_keys=True))
+    else:
+        for outcome in outcomes:
+            print(f"{outcome['status']:8} {outcome['action']}" + (f" ({outcome['detail']})" if outcome["detail"] else ""))

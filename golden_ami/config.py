@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from . import paths
 from .errors import UserError
@@ -177,11 +177,58 @@ class AwsSettings(_Strict):
     console_timeout_seconds: int = Field(900, ge=60, le=7200)
 
 
+class RebuildSettings(_Strict):
+    # The OSes `invoke rebuild --all` considers, and when an unchanged image is still rebuilt.
+    os: list[Identifier] = Field(default_factory=lambda: ["al2023", "ubuntu2404", "ubuntu2204", "debian12"])
+    max_age_days: int = Field(30, ge=1, le=3650)
+    # Boot a fresh instance of the approved image and ask its package manager (slower).
+    probe_updates: bool = False
+    jobs: int = Field(1, ge=1, le=16)
+
+
 class VerifySettings(_Strict):
     timeout_minutes: int = Field(30, ge=1, le=600)
     # Only for accounts where console output is unavailable: trust the first host key seen.
     # Off by default, loud when on, and written into the report.
     accept_unpinned_host_key: bool = False
+
+
+class LifecycleSettings(_Strict):
+    """What happens to older approved images (golden_ami/lifecycle.py: invoke prune, and after
+    each approval). Never removed: the newest approved image, and on aws any image that a
+    launch template version, an instance or the published SSM parameter still uses."""
+
+    # How many of the newest approved images of each OS survive; older ones are deregistered
+    # with their snapshots (aws) or deleted from the store (local).
+    keep_approved: int = Field(3, ge=1, le=1000)
+    # aws: older approved images are deprecated this many days from now (EC2 allows 10 years).
+    deprecate_after_days: int = Field(30, ge=1, le=3650)
+
+
+# An SNS topic in one region and account; a FIFO topic (.fifo) gets a message group id.
+SnsTopicArn = Annotated[
+    str, StringConstraints(pattern=r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-[0-9]:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+]
+
+
+class NotifySettings(_Strict):
+    # Where `invoke rebuild` publishes its run summary (None: nowhere; the summary files are
+    # written all the same). The topic's region is taken from the ARN.
+    sns_topic_arn: Optional[SnsTopicArn] = None
+    # Which per-OS outcomes make a run publish: approved (a new image passed the gate),
+    # rejected (the gate refused it), failed (the run broke before the gate could decide).
+    on: list[Literal["approved", "failed", "rejected"]] = Field(
+        default_factory=lambda: ["approved", "failed", "rejected"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unquoted_on(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean True. Take it as "on",
+        # and let it win: it can only come from a layer above the defaults, which quote it.
+        if isinstance(data, dict) and True in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
 
 
 ParamValue = Any  # checked against the catalogue's declared defaults in catalogue.py
@@ -201,6 +248,9 @@ class Settings(_Strict):
     local: LocalSettings = LocalSettings()
     aws: AwsSettings = AwsSettings()
     verify: VerifySettings = VerifySettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    rebuild: RebuildSettings = RebuildSettings()
+    notify: NotifySettings = NotifySettings()
     controls: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,40}$")], ControlOverride] = (
         Field(default_factory=dict)
     )

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import approve, packer, paths, render, verify_runner
+from . import approve, lifecycle, packer, paths, render, verify_runner
 from .config import Resolved
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
@@ -171,6 +171,10 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
     if image.status == "approved":
         for key, value in target.publish(cfg, image, progress).items():
             progress.say(f"published {key}: {value}")
+        # Only after the pointer names the new image: older approved ones are deprecated and
+        # beyond lifecycle.keep_approved removed (never one still in use); a failure here is
+        # reported with its fix and does not undo the approval.
+        lifecycle.after_approval(cfg, progress)
     return BuildResult(build_id, build_dir, image, decision, fingerprint)
 
 

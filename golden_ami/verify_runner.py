@@ -52,7 +52,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             )
             client.close()
             progress.say("SSH host key matches the pin; running the verify suite")
-            _run_suite(cfg, image, build_dir, build_id, instance, known_hosts, progress)
+            _run_suite(cfg, image, build_dir / CONTROLS_FILE, verify_dir, build_id, instance, known_hosts, progress)
             report = json.loads((verify_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
             report["host_key"] = pinned
@@ -87,16 +87,15 @@ def _pin_host_keys(cfg: Resolved, instance, known_hosts: Path, timeout: float, p
     return "pinned from the console: " + ", ".join(k for k, _ in keys)
 
 
-def _run_suite(cfg: Resolved, image: Image, build_dir: Path, build_id: str, instance, known_hosts: Path,
-               progress: Progress) -> None:
-    verify_dir = build_dir / "verify"
+def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Path, build_id: str, instance,
+               known_hosts: Path, progress: Progress) -> None:
     argv = [
         sys.executable, "-m", "pytest", str(paths.VERIFY_DIR),
         "-c", str(paths.VERIFY_DIR / "pytest.ini"), "--rootdir", str(paths.VERIFY_DIR),
         "-v", "--tb=line", "-o", "junit_family=xunit2", f"--junitxml={verify_dir / JUNIT_FILE}",
         f"--ga-host={instance.ssh_host}", f"--ga-port={instance.ssh_port}", f"--ga-user={instance.login_user}",
         f"--ga-identity={instance.key.private_key_path}", f"--ga-known-hosts={known_hosts}",
-        f"--ga-controls={build_dir / CONTROLS_FILE}", f"--ga-report={verify_dir / REPORT_FILE}",
+        f"--ga-controls={controls_file}", f"--ga-report={verify_dir / REPORT_FILE}",
         f"--ga-image-id={image.id}", f"--ga-fingerprint={image.tags.get('Fingerprint', '')}",
         f"--ga-build-id={build_id}", f"--ga-instance-id={instance.instance_id}",
         f"--ga-login-public-key={instance.key.public_key}",
@@ -121,3 +120,30 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     tmp.rename(path)
+
+
+def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], work_dir: Path,
+          progress: Progress) -> list[dict[str, Any]]:
+    """Check a few controls (as the catalogue has them today) on a fresh instance of image.
+
+    Used by rebuild to ask an approved image for pending security updates (control 1.8)
+    without a build directory; the same pinning and teardown as a full verification.
+    """
+    from .catalogue import controls_for
+
+    chosen = controls_for(cfg).as_dict()
+    chosen["controls"] = [c for c in chosen["controls"] if c["id"] in control_ids]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    controls_file = work_dir / CONTROLS_FILE
+    controls_file.write_text(json.dumps(chosen))
+    key = sshkeys.generate(work_dir / "key", f"id_ed25519_{image.id}", "golden-ami-probe")
+    try:
+        with target.boot_test_instance(cfg, image, key, work_dir / "instance", progress) as instance:
+            known_hosts = work_dir / "known_hosts"
+            _pin_host_keys(cfg, instance, known_hosts, float(instance.boot_timeout_seconds), progress)
+            hostkeys.connect_pinned(instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path,
+                                    known_hosts, timeout_seconds=float(instance.boot_timeout_seconds)).close()
+            _run_suite(cfg, image, controls_file, work_dir, "probe", instance, known_hosts, progress)
+            return json.loads((work_dir / REPORT_FILE).read_text())["controls"]
+    finally:
+        key.private_key_path.unlink(missing_ok=True)

@@ -4,9 +4,9 @@
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 
-requirements=requirements.txt
+requirements="requirements.txt"
 if [ "${1:-}" = "--with-tests" ]; then
-  requirements=requirements-test.txt
+  requirements="requirements-test.txt"
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -23,6 +23,11 @@ apt-get install -y -q --no-install-recommends \
   packer qemu-system-x86 qemu-utils xorriso mmdebstrap e2fsprogs fdisk \
   openssh-client openssh-server sudo nftables ca-certificates git \
   python3 python3-venv python3-pip
+
+if [ "$requirements" = requirements-test.txt ]; then
+  # systemd-analyze: the tests verify the shipped systemd units.
+  apt-get install -y -q --no-install-recommends systemd
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

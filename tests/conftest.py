@@ -67,3 +67,167 @@ def seed_moto_amis(monkeypatch, tmp_path: Path, amis: list[dict]) -> None:
     seed.write_text(json.dumps(amis))
     monkeypatch.setenv("MOTO_AMIS_PATH", str(seed))
     monkeypatch.setattr(moto_amis, "AMIS", json.loads(seed.read_text()))
+
+
+# ==============================================================================================
+# IAM action recording -- a self-contained block (see iam/README.md, "How the policy is tested").
+#
+# From the start of the session, every AWS call made by golden_ami's own code is recorded as the
+# IAM action it needs (golden_ami/targets/aws/recorder.py); the end-to-end harness adds Packer's
+# calls, which its in-process moto server receives. tests/unit/test_iam_policy.py compares the
+# record with iam/golden-ami-pipeline-policy.json in tests marked `runs_last`, which this block
+# moves behind every other test of the session.
+#
+# "The policy grants something nothing used" can be judged only when the whole suite ran. In a
+# partial run that half is reported as a warning, or a failure with GOLDEN_AMI_FULL_SUITE=1.
+# The README's test command (plain pytest, as .ci/run) is the whole suite, so CI judges both
+# halves. When the session ends the record is written to <basetemp>/iam-actions-recorded.txt.
+# ==============================================================================================
+import dataclasses as _dataclasses  # noqa: E402 - kept inside this block on purpose
+import tempfile as _tempfile  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
+FULL_SUITE_ENV = "GOLDEN_AMI_FULL_SUITE"
+
+
+@_dataclasses.dataclass
+class IamRecording:
+    """What the policy check needs to know about this session."""
+
+    exchange_file: Path  # other processes append "action<TAB>origin" lines here
+    partial_because: str = ""  # empty when the whole suite was selected
+    deselected: int = 0
+    not_passed: list[str] = _dataclasses.field(default_factory=list)  # tests before the check that did not pass
+    summary_file: Optional[Path] = None
+
+    @property
+    def whole_suite(self) -> bool:
+        return not self.partial_because
+
+    @property
+    def whole_suite_required(self) -> bool:
+        return os.environ.get(FULL_SUITE_ENV) == "1"
+
+    def actions(self) -> dict[str, set[str]]:
+        from golden_ami.targets.aws import recorder
+
+        return recorder.recorded(self.exchange_file)
+
+
+_IAM: dict[str, Any] = {"recording": None, "previous_env": None}
+
+
+def pytest_configure(config):
+    from golden_ami.targets.aws import recorder
+
+    config.addinivalue_line("markers", "runs_last: runs after every other test of the session (the IAM policy "
+                                       "check reads what they recorded)")
+    handle, name = _tempfile.mkstemp(prefix="golden-ami-iam-", suffix=".txt")
+    os.close(handle)
+    _IAM["recording"] = IamRecording(exchange_file=Path(name))
+    _IAM["previous_env"] = os.environ.get(recorder.ENV_FILE)
+    os.environ[recorder.ENV_FILE] = name
+    recorder.install()
+
+
+def pytest_unconfigure(config):
+    from golden_ami.targets.aws import recorder
+
+    recording = _IAM["recording"]
+    if recording is None:
+        return
+    recording.exchange_file.unlink(missing_ok=True)
+    if _IAM["previous_env"] is None:
+        os.environ.pop(recorder.ENV_FILE, None)
+    else:
+        os.environ[recorder.ENV_FILE] = _IAM["previous_env"]
+    _IAM["recording"] = None
+
+
+def pytest_deselected(items):
+    if _IAM["recording"] is not None:
+        _IAM["recording"].deselected += len(items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    # After every other hook (deselection included): the policy check goes last.
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+
+
+def _why_partial(config, recording: IamRecording) -> str:
+    root = config.rootpath.resolve()
+    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        narrowed = [arg for arg in config.args
+                    if (config.invocation_params.dir / arg.split("::")[0]).resolve() not in (root, root / "tests")
+                    or "::" in arg]
+        if narrowed:
+            return "only " + " ".join(narrowed) + " selected"
+    if recording.deselected:
+        return f"{recording.deselected} test(s) deselected (-k / -m / --deselect)"
+    if config.getoption("ignore", None) or config.getoption("ignore_glob", None):
+        return "paths left out with --ignore / --ignore-glob"
+    return ""
+
+
+def pytest_collection_finish(session):
+    recording = _IAM["recording"]
+    if recording is not None:
+        recording.partial_because = _why_partial(session.config, recording)
+
+
+def pytest_runtest_logreport(report):
+    recording = _IAM["recording"]
+    if recording is None or "runs_last" in report.keywords:
+        return
+    if report.failed or (report.skipped and report.when != "teardown"):
+        recording.not_passed.append(f"{report.nodeid} ({report.when}: {report.outcome})")
+
+
+@pytest.fixture
+def iam_recording() -> IamRecording:
+    """This session's IAM action record and whether the whole suite ran."""
+    return _IAM["recording"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _iam_recording_summary(tmp_path_factory):
+    """At the end of the session, write what was recorded beside the session's temporary files."""
+    yield
+    recording = _IAM["recording"]
+    if recording is None:
+        return
+    summary = tmp_path_factory.getbasetemp() / "iam-actions-recorded.txt"
+    lines = [f"{action}\t{','.join(sorted(origins))}" for action, origins in sorted(recording.actions().items())]
+    summary.write_text("".join(line + "\n" for line in lines))
+    recording.summary_file = summary
+
+
+def record_packer_requests_on_moto(monkeypatch, into=None) -> None:
+    """Have the moto server running in this process record each request Packer sends it (the
+    AWS SDK for Go bypasses botocore, so only the receiving end sees Packer's calls). For the
+    end-to-end harness; `into` is for this hook's own test (default: the session's record)."""
+    from moto.core.responses import BaseResponse
+
+    from golden_ami.targets.aws import recorder
+
+    call_action = BaseResponse.call_action
+    record = into if into is not None else recorder.RECORD
+
+    def recording_call_action(self):
+        user_agent = (self.headers or {}).get("User-Agent", "")
+        if recorder.is_packer_request(user_agent):
+            recorder.record_server_request(self.service_name or "", self._get_action() or "", user_agent, into=record)
+        return call_action(self)
+
+    monkeypatch.setattr(BaseResponse, "call_action", recording_call_action)
+
+
+def pytest_terminal_summary(terminalreporter):
+    recording = _IAM["recording"]
+    if recording is None or recording.summary_file is None:
+        return
+    count = len(recording.summary_file.read_text().splitlines())
+    scope = "whole suite" if recording.whole_suite else f"partial run: {recording.partial_because}"
+    terminalreporter.write_line(f"IAM actions recorded: {count} ({scope}) -> {recording.summary_file}")
+# ==================================== end of IAM action recording ==============================

@@ -5,13 +5,22 @@ QEMU VMs for the instances (tests/e2e/ec2_on_qemu.py), the installed Packer 1.6.
 filter, run Packer amazon-ebs (temporary key pair and security group from the runner's CIDR,
 encrypted copy, provenance tags), set ImdsSupport, boot a test instance with IMDSv2 required,
 pin its host key from the console output, verify, approve, publish the SSM pointer - and leave
-no instance, key pair or security group behind. Then a verification that fails on purpose
-(the console lies about the host key) must reject, and clean up just the same.
+no instance, key pair or security group behind. The scheduled path: a rebuild right after
+builds nothing; a new source image is named by a dry run, built by a real run, the earlier
+image deprecated, and the next run builds nothing again; prune spares the pointer's image.
+Then a verification that fails on purpose (the console lies about the host key) must reject
+and clean up just the same, and one killed outright leaves what `reap --yes` removes.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 import json
 import urllib.request
 from pathlib import Path
@@ -20,8 +29,9 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import free_port, seed_moto_amis
+from tests.conftest import free_port, record_packer_requests_on_moto, seed_moto_amis
 from tests.e2e.ec2_on_qemu import QemuEc2
+from tests.unit.conftest import DEBIAN_OWNER, add_moto_ami
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +75,8 @@ def ec2(tmp_path_factory, golden_disk):
                            "GOLDEN_AMI_STATE_DIR": str(work / "state"), "GOLDEN_AMI_CONFIG": ""}.items():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
+        # Packer's calls reach EC2 only through this server: the IAM policy check needs them.
+        record_packer_requests_on_moto(mp)
         port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
@@ -80,6 +92,7 @@ def ec2(tmp_path_factory, golden_disk):
             # The AWS path is under test here, not the CIS set (the local end-to-end proves that):
             # the baseline profile keeps this build and its verification short.
             "profile": "baseline",
+            "rebuild": {"os": ["debian12"]},  # the one OS this double has a source image for
             "aws": {"region": REGION, "ssh_cidrs": ["127.0.0.1/32"], "ssh_port": harness.ssh_port},
             # The agents' packages come from S3, which these machines cannot reach: their
             # scripts are rendered and linted, but not run here.
@@ -132,17 +145,134 @@ def test_build_on_aws_is_approved_published_and_latest(ec2, aws_build):
     assert harness.running() == []
 
 
-def test_a_failed_verification_rejects_and_still_cleans_up(ec2, aws_build):
+def _launched(client) -> int:
+    return sum(len(r["Instances"]) for r in client.describe_instances()["Reservations"])
+
+
+def test_a_rebuild_right_after_the_build_builds_nothing_and_says_why(ec2, aws_build):
     harness, config, client, _ = ec2
+    launched = _launched(client)
+    code, out = run_invoke("rebuild", "--all", "--target=aws", f"--config={config}", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    (row,) = result["outcomes"]
+    assert row["os"] == "debian12" and row["status"] == "skipped", row
+    assert row["decision"]["reasons"] == [
+        f"nothing to do: source image, content and age unchanged for {aws_build['image_id']}"]
+    assert _launched(client) == launched  # a no-op run launches nothing
+    summary = json.loads(Path(result["summary_json"]).read_text())
+    assert summary["ok"] and [o["decision"] for o in summary["oses"]] == ["skip"]
+    assert Path(result["summary_json"]).with_suffix(".md").is_file()
+
+
+NEW_SOURCE_AMI = "ami-0deb1000000000009"
+
+
+@pytest.fixture(scope="module")
+def rebuilt(ec2, aws_build, golden_disk):
+    """Debian publishes a new image: a dry run names it, a real run builds from it."""
+    harness, config, client, _ = ec2
+    launched = _launched(client)
+    add_moto_ami(NEW_SOURCE_AMI, "debian-12-amd64-20261128-9", DEBIAN_OWNER, dt.datetime(2026, 11, 28))
+    harness.disks[NEW_SOURCE_AMI] = golden_disk
+    code, out = run_invoke("rebuild", "--all", "--target=aws", "--dry-run", f"--config={config}", "--json")
+    assert code == 0, out
+    (planned,) = json.loads(out)["outcomes"]
+    assert _launched(client) == launched  # a dry run launches nothing
+    code, out = run_invoke("rebuild", "--all", "--target=aws", f"--config={config}", "--json")
+    assert code == 0, out
+    (built,) = json.loads(out)["outcomes"]
+    return planned, built
+
+
+def test_a_new_source_image_is_named_then_built(ec2, aws_build, rebuilt):
+    harness, config, client, ssm = ec2
+    planned, built = rebuilt
+    assert planned["status"] == "planned" and planned["decision"]["build"], planned
+    assert planned["decision"]["reasons"] == [
+        f"new source image: {NEW_SOURCE_AMI} (debian-12-amd64-20261128-9), was {SOURCE_AMI}"]
+    assert built["status"] == "approved" and built["image_id"] != aws_build["image_id"], built
+    tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[built["image_id"]])["Images"][0]["Tags"]}
+    assert tags["SourceAmi"] == NEW_SOURCE_AMI and tags["Status"] == "approved"
+    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == built["image_id"]
+    # The lifecycle ran after the approval: the earlier image is deprecated, not removed.
+    earlier = client.describe_images(ImageIds=[aws_build["image_id"]])["Images"][0]
+    assert earlier.get("DeprecationTime"), earlier
+    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+
+    # The second run in a row builds nothing, and says why.
+    launched = _launched(client)
+    code, out = run_invoke("rebuild", "--all", "--target=aws", f"--config={config}", "--json")
+    assert code == 0, out
+    (again,) = json.loads(out)["outcomes"]
+    assert again["status"] == "skipped" and again["decision"]["reasons"] == [
+        f"nothing to do: source image, content and age unchanged for {built['image_id']}"]
+    assert _launched(client) == launched
+
+
+def test_prune_keeps_the_image_the_pointer_names(ec2, aws_build, rebuilt):
+    harness, config, client, ssm = ec2
+    newest = rebuilt[1]["image_id"]
+    code, out = run_invoke("prune", "--os=debian12", "--target=aws", f"--config={config}", "--json")
+    assert code == 0, out
+    (plan,) = json.loads(out)["plans"]
+    assert newest in {p["image_id"] for p in plan["protected"]}
+    assert all(action["image_id"] != newest for action in plan["actions"])
+    # keep_approved 1: the earlier image goes, with its snapshots; the pointer's image stays.
+    strict = Path(config).with_name("keep-one.yaml")
+    strict.write_text(yaml.safe_dump({**yaml.safe_load(Path(config).read_text()), "lifecycle": {"keep_approved": 1}}))
+    code, out = run_invoke("prune", "--os=debian12", "--target=aws", "--yes", f"--config={strict}", "--json")
+    assert code == 0, out
+    mine = {image["ImageId"] for image in client.describe_images(Owners=["self"])["Images"]}
+    assert aws_build["image_id"] not in mine and newest in mine
+    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == newest
+
+
+def test_a_failed_verification_rejects_and_still_cleans_up(ec2, rebuilt):
+    harness, config, client, _ = ec2
+    image_id = rebuilt[1]["image_id"]
     harness.tamper_console = True
     try:
-        code, out = run_invoke("verify", f"--image-id={aws_build['image_id']}", "--target=aws", f"--config={config}", "--json")
+        code, out = run_invoke("verify", f"--image-id={image_id}", "--target=aws", f"--config={config}", "--json")
     finally:
         harness.tamper_console = False
     assert code == 1, out
     decision = json.loads(out)
     assert not decision["approved"] and "did not announce" in " ".join(decision["reasons"])
-    tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[aws_build["image_id"]])["Images"][0]["Tags"]}
+    tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[image_id])["Images"][0]["Tags"]}
     assert tags["Status"] == "rejected"
     assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert harness.running() == []
+
+
+def test_a_run_killed_after_its_test_instance_launched_is_reaped_completely(ec2, rebuilt):
+    harness, config, client, _ = ec2
+    image_id = rebuilt[1]["image_id"]
+    # A verification in its own process, killed outright (no teardown) once its instance runs.
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), "--search-root", str(Path.cwd()), "verify",
+                             f"--image-id={image_id}", "--target=aws", f"--config={config}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not _leftovers(client)["instances"] or not harness.running():
+            assert proc.poll() is None and time.monotonic() < deadline, "the verification never launched its instance"
+            time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    left = _leftovers(client)
+    assert left["instances"] and left["key_pairs"] and left["security_groups"], left
+
+    code, out = run_invoke("reap", "--target=aws", "--older-than-hours=0", f"--config={config}", "--json")
+    assert code == 0, out
+    planned = {(x["kind"], x["id"]) for x in json.loads(out)["plans"][0]["leftovers"]}
+    assert {("instance", i) for i in left["instances"]} <= planned
+    assert _leftovers(client) == left  # without --yes nothing changes
+
+    code, out = run_invoke("reap", "--target=aws", "--older-than-hours=0", "--yes", f"--config={config}", "--json")
+    assert code == 0, out
+    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+    deadline = time.monotonic() + 60
+    while harness.running() and time.monotonic() < deadline:
+        time.sleep(1)
     assert harness.running() == []

@@ -49,6 +49,14 @@ def test_a_good_build_is_approved_and_latest(local_state, approved_build):
     assert {row["id"]: row["Status"] for row in listing}[approved_build["image_id"]] == "approved"
     assert not qemu_processes_under(state)
 
+    # The scheduled rebuild right after: same base image, same content, young image - no build.
+    rebuild = invoke_cmd("rebuild", "--os=debian12", "--target=local", "--json", env=env)
+    assert rebuild.returncode == 0, rebuild.stderr
+    (row,) = json.loads(rebuild.stdout)["outcomes"]
+    assert row["status"] == "skipped" and row["decision"]["reasons"] == [
+        f"nothing to do: source image, content and age unchanged for {approved_build['image_id']}"]
+    assert json.loads(invoke_cmd("list", "--json", env=env).stdout) == listing
+
 
 def test_password_authentication_left_on_is_rejected(rebuild_state, tmp_path):
     state, env = rebuild_state

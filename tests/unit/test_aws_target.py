@@ -7,35 +7,13 @@ import json
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from golden_ami import config, sshkeys
 from golden_ami.errors import UserError, VerificationError
 from golden_ami.progress import Progress
 from golden_ami.targets.aws import checks, source
 from golden_ami.targets.aws.target import AwsTarget, runner_cidrs
-from tests.conftest import seed_moto_amis
-
-REGION = "us-east-1"
-DEBIAN_OWNER = "136693071363"
-
-
-@pytest.fixture
-def aws_env(state_dir, monkeypatch, tmp_path):
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # Seed moto with Debian-owned images (the built-in list holds Amazon's own images only).
-    amis = [{"ami_id": f"ami-0deb1{n:012x}", "name": f"debian-12-amd64-2026110{n}-1", "owner_id": DEBIAN_OWNER,
-             "state": "available", "public": True, "architecture": "x86_64", "root_device_type": "ebs",
-             "root_device_name": "/dev/xvda", "virtualization_type": "hvm", "creation_date": f"2026-11-0{n}T00:00:00.000Z",
-             "description": "Debian 12", "hypervisor": "xen", "image_location": "debian", "image_type": "machine",
-             "platform": None, "sriov": "simple"} for n in (1, 2)]
-    seed_moto_amis(monkeypatch, tmp_path, amis)
-    with mock_aws():
-        yield
+from tests.unit.conftest import DEBIAN_OWNER, REGION
 
 
 def _cfg(os_name="debian12", **aws):

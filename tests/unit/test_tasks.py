@@ -22,6 +22,11 @@ def _one_line_error(proc, *needles):
     (["latest", "--os=debian12"], ["no approved debian12 image", "invoke build --os=debian12"]),
     (["list", "--status=weird"], ["unknown --status"]),
     (["render"], ["--os is required"]),
+    (["rebuild"], ["--os (repeatable) or use --all"]),
+    (["rebuild", "--all", "--os=debian12"], ["--os (repeatable) or use --all"]),
+    (["prune", "--os=plan9"], ["unknown --os 'plan9'"]),
+    (["reap", "--older-than-hours=soon"], ["--older-than-hours must be a number of hours"]),
+    (["reap", "--older-than-hours=-1"], ["--older-than-hours must be 0 or more"]),
 ])
 def test_bad_input_is_one_actionable_line(state_dir, args, needles):
     _one_line_error(invoke_cmd(*args), *needles)
@@ -47,6 +52,15 @@ def test_a_failing_task_with_json_still_prints_one_json_document(state_dir):
     assert json.loads(proc.stdout) == {"error": "error", "message": proc.stderr.strip().removeprefix("error: ")}
 
 
+@pytest.mark.parametrize("task", ["prune", "reap"])
+def test_prune_and_reap_on_an_empty_store_plan_nothing(state_dir, task):
+    proc = invoke_cmd(task, "--target=local", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["applied"] is False and doc["outcomes"] == []
+    assert all(not p.get("actions") and not p.get("leftovers") for p in doc["plans"])
+
+
 def test_list_json_parses_when_empty(state_dir):
     proc = invoke_cmd("list", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -55,7 +69,8 @@ def test_list_json_parses_when_empty(state_dir):
 
 def test_help_explains_every_task():
     listing = invoke_cmd("--list").stdout
-    for task in ("render", "base-image", "build", "verify", "approve", "latest", "list", "doctor", "controls"):
+    for task in ("render", "base-image", "build", "verify", "approve", "latest", "list", "doctor", "controls",
+                 "rebuild", "prune", "reap"):
         assert task in listing
     assert "--target" in invoke_cmd("build", "--help").stdout
 
