@@ -29,7 +29,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import free_port, record_packer_requests_on_moto, seed_moto_amis
+from tests.conftest import PROJECT_ROOT, free_port, record_packer_requests_on_moto, seed_moto_amis
 from tests.e2e.ec2_on_qemu import QemuEc2
 from tests.unit.conftest import DEBIAN_OWNER, add_moto_ami
 
@@ -249,7 +249,7 @@ def test_a_run_killed_after_its_test_instance_launched_is_reaped_completely(ec2,
     harness, config, client, _ = ec2
     image_id = rebuilt[1]["image_id"]
     # A verification in its own process, killed outright (no teardown) once its instance runs.
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), "--search-root", str(Path.cwd()), "verify",
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), "--search-root", str(PROJECT_ROOT), "verify",
                              f"--image-id={image_id}", "--target=aws", f"--config={config}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
