@@ -37,7 +37,11 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def stop_process(proc: subprocess.Popen, polite: int = signal.SIGTERM, grace_seconds: float = 30.0) -> None:
-    """Stop a child we started: polite signal, wait, then SIGKILL its whole process group."""
+    """Stop a child we started: polite signal, wait, then SIGKILL its whole process group.
+
+    A second Ctrl-C or SIGTERM while we wait (an impatient user, systemd's stop) cuts the
+    wait short but not the SIGKILL: the interrupt is re-raised only once the group is gone."""
+    hurried: Optional[BaseException] = None
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(polite)
@@ -45,12 +49,22 @@ def stop_process(proc: subprocess.Popen, polite: int = signal.SIGTERM, grace_sec
             proc.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
             pass
+        except KeyboardInterrupt as exc:
+            hurried = exc
     # The child was started as a session leader: its pgid is its pid. Anything it left in
     # that group (Packer's QEMU, say) goes too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+    for _ in range(3):  # the group is already killed: further interrupts only repeat the wait
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            break
+        except KeyboardInterrupt as exc:
+            hurried = hurried or exc
+    if hurried is not None:
+        raise hurried
 
 
 def run_streaming(

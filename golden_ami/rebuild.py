@@ -182,9 +182,14 @@ def run(configs: list[Resolved], config_file: Optional[str], dry_run: bool, jobs
             progress.say(f"{name}: {built.status} {built.image_id or ''} {built.detail}".rstrip())
     except BaseException:
         stop.set()
-        for proc in children:  # each `invoke build` turns SIGTERM into its own clean teardown
+        # Each `invoke build` turns SIGTERM into its own clean teardown. A further interrupt
+        # only hurries the rest along: every child is still stopped before we leave.
+        for proc in children:
             if proc.poll() is None:
-                stop_process(proc, polite=signal.SIGTERM, grace_seconds=300)
+                try:
+                    stop_process(proc, polite=signal.SIGTERM, grace_seconds=300)
+                except KeyboardInterrupt:
+                    continue
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
