@@ -35,6 +35,14 @@ def _user_errors(func):
         except UserError as exc:
             _emit_error(kwargs.get("json_"), "error", str(exc))
             raise Exit(f"error: {exc}", code=1) from None
+        except Exception as exc:
+            # An AWS answer that no caller turned into a UserError (an endpoint that is down,
+            # a reply that is not EC2's): still one line, not a traceback.
+            if not type(exc).__module__.startswith("botocore"):
+                raise
+            message = f"AWS: {' '.join(str(exc).split())[:300]}"
+            _emit_error(kwargs.get("json_"), "error", message)
+            raise Exit(f"error: {message}", code=1) from None
         except KeyboardInterrupt:
             _emit_error(kwargs.get("json_"), "interrupted", "stopped by a signal")
             raise Exit("interrupted: what this run started has been stopped and removed", code=130) from None

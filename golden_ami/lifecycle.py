@@ -426,6 +426,9 @@ def _apply_aws(plan: Plan, ec2: Any, ssm: Any) -> list[Outcome]:
         except botocore.exceptions.ClientError as exc:
             outcomes.append(Outcome(label, "failed", f"{_error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"))
             continue
+        except botocore.exceptions.BotoCoreError as exc:  # no answer, or one that is not EC2's
+            outcomes.append(Outcome(label, "failed", f"{type(exc).__name__}: {str(exc)[:200]}"))
+            continue
         outcomes.append(Outcome(label, "done"))
     return outcomes
 
@@ -445,7 +448,7 @@ def after_approval(cfg: Any, progress: Any) -> list[Plan]:
                     if outcome.status != "done":
                         progress.say(f"prune: {outcome.action}: {outcome.status} ({outcome.detail})")
         return plans
-    except UserError as exc:
-        progress.say(f"WARNING: pruning older {cfg.os.name} images did not finish: {exc} "
+    except (UserError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        progress.say(f"WARNING: pruning older {cfg.os.name} images did not finish: {str(exc)[:300]} "
                      f"(invoke prune --os={cfg.os.name} --target={cfg.target} --yes)")
         return []

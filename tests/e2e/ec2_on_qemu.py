@@ -12,12 +12,14 @@ it where the pipeline needs a real machine behind the API:
   * get_console_output returns the VM's serial console (cloud-init's host-key block);
   * an instance metadata service answers at 169.254.169.254 inside the VM and, like EC2,
     refuses token-less requests when the instance was launched with HttpTokens=required;
-  * ImdsSupport and EBS encryption are remembered and shown, as EC2 does.
+  * ImdsSupport, EBS encryption and image deprecation (EnableImageDeprecation, which moto
+    lacks) are remembered and shown, as EC2 does.
 
 None of this is in the product: golden_ami talks to this exactly as it talks to AWS.
 """
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import json
 import secrets
@@ -63,6 +65,7 @@ class QemuEc2:
         self.vms: dict[str, Vm] = {}  # instance id -> running VM
         self.imds_support: dict[str, str] = {}
         self.encrypted_amis: set[str] = set()
+        self.deprecations: dict[str, str] = {}  # image id -> DeprecationTime
         self.tamper_console = False  # a test flips this to present a console whose keys are wrong
         self.lock = threading.Lock()
         self.imds_port = 0
@@ -261,6 +264,17 @@ class QemuEc2:
         def imds(self):
             return harness.imds_support.get(self.id)
 
+        def enable_image_deprecation(self):
+            # moto has no EnableImageDeprecation: keep the time, and show it as DescribeImages does.
+            image_id = self._get_param("ImageId")
+            self.ec2_backend.describe_images(ami_ids=[image_id])  # InvalidAMIID.NotFound as EC2 says it
+            when = dt.datetime.fromisoformat(str(self._get_param("DeprecateAt")).replace("Z", "+00:00"))
+            harness.deprecations[image_id] = when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            return ActionResult({"Return": True})
+
+        def deprecation_time(self):
+            return harness.deprecations.get(self.id)
+
         def get_console_output(self):
             instance_id = self._get_param("InstanceId")
             self.ec2_backend.get_instance(instance_id)
@@ -276,4 +290,6 @@ class QemuEc2:
         monkeypatch.setattr(AmisResponse, "modify_image_attribute", patched_modify_attribute)
         monkeypatch.setattr(Ami, "block_device_mappings", property(block_device_mappings))
         monkeypatch.setattr(Ami, "imds", property(imds), raising=False)
+        monkeypatch.setattr(AmisResponse, "enable_image_deprecation", enable_image_deprecation, raising=False)
+        monkeypatch.setattr(Ami, "deprecation_time", property(deprecation_time), raising=False)
         monkeypatch.setattr(General, "get_console_output", get_console_output)

@@ -296,6 +296,23 @@ def test_after_approval_prunes_the_os_just_approved(state_dir, tmp_path):
     assert sorted(i.id for i in store.list()) == sorted(i.id for i in approved[2:])
 
 
+def test_after_approval_reports_an_aws_failure_instead_of_failing_the_build(state_dir, monkeypatch):
+    import botocore.exceptions
+
+    from golden_ami import config
+
+    def unreachable(*args, **kwargs):
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://ec2.us-east-1.amazonaws.com")
+
+    monkeypatch.setattr(lifecycle, "plan", unreachable)
+    said = []
+    progress = Progress(quiet=True)
+    monkeypatch.setattr(progress, "say", said.append)
+    assert lifecycle.after_approval(config.resolve("debian12", "local"), progress) == []
+    assert said and said[0].startswith("WARNING: pruning older debian12 images did not finish")
+    assert "invoke prune --os=debian12 --target=local --yes" in said[0]
+
+
 def test_lifecycle_settings_are_validated(tmp_path):
     from golden_ami import config
     from golden_ami.errors import UserError

@@ -61,6 +61,13 @@ def test_prune_and_reap_on_an_empty_store_plan_nothing(state_dir, task):
     assert all(not p.get("actions") and not p.get("leftovers") for p in doc["plans"])
 
 
+def test_an_unreachable_aws_endpoint_is_one_line(state_dir):
+    # Port 9 on this machine: nothing listens, so botocore cannot connect.
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    _one_line_error(invoke_cmd("reap", "--target=aws", env=env), "error: ")
+
+
 def test_list_json_parses_when_empty(state_dir):
     proc = invoke_cmd("list", "--json")
     assert proc.returncode == 0, proc.stderr
