@@ -119,8 +119,8 @@ def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
                 reasons.append(f"pending security updates on {current.id}: {', '.join(pending[:10])}")
         if reasons:
             return Decision(name, True, reasons, current.id)
-        checked = "source image, content and age" + (", pending updates" if probe else "")
-        return Decision(name, False, [f"nothing to do: {checked} unchanged for {current.id}"], current.id)
+        found = f"nothing to do: source image, content and age unchanged for {current.id}"
+        return Decision(name, False, [found + ("; no pending security updates" if probe else "")], current.id)
     except UserError as exc:
         return Decision(name, False, [], error=str(exc))
 

@@ -86,3 +86,12 @@ def test_the_updates_probe_is_asked_only_when_nothing_else_changed(aws_env, tmp_
 
     decision = rebuild.decide(debian, AwsTarget(debian.settings, debian.state_dir), now=NOW, probe=probe)
     assert decision.build and decision.reasons[0].startswith("pending security updates") and len(asked) == 1
+    changed = _cfg(tmp_path, "debian12", {"controls": {"4.2.16": {"params": {"max_auth_tries": 3}}}})
+    assert rebuild.decide(changed, AwsTarget(changed.settings, changed.state_dir), now=NOW, probe=probe).build
+    assert len(asked) == 1  # a build is due anyway: no instance is booted to ask
+
+    def nothing_pending(cfg, target, image):
+        return []
+
+    quiet = rebuild.decide(debian, AwsTarget(debian.settings, debian.state_dir), now=NOW, probe=nothing_pending)
+    assert not quiet.build and quiet.reasons[0].endswith("; no pending security updates")
