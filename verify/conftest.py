@@ -1,32 +1,45 @@
-"""The verify suite's wiring: a pinned-host-key testinfra host and the build's controls.
+"""The verify suite's wiring: one fact snapshot per run, the build's controls, the report.
 
-This suite checks a booted system against the control catalogue. It reads data only - the
-build's controls.json and the OS data file - and never imports the code that rendered the
-image, so a bug in rendering cannot hide itself here.
+This suite checks a system against the control catalogue. It reads data only - the build's
+controls.json and the OS data file - and never imports the code that rendered the image, so a
+bug in rendering cannot hide itself here.
+
+Two ways to run it:
+  live     --ga-host/--ga-user/--ga-identity/--ga-known-hosts: connect over SSH (pinned host
+           key, sudo), gather the facts in one remote command (verify/collector.py), judge them
+           here, save them as facts.json beside the report;
+  offline  --ga-facts FILE: judge a saved snapshot (a reviewer re-checking a verdict, the unit
+           tier proving every check against recorded snapshots of real hosts).
+Either way every check reads the snapshot (the `facts` fixture), never the host.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import testinfra.host
+import json
 import yaml
 
+import ga_facts
 from ga_report import ControlReport, control_id_of
-from ga_ssh import PinnedParamikoBackend
 
 OS_DATA_DIR = Path(__file__).resolve().parent.parent / "os"
+FACTS_FILE = "facts.json"
+# Fixtures that make the collector do its slow parts; requested only when a check in force uses them.
+OPTIONAL_FACTS = {"walk": "walk", "credential_scan": "credential_scan"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("golden-ami", "the instance under test")
-    group.addoption("--ga-host", required=True, help="SSH address of the instance")
+    group.addoption("--ga-host", default="", help="SSH address of the instance (live run)")
     group.addoption("--ga-port", type=int, default=22)
-    group.addoption("--ga-user", required=True, help="login user (has passwordless sudo)")
-    group.addoption("--ga-identity", required=True, help="private key file for the login user")
-    group.addoption("--ga-known-hosts", required=True, help="known_hosts with the pinned host keys")
+    group.addoption("--ga-user", default="", help="login user (has passwordless sudo)")
+    group.addoption("--ga-identity", default="", help="private key file for the login user")
+    group.addoption("--ga-known-hosts", default="", help="known_hosts with the pinned host keys")
+    group.addoption("--ga-facts", default="", help="judge this saved snapshot instead of a live host (offline run)")
     group.addoption("--ga-controls", required=True, help="the build's controls.json")
     group.addoption("--ga-report", required=True, help="where to write the per-control JSON report")
     group.addoption("--ga-image-id", required=True)
@@ -40,6 +53,89 @@ def _controls_document(config: pytest.Config) -> dict[str, Any]:
     return json.loads(Path(config.getoption("--ga-controls")).read_text())
 
 
+class FactSession:
+    """The snapshot of this run: gathered once, on first use, then shared by every check."""
+
+    def __init__(self, config: pytest.Config, document: dict[str, Any]):
+        self.config = config
+        self.document = document
+        self.optional: set[str] = set()
+        self.snapshot: ga_facts.Snapshot | None = None
+        self.timings: dict[str, Any] = {}
+        self.offline = bool(config.getoption("--ga-facts"))
+        self.backend = None
+
+    def os_data(self) -> dict[str, Any]:
+        return yaml.safe_load((OS_DATA_DIR / f"{self.document['os']}.yaml").read_text())
+
+    def get(self) -> ga_facts.Snapshot:
+        if self.snapshot is None:
+            self.snapshot = self._load() if self.offline else self._gather()
+        return self.snapshot
+
+    def _load(self) -> ga_facts.Snapshot:
+        path = Path(self.config.getoption("--ga-facts"))
+        snapshot = ga_facts.Snapshot.load(path)
+        self.timings["facts_source"] = str(path)
+        return snapshot
+
+    def _gather(self) -> ga_facts.Snapshot:
+        from ga_ssh import pinned_host
+
+        opt = self.config.getoption
+        if not opt("--ga-host"):
+            raise pytest.UsageError("give --ga-host (with --ga-user, --ga-identity, --ga-known-hosts) or --ga-facts")
+        host = pinned_host(opt("--ga-user"), opt("--ga-host"), opt("--ga-port"), opt("--ga-identity"),
+                           opt("--ga-known-hosts"))
+        self.backend = host.backend
+        os_data = self.os_data()
+        login_user = os_data["targets"][self.document["target"]]["login_user"]
+        applicable = [c for c in self.document["controls"] if c["applicable"]]
+        request = ga_facts.build_request(applicable, os_data, login_user, self.optional)
+        try:
+            data, timings = ga_facts.gather(host, request)
+        except Exception as exc:  # noqa: BLE001 - a host we cannot reach (or trust) fails every check, once
+            data, timings = {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
+        self.timings.update(timings)
+        data.update({"schema": ga_facts.SCHEMA, "request": request, "context": self._context(login_user)})
+        return ga_facts.Snapshot(data, run_dynamic=lambda name: ga_facts.run_dynamic(host, name))
+
+    def _context(self, login_user: str) -> dict[str, Any]:
+        """What the checks compare the host with, besides the catalogue: saved with the facts."""
+        opt = self.config.getoption
+        pinned = []
+        known_hosts = opt("--ga-known-hosts")
+        if known_hosts:
+            for line in Path(known_hosts).read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3:
+                    pinned.append(f"{parts[1]} {parts[2]}")
+        return {"os": self.document["os"], "target": self.document["target"], "login_user": login_user,
+                "image_id": opt("--ga-image-id"), "instance_id": opt("--ga-instance-id"),
+                "login_public_key": opt("--ga-login-public-key"), "pinned_host_keys": pinned}
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """facts.json beside the report (live runs) and its digest; offline: the input's digest."""
+        if self.snapshot is None:
+            return {}
+        if self.offline:
+            data = Path(self.config.getoption("--ga-facts")).read_bytes()
+            return {"file": str(self.config.getoption("--ga-facts")),
+                    "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        directory.mkdir(parents=True, exist_ok=True)
+        data = self.snapshot.dump()
+        tmp = directory / (FACTS_FILE + ".tmp")
+        tmp.write_bytes(data)
+        tmp.rename(directory / FACTS_FILE)
+        return {"file": FACTS_FILE, "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+    def transport(self) -> dict[str, Any]:
+        counters = getattr(self.backend, "counters", None)
+        dynamic = self.snapshot.data.get("dynamic", {}) if self.snapshot else {}
+        return {**self.timings, **(counters or {}),
+                "dynamic_seconds": round(sum(d.get("seconds", 0) for d in dynamic.values()), 3)}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     document = _controls_document(config)
     header = {
@@ -50,13 +146,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "target": document["target"],
         "profile": document["profile"],
     }
+    facts = FactSession(config, document)
+    config.pluginmanager.register(facts, "ga_facts_session")
     config.pluginmanager.register(
-        ControlReport(Path(config.getoption("--ga-report")), header, document["controls"]), "ga_control_report"
+        ControlReport(Path(config.getoption("--ga-report")), header, document["controls"], facts), "ga_control_report"
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     controls = {c["id"]: c for c in _controls_document(config)["controls"]}
+    session: FactSession = config.pluginmanager.get_plugin("ga_facts_session")
     keep, drop = [], []
     for item in items:
         control_id = control_id_of(item)
@@ -68,6 +167,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if not control["applicable"]:
             item.add_marker(pytest.mark.skip(reason=f"not-applicable: {control['reason']}"))
+        else:
+            session.optional |= {group for name, group in OPTIONAL_FACTS.items() if name in item.fixturenames}
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -76,13 +177,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # --- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def host(pytestconfig: pytest.Config) -> testinfra.host.Host:
-    opt = pytestconfig.getoption
-    spec = f"{opt('--ga-user')}@{opt('--ga-host')}:{opt('--ga-port')}"
-    backend = PinnedParamikoBackend(
-        spec, known_hosts=opt("--ga-known-hosts"), ssh_identity_file=opt("--ga-identity"), timeout=30, sudo=True
-    )
-    return testinfra.host.Host(backend)
+def facts(pytestconfig: pytest.Config) -> ga_facts.Snapshot:
+    """The host's facts: gathered on first use (live) or loaded (offline)."""
+    session: FactSession = pytestconfig.pluginmanager.get_plugin("ga_facts_session")
+    started = time.monotonic()
+    snapshot = session.get()
+    session.timings.setdefault("facts_fixture_seconds", round(time.monotonic() - started, 3))
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def walk(facts) -> dict[str, Any]:
+    """The one filesystem walk (world-writable, unowned, setuid/setgid), when a check needs it."""
+    return facts.section("walk")
+
+
+@pytest.fixture(scope="session")
+def credential_scan(facts) -> dict[str, Any]:
+    """Files that hold something shaped like an AWS access key id (names only)."""
+    return facts.section("credential_scan")
 
 
 @pytest.fixture(scope="session")
@@ -104,18 +217,6 @@ def os_data(pytestconfig: pytest.Config) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def target_os(os_data: dict[str, Any], target: str) -> dict[str, Any]:
     return os_data["targets"][target]
-
-
-@pytest.fixture(scope="session")
-def boot_time(host) -> int:
-    """Seconds since the epoch when the instance booted (files older than this were baked in)."""
-    return int(host.check_output("awk '/^btime/ {print $2}' /proc/stat"))
-
-
-@pytest.fixture(scope="session")
-def homes(host) -> list[str]:
-    out = host.check_output("getent passwd | awk -F: '$6 ~ /^\\/(root|home\\/)/ {print $6}' | sort -u")
-    return [line for line in out.splitlines() if line]
 
 
 @pytest.fixture

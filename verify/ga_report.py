@@ -31,7 +31,9 @@ def _short_message(report: pytest.TestReport) -> str:
     if crash is not None:
         # The assertion's own message is its first line; the rest is pytest's explanation.
         first = str(crash.message).strip().splitlines()[0] if str(crash.message).strip() else ""
-        return first.removeprefix("AssertionError: ")
+        for prefix in ("AssertionError: ", "ga_facts.FactUnavailable: ", "FactUnavailable: "):
+            first = first.removeprefix(prefix)
+        return first
     if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (file, line, reason)
         return str(longrepr[2]).removeprefix("Skipped: ")
     return str(longrepr).strip().splitlines()[-1] if longrepr else ""
@@ -40,8 +42,11 @@ def _short_message(report: pytest.TestReport) -> str:
 class ControlReport:
     """pytest plugin: collects outcomes per control and writes the JSON report."""
 
-    def __init__(self, path: Path, header: dict[str, Any], controls: list[dict[str, Any]]):
+    def __init__(self, path: Path, header: dict[str, Any], controls: list[dict[str, Any]], facts=None):
         self.path = path
+        self.facts = facts  # the run's FactSession: facts.json is saved and sealed with the report
+        self.seconds = {"setup": 0.0, "call": 0.0, "teardown": 0.0}
+        self.checks_run = 0
         self.header = header
         self.controls = {c["id"]: c for c in controls}
         self.checks: dict[str, list[dict[str, str]]] = {cid: [] for cid in self.controls}
@@ -61,6 +66,9 @@ class ControlReport:
             report.longrepr = f"[{control_id}] {title}: {message or report.longrepr}"
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[report.when] = self.seconds.get(report.when, 0.0) + report.duration
+        if report.when == "call":
+            self.checks_run += 1
         if report.when != "call" and not (report.failed or report.skipped):
             return
         control_id = dict(report.user_properties).get("control")
@@ -104,9 +112,21 @@ class ControlReport:
         summary: dict[str, int] = {}
         for row in rows:
             summary[row["outcome"]] = summary.get(row["outcome"], 0) + 1
+        facts, transport = {}, {}
+        if self.facts is not None:
+            facts = self.facts.save(self.path.parent)
+            transport = self.facts.transport()
+        # Time spent judging, without gathering: every phase of every check, less the snapshot
+        # and the dynamic commands (both paid inside the first check that needed them).
+        spent = sum(self.seconds.values())
+        evaluation = max(spent - transport.get("facts_fixture_seconds", 0) - transport.get("dynamic_seconds", 0), 0)
         report = {
             "schema": 1,
             **self.header,
+            "facts": facts,
+            "transport": transport,
+            "evaluation": {"checks": self.checks_run, "seconds": round(evaluation, 4),
+                           "call_seconds": round(self.seconds["call"], 4)},
             "started_at": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "pytest_exit_status": int(exitstatus),

@@ -1,73 +1,402 @@
-"""Small readers of system state shared by the checks (package manager, sshd, nftables).
+"""Readers of the snapshot that several checks share: packages, units, sshd, nftables,
+listening sockets, mounts, kernel modules and configuration-file syntax.
 
-Which commands to run follows the OS data's package_manager value: adding an OS with a
-known package manager needs no change here.
+Each takes the snapshot (verify/ga_facts.py) or raw text and returns plain data; none of them
+runs anything. Parsing failures and missing facts raise FactUnavailable, never an empty answer.
+Which commands exist follows the OS data's package_manager: adding an OS with a known package
+manager needs no change here.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
-import shlex
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+from ga_facts import FactUnavailable, Snapshot
 
 
-def pending_security_updates(host, package_manager: str) -> list[str]:
-    """Packages with an update from a security source that is not installed yet."""
-    if package_manager == "apt":
-        host.check_output("apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null")
-        simulated = host.check_output("apt-get -s -o Debug::NoLocking=1 dist-upgrade")
-        # "Inst libc6 [2.36-9+deb12u3] (2.36-9+deb12u4 Debian-Security:12/stable-security [amd64])"
-        return sorted({line.split()[1] for line in simulated.splitlines()
-                       if line.startswith("Inst ") and re.search(r"[-/][A-Za-z0-9.]*-security[\s\],]", line)})
-    if package_manager == "dnf":
-        listing = host.check_output("dnf -q --releasever=latest updateinfo list --security --available 2>/dev/null || true")
-        return sorted({line.split()[-1] for line in listing.splitlines() if line.strip()})
-    raise ValueError(f"unknown package manager {package_manager!r}")
+# --- configuration syntax --------------------------------------------------------------------
+def active_lines(text: str, comments: str = "#") -> list[str]:
+    """Lines that are neither blank nor comments, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and line.strip()[0] not in comments]
 
 
-def newest_installed_kernel(host, package_manager: str) -> str:
-    if package_manager == "apt":
-        return host.check_output("linux-version list | linux-version sort | tail -n 1").strip()
-    if package_manager == "dnf":
-        return host.check_output(
-            "rpm -q kernel --qf '%{VERSION}-%{RELEASE}.%{ARCH}\\n' | sort -V | tail -n 1").strip()
-    raise ValueError(f"unknown package manager {package_manager!r}")
+def key_values(text: str, separator: Optional[str] = None, lower: bool = False) -> dict[str, str]:
+    """key/value lines ("KEY value" when separator is None, else "key<sep>value"), last wins."""
+    values: dict[str, str] = {}
+    for line in active_lines(text):
+        if separator is None:
+            fields = line.split(None, 1)
+            if len(fields) == 2:
+                key, value = fields
+            else:
+                continue
+        else:
+            key, sep, value = line.partition(separator)
+            if not sep:
+                continue
+        key = key.strip()
+        values[key.lower() if lower else key] = value.strip()
+    return values
 
 
-def sshd_effective(host) -> dict[str, str]:
-    """`sshd -T`: the configuration sshd really uses, keys lower-case."""
-    config: dict[str, str] = {}
-    for line in host.check_output("sshd -T").splitlines():
-        key, _, value = line.partition(" ")
-        config.setdefault(key.lower(), value.strip())
+def ini_section(text: str, section: str) -> dict[str, str]:
+    """key = value settings of one [section] of an INI-style text (last assignment wins)."""
+    current, values = None, {}
+    for line in active_lines(text, comments="#;"):
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1].strip()
+        elif current == section and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def systemd_settings(facts: Snapshot, command: str, section: str) -> dict[str, str]:
+    """A systemd configuration as `systemd-analyze cat-config` shows it (main file, then drop-ins
+    in systemd's order; the last assignment of a key wins)."""
+    return facts.cached(f"systemd:{command}:{section}", lambda: ini_section(facts.output(command), section))
+
+
+def login_defs(facts: Snapshot) -> dict[str, str]:
+    return facts.cached("login.defs", lambda: key_values(facts.content("/etc/login.defs")))
+
+
+def login_shells(facts: Snapshot) -> set[str]:
+    """Shells in /etc/shells that allow a login (nologin is not one)."""
+    return {line for line in active_lines(facts.content("/etc/shells"))
+            if line.startswith("/") and not line.endswith("/nologin")}
+
+
+def table(text: str, min_fields: int) -> list[list[str]]:
+    """Colon-separated entries (passwd, group, shadow), blank lines left out."""
+    rows = [line.split(":") for line in text.splitlines() if line.strip()]
+    short = [":".join(r) for r in rows if len(r) < min_fields]
+    if short:
+        raise FactUnavailable(f"malformed entries (fewer than {min_fields} fields): {short[0]!r}")
+    return rows
+
+
+def getent(facts: Snapshot, database: str) -> list[list[str]]:
+    minimum = {"passwd": 7, "group": 4, "shadow": 9}[database]
+    return facts.cached(f"getent:{database}", lambda: table(facts.output(f"getent_{database}"), minimum))
+
+
+def os_release_id(facts: Snapshot) -> str:
+    values = key_values(facts.content("/etc/os-release"), "=")
+    return values.get("ID", "").strip('"')
+
+
+# --- packages and units ------------------------------------------------------------------------
+def packages(facts: Snapshot) -> dict[str, str]:
+    """Installed packages: name -> version."""
+    def parse() -> dict[str, str]:
+        installed = {}
+        for line in facts.output("packages").splitlines():
+            fields = line.split("\t")
+            if len(fields) != 3:
+                continue
+            name, status, version = fields
+            words = status.split()
+            # dpkg's "install ok installed" (or "hold ok installed"); rpm lists installed ones only.
+            if len(words) == 3 and words[0] in ("install", "hold") and words[1:] == ["ok", "installed"]:
+                installed[name] = version
+        if not installed:
+            raise FactUnavailable("the package list is empty")
+        return installed
+    return facts.cached("packages", parse)
+
+
+def installed(facts: Snapshot, names: Iterable[str]) -> list[str]:
+    found = packages(facts)
+    return [name for name in names if name in found]
+
+
+@dataclass(frozen=True)
+class UnitState:
+    enabled: str  # as `systemctl is-enabled` says: enabled, disabled, static, masked, not-found, ...
+    active: str  # as `systemctl is-active` says: active, inactive, failed, activating, ...
+
+    def __iter__(self):
+        return iter((self.enabled, self.active))
+
+
+def parse_systemctl_show(text: str) -> dict[str, UnitState]:
+    """`systemctl show -p Id,Names,LoadState,ActiveState,SubState,UnitFileState u1 u2 …`."""
+    states: dict[str, UnitState] = {}
+    for block in re.split(r"\n\s*\n", text.strip()):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" not in props:
+            continue
+        if props.get("LoadState") == "not-found":
+            enabled = "not-found"
+        elif props.get("LoadState") == "masked" and not props.get("UnitFileState"):
+            enabled = "masked"
+        else:
+            enabled = props.get("UnitFileState") or "unknown"
+        state = UnitState(enabled, props.get("ActiveState") or "inactive")
+        for name in [props["Id"], *props.get("Names", "").split()]:
+            states.setdefault(name, state)
+    return states
+
+
+def units(facts: Snapshot) -> dict[str, UnitState]:
+    def parse() -> dict[str, UnitState]:
+        show = facts.section("units")["show"]
+        if show.get("rc") != 0:
+            raise FactUnavailable(f"`systemctl show` failed (exit {show.get('rc')}): "
+                                  f"{' '.join((show.get('stderr') or show.get('error') or '').split())[:300]}")
+        return parse_systemctl_show(show["stdout"])
+    return facts.cached("units", parse)
+
+
+def unit_state(facts: Snapshot, unit: str) -> UnitState:
+    """(is-enabled, is-active) of a unit; ("not-found", "inactive") when systemd has no such unit."""
+    found = units(facts)
+    if unit in found:
+        return found[unit]
+    if unit not in facts.section("units")["names"]:
+        raise FactUnavailable(f"the snapshot did not ask systemd about {unit} (not collected)")
+    return UnitState("not-found", "inactive")
+
+
+# --- sshd ---------------------------------------------------------------------------------------
+def parse_sshd_T(text: str) -> dict[str, list[str]]:
+    """`sshd -T` output: keyword (lower-case) -> every value printed for it, in order."""
+    config: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            config.setdefault(key.lower(), []).append(value.strip())
+    if not config:
+        raise FactUnavailable("sshd -T printed nothing")
     return config
 
 
-def unit_state(host, unit: str) -> tuple[str, str]:
-    """(is-enabled, is-active) of a systemd unit; ("not-found", "inactive") when absent."""
-    quoted = shlex.quote(unit)
-    enabled = host.run(f"systemctl is-enabled {quoted}").stdout.strip() or "not-found"
-    active = host.run(f"systemctl is-active {quoted}").stdout.strip() or "inactive"
-    return enabled, active
+def sshd_contexts(facts: Snapshot) -> dict[str, dict[str, list[str]]]:
+    """What sshd enforces: globally (`sshd -T`) and for the login user's own connection
+    (`sshd -T -C user=…,host=…,addr=…`, Match blocks applied). A setting must hold in both."""
+    def parse() -> dict[str, dict[str, list[str]]]:
+        login = facts.context.get("login_user", "the login user")
+        return {"sshd -T": parse_sshd_T(facts.output("sshd_T")),
+                f"sshd -T -C user={login}": parse_sshd_T(facts.output("sshd_T_login"))}
+    return facts.cached("sshd", parse)
 
 
-def nft_ruleset(host) -> str:
-    return host.check_output("nft list ruleset")
+# --- nftables -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chain:
+    family: str
+    table: str
+    name: str
+    hook: Optional[str]
+    policy: Optional[str]
+    rules: tuple  # each rule: its "expr" list from `nft -j`
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} {self.table} {self.name}"
 
 
-def hook_chains(ruleset: str, hook: str) -> dict[str, list[str]]:
-    """Base chains on a netfilter hook, by "family table chain", with their lines."""
-    chains: dict[str, list[str]] = {}
-    family = table = chain = None
-    lines: list[str] = []
-    for raw in ruleset.splitlines():
-        line = raw.strip()
-        if match := re.match(r"table (\S+) (\S+) \{", line):
-            family, table = match.groups()
-        elif match := re.match(r"chain (\S+) \{", line):
-            chain, lines = match.group(1), []
-        elif line == "}" and chain is not None:
-            if any(re.search(rf"type filter hook {hook} ", entry) for entry in lines):
-                chains[f"{family} {table} {chain}"] = lines
-            chain = None
-        elif chain is not None and line:
-            lines.append(line)
-    return chains
+def nft_chains(ruleset: dict[str, Any]) -> list[Chain]:
+    """The chains of `nft -j list ruleset`, each with its rules' expressions in order."""
+    items = ruleset.get("nftables")
+    if not isinstance(items, list):
+        raise FactUnavailable("`nft -j list ruleset` did not print a ruleset")
+    chains: dict[tuple, dict] = {}
+    order = []
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            key = (c["family"], c["table"], c["name"])
+            chains[key] = {"hook": c.get("hook"), "policy": c.get("policy"), "rules": []}
+            order.append(key)
+    for item in items:
+        if "rule" in item:
+            r = item["rule"]
+            key = (r["family"], r["table"], r["chain"])
+            if key in chains:
+                chains[key]["rules"].append(tuple(r.get("expr", [])))
+    return [Chain(k[0], k[1], k[2], chains[k]["hook"], chains[k]["policy"], tuple(chains[k]["rules"])) for k in order]
+
+
+def hook_chains(ruleset: dict[str, Any], hook: str) -> list[Chain]:
+    """Base chains on a netfilter hook."""
+    return [chain for chain in nft_chains(ruleset) if chain.hook == hook]
+
+
+def nft_ruleset(facts: Snapshot) -> dict[str, Any]:
+    import json
+
+    def parse() -> dict[str, Any]:
+        try:
+            return json.loads(facts.output("nft_json"))
+        except ValueError as exc:
+            raise FactUnavailable(f"`nft -j list ruleset` printed no JSON: {exc}") from None
+    return facts.cached("nft", parse)
+
+
+def describe_rule(expr: Iterable[dict]) -> str:
+    """A short, nft-like text of a rule's expressions (for messages)."""
+    parts = []
+    for e in expr:
+        if "match" in e:
+            m = e["match"]
+            left, right = m["left"], m["right"]
+            parts.append(f"{_operand(left)} {'' if m.get('op') in ('==', 'in') else m.get('op', '') + ' '}"
+                         f"{_operand(right)}".replace("  ", " "))
+        elif "counter" in e or "log" in e:
+            continue
+        else:
+            parts.append(next(iter(e)))
+    return " ".join(parts)
+
+
+def _operand(value: Any) -> str:
+    if isinstance(value, dict):
+        if "payload" in value:
+            return f"{value['payload'].get('protocol', '')} {value['payload'].get('field', '')}"
+        if "meta" in value:
+            return f"meta {value['meta'].get('key')}"
+        if "ct" in value:
+            return f"ct {value['ct'].get('key')}"
+        if "set" in value:
+            return "{ " + ", ".join(_operand(v) for v in value["set"]) + " }"
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "range" in value:
+            return "-".join(str(v) for v in value["range"])
+    if isinstance(value, list):
+        return ",".join(_operand(v) for v in value)
+    return str(value)
+
+
+# --- listening sockets ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Listener:
+    proto: str  # tcp or udp
+    address: str  # as ss shows it, with the interface if bound to one
+    port: int
+    loopback: bool
+    processes: tuple[str, ...]
+
+    def __str__(self) -> str:
+        owners = ",".join(self.processes) or "unknown process"
+        return f"{self.proto} {self.address}:{self.port} ({owners})"
+
+
+def _is_loopback(address: str, interface: str) -> bool:
+    if interface == "lo":
+        return True
+    if address in ("*", "0.0.0.0", "::"):
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def parse_ss(output: str) -> list[Listener]:
+    """`ss -H -lntup` lines: netid state recv-q send-q local peer [process]."""
+    listeners = []
+    for line in output.splitlines():
+        fields = line.split(None, 6)
+        if len(fields) < 6:
+            continue
+        proto, local = fields[0], fields[4]
+        host_part, _, port = local.rpartition(":")
+        address, _, interface = host_part.partition("%")
+        # "[fe80::1]%eth0" puts the interface after the bracket; "[::1]" keeps it inside.
+        address = address.strip("[]")
+        if "%" in address:
+            address, _, interface = address.partition("%")
+        if not port.isdigit():
+            raise FactUnavailable(f"cannot read the port of a listening socket: {line.strip()!r}")
+        processes = tuple(re.findall(r'\("([^"]+)",pid=', fields[6] if len(fields) > 6 else ""))
+        listeners.append(Listener(proto, host_part, int(port), _is_loopback(address, interface), processes))
+    return listeners
+
+
+def listeners(facts: Snapshot) -> list[Listener]:
+    return facts.cached("listeners", lambda: parse_ss(facts.output("ss_listen")))
+
+
+# --- mounts and kernel modules --------------------------------------------------------------
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    fstype: str
+    options: frozenset
+
+
+def mounts(facts: Snapshot) -> list[Mount]:
+    """/proc/self/mounts in order (octal escapes decoded)."""
+    def parse() -> list[Mount]:
+        found = []
+        for line in facts.content("/proc/self/mounts").splitlines():
+            fields = line.split()
+            if len(fields) >= 4:
+                target = fields[1].encode().decode("unicode_escape")
+                found.append(Mount(fields[0], target, fields[2], frozenset(fields[3].split(","))))
+        if not found:
+            raise FactUnavailable("/proc/self/mounts lists nothing")
+        return found
+    return facts.cached("mounts", parse)
+
+
+def mount_at(facts: Snapshot, path: str) -> Optional[Mount]:
+    """The mount on top at path (the last one listed), or None."""
+    found = [m for m in mounts(facts) if m.target == path]
+    return found[-1] if found else None
+
+
+def module_name(module: str) -> str:
+    return module.replace("-", "_")  # how the kernel and modprobe's listing name it
+
+
+def modprobe_config(facts: Snapshot) -> list[list[str]]:
+    return facts.cached("modprobe-config", lambda: [line.split() for line in active_lines(
+        facts.output("modprobe_showconfig"))])
+
+
+def loaded_modules(facts: Snapshot) -> set[str]:
+    return facts.cached("loaded-modules", lambda: {line.split()[0] for line in
+                                                    facts.content("/proc/modules").splitlines() if line.strip()})
+
+
+def builtin_modules(facts: Snapshot) -> set[str]:
+    """Module names built into the running kernel (modules.builtin)."""
+    def parse() -> set[str]:
+        release = facts.output("uname_r").strip()
+        text = facts.content(f"/lib/modules/{release}/modules.builtin")
+        return {module_name(line.rsplit("/", 1)[-1].removesuffix(".ko")) for line in text.splitlines() if line}
+    return facts.cached("builtin-modules", parse)
+
+
+_REFUSED = re.compile(r"^install\s+/(usr/)?bin/(false|true)\b")
+
+
+def module_problems(facts: Snapshot, module: str) -> list[str]:
+    """What makes a kernel module loadable or loaded (empty when it is neither)."""
+    name = module_name(module)
+    problems = []
+    dry_run = facts.result(f"modprobe_dry_run:{module}")
+    if dry_run.rc is None:
+        raise FactUnavailable(dry_run.describe())
+    said = (dry_run.stdout + dry_run.stderr).strip()
+    first = said.splitlines()[0].strip() if said else ""
+    if not _REFUSED.match(first):
+        problems.append(f"modprobe would load {module} (dry run: {' '.join(said.split()) or 'nothing'}), "
+                        "expected 'install /bin/false'")
+    if not any(fields[:1] == ["blacklist"] and len(fields) > 1 and module_name(fields[1]) == name
+               for fields in modprobe_config(facts)):
+        problems.append(f"{module} is not blacklisted (no 'blacklist {module}' in the modprobe configuration)")
+    if name in loaded_modules(facts):
+        problems.append(f"{module} is loaded (listed in /proc/modules)")
+    if name in builtin_modules(facts):
+        problems.append(f"{module} is built into the kernel and cannot be disabled")
+    return problems

@@ -1,18 +1,39 @@
-"""SSH server: what `sshd -T` reports, i.e. what sshd really enforces after every drop-in."""
-import shlex
-
+"""SSH server: what sshd really enforces after every drop-in - globally (`sshd -T`) and for the
+login user's own connection (`sshd -T -C user=…,host=…,addr=…`, so Match blocks count). A
+setting must hold in both."""
 import pytest
 
-from ga_system import sshd_effective
+from ga_system import active_lines, sshd_contexts
 
 
 @pytest.fixture(scope="module")
-def sshd(host):
-    return sshd_effective(host)
+def sshd(facts):
+    return sshd_contexts(facts)
+
+
+def _value(config, key, default=None):
+    values = config.get(key)
+    return values[0] if values else default
 
 
 def _expect(sshd, key, value):
-    assert sshd.get(key) == value, f"sshd {key} is {sshd.get(key)!r}, expected {value!r}"
+    wrong = [f"{where}: {key} is {_value(config, key)!r}" for where, config in sshd.items()
+             if _value(config, key) != value]
+    assert not wrong, f"{'; '.join(wrong)}, expected {value!r}"
+
+
+def _each(sshd, key, default, accept, expected):
+    """Every context's value of key (default when sshd prints none) must satisfy accept."""
+    wrong = []
+    for where, config in sshd.items():
+        value = _value(config, key, default)
+        try:
+            good = accept(value)
+        except ValueError:
+            good = False
+        if not good:
+            wrong.append(f"{where}: {key} is {value!r}")
+    assert not wrong, f"{'; '.join(wrong)}, expected {expected}"
 
 
 @pytest.mark.control("4.2.7")
@@ -29,8 +50,9 @@ def test_empty_passwords_refused(sshd):
 def test_password_authentication_disabled(sshd):
     _expect(sshd, "passwordauthentication", "no")
     # With PAM, keyboard-interactive can ask for a password just the same.
-    interactive = sshd.get("kbdinteractiveauthentication", sshd.get("challengeresponseauthentication"))
-    assert interactive == "no", f"sshd keyboard-interactive authentication is {interactive!r}, expected 'no'"
+    for where, config in sshd.items():
+        interactive = _value(config, "kbdinteractiveauthentication", _value(config, "challengeresponseauthentication"))
+        assert interactive == "no", f"{where}: keyboard-interactive authentication is {interactive!r}, expected 'no'"
 
 
 @pytest.mark.control("4.2.12")
@@ -40,15 +62,16 @@ def test_x11_forwarding_disabled(sshd):
 
 @pytest.mark.control("4.2.16")
 def test_max_auth_tries(sshd, params):
-    value = int(sshd.get("maxauthtries", "6"))
-    assert value <= params["max_auth_tries"], f"sshd maxauthtries is {value}, expected at most {params['max_auth_tries']}"
+    limit = params["max_auth_tries"]
+    _each(sshd, "maxauthtries", "6", lambda v: int(v) <= limit, f"at most {limit}")
 
 
 def _only_allowed(sshd, key, allowed):
-    offered = [a for a in sshd.get(key, "").split(",") if a]
-    extra = [a for a in offered if a not in allowed]
-    assert offered, f"sshd reports no {key}"
-    assert not extra, f"sshd {key} offers algorithms outside the strong set: {', '.join(extra)}"
+    for where, config in sshd.items():
+        offered = [a for a in _value(config, key, "").split(",") if a]
+        extra = [a for a in offered if a not in allowed]
+        assert offered, f"{where} reports no {key}"
+        assert not extra, f"{where}: {key} offers algorithms outside the strong set: {', '.join(extra)}"
 
 
 @pytest.mark.control("GA-SSH-CIPHERS")
@@ -67,67 +90,60 @@ def test_strong_kex_only(sshd, params):
 
 
 # --- CIS Level 1: the rest of section 4.2 --------------------------------------------------
-def _sshd_values(host, key):
-    """Every value `sshd -T` prints for a keyword that may repeat (AllowGroups: one per line)."""
-    return [line.split(None, 1)[1].strip() for line in host.check_output("sshd -T").splitlines()
-            if line.split(None, 1)[0].lower() == key and len(line.split(None, 1)) == 2]
-
-
-def _files(host, find_args):
-    """(path, owner, group, mode) of the files `find` selects."""
-    out = host.check_output(f"find {find_args} -printf '%p %u %g %m\\n'")
-    return [(path, owner, group, int(mode, 8)) for path, owner, group, mode in
-            (line.split() for line in out.splitlines() if line.strip())]
+def _files(facts, directory, match):
+    """Stat of the regular files directly in directory whose name satisfies match."""
+    return [st for path, st in facts.tree("/etc/ssh").items()
+            if st is not None and st.type == "file" and path.rsplit("/", 1)[0] == directory
+            and match(path.rsplit("/", 1)[-1])]
 
 
 @pytest.mark.control("4.2.1")
-def test_sshd_config_files_root_only(host):
-    files = _files(host, "/etc/ssh/sshd_config /etc/ssh/sshd_config.d -maxdepth 1 -type f "
-                         "\\( -name sshd_config -o -name '*.conf' \\)")
-    assert any(path == "/etc/ssh/sshd_config" for path, *_ in files), "/etc/ssh/sshd_config not found"
-    wrong = [f"{path} ({owner}:{group} {mode:o})" for path, owner, group, mode in files
-             if owner != "root" or group != "root" or mode & 0o177]
+def test_sshd_config_files_root_only(facts):
+    files = _files(facts, "/etc/ssh", lambda name: name == "sshd_config") + \
+        _files(facts, "/etc/ssh/sshd_config.d", lambda name: name.endswith(".conf"))
+    assert any(st.path == "/etc/ssh/sshd_config" for st in files), "/etc/ssh/sshd_config not found"
+    wrong = [str(st) for st in files if st.owner != "root" or st.group_name != "root" or st.mode & 0o177]
     assert not wrong, f"sshd configuration files not root:root 0600 or stricter: {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.2.2")
-def test_private_host_keys_restricted(host):
-    keys = _files(host, "/etc/ssh -maxdepth 1 -type f -name 'ssh_host_*_key'")
+def test_private_host_keys_restricted(facts):
+    keys = [st for st in _files(facts, "/etc/ssh", lambda n: n.startswith("ssh_host_") and n.endswith("_key"))]
     assert keys, "no SSH private host keys in /etc/ssh"
     wrong = []
-    for path, owner, group, mode in keys:
+    for st in keys:
         # 0640 root:ssh_keys is the sshd-keygen layout on Amazon Linux; otherwise 0600 root:root.
-        allowed = 0o640 if group == "ssh_keys" else 0o600
-        if owner != "root" or group not in ("root", "ssh_keys") or mode & ~allowed & 0o7777:
-            wrong.append(f"{path} ({owner}:{group} {mode:o})")
+        allowed = 0o640 if st.group_name == "ssh_keys" else 0o600
+        if st.owner != "root" or st.group_name not in ("root", "ssh_keys") or st.mode & ~allowed & 0o7777:
+            wrong.append(str(st))
     assert not wrong, f"private host keys not 0600 root:root (or 0640 root:ssh_keys): {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.2.3")
-def test_public_host_keys_restricted(host):
-    keys = _files(host, "/etc/ssh -maxdepth 1 -type f -name 'ssh_host_*_key.pub'")
+def test_public_host_keys_restricted(facts):
+    keys = _files(facts, "/etc/ssh", lambda n: n.startswith("ssh_host_") and n.endswith("_key.pub"))
     assert keys, "no SSH public host keys in /etc/ssh"
-    wrong = [f"{path} ({owner}:{group} {mode:o})" for path, owner, group, mode in keys
-             if owner != "root" or group != "root" or mode & 0o133]
+    wrong = [str(st) for st in keys if st.owner != "root" or st.group_name != "root" or st.mode & 0o133]
     assert not wrong, f"public host keys not 0644 root:root or stricter: {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.2.4")
-def test_access_limited_to_admin_group(host, params, target_os):
-    groups = _sshd_values(host, "allowgroups")
-    assert sorted(groups) == sorted(params["allow_groups"]), \
-        f"sshd AllowGroups is {groups or 'not set'}, expected {params['allow_groups']}"
-    user = target_os["login_user"]
-    member_of = host.check_output(f"id -nG {shlex.quote(user)}").split()
-    assert set(member_of) & set(groups), \
-        f"login user {user} (groups {', '.join(member_of)}) is in none of AllowGroups {', '.join(groups)}"
+def test_access_limited_to_admin_group(facts, sshd, params):
+    for where, config in sshd.items():
+        # AllowGroups may repeat: sshd -T prints one line per group.
+        groups = [g for line in config.get("allowgroups", []) for g in line.split()]
+        assert sorted(groups) == sorted(params["allow_groups"]), \
+            f"{where}: AllowGroups is {groups or 'not set'}, expected {params['allow_groups']}"
+    user = facts.context.get("login_user", "")
+    member_of = facts.output("id_login_user").split()
+    assert set(member_of) & set(params["allow_groups"]), \
+        f"login user {user} (groups {', '.join(member_of)}) is in none of AllowGroups {', '.join(params['allow_groups'])}"
 
 
 @pytest.mark.control("4.2.5")
 def test_log_level(sshd, params):
-    value = sshd.get("loglevel")
-    assert value in ("VERBOSE", "INFO") and value == params["log_level"], \
-        f"sshd loglevel is {value!r}, expected {params['log_level']!r} (VERBOSE or INFO)"
+    _each(sshd, "loglevel", None, lambda v: v in ("VERBOSE", "INFO") and v == params["log_level"],
+          f"{params['log_level']!r} (VERBOSE or INFO)")
 
 
 @pytest.mark.control("4.2.6")
@@ -151,10 +167,11 @@ def test_rhosts_ignored(sshd):
 
 
 @pytest.mark.control("4.2.14")
-def test_crypto_policy_not_overridden(host, params):
+def test_crypto_policy_not_overridden(facts, params):
     path = params["sysconfig_file"]
-    found = host.run(f"grep -E '^[[:space:]]*CRYPTO_POLICY=' {shlex.quote(path)}").stdout.strip()
-    assert not found, f"{path} overrides the system crypto policy for sshd: {found}"
+    text = facts.text(path) or ""
+    found = [line for line in active_lines(text) if line.startswith("CRYPTO_POLICY=")]
+    assert not found, f"{path} overrides the system crypto policy for sshd: {found[0]}"
 
 
 @pytest.mark.control("4.2.15")
@@ -164,34 +181,28 @@ def test_banner(sshd, params):
 
 @pytest.mark.control("4.2.17")
 def test_max_startups(sshd, params):
-    value = sshd.get("maxstartups", "")
     limit = [int(n) for n in params["max_startups"].split(":")]
-    try:
+
+    def within(value):
         found = [int(n) for n in value.split(":")]
-    except ValueError:
-        found = []
-    assert len(found) == 3 and all(f <= m for f, m in zip(found, limit, strict=True)), \
-        f"sshd maxstartups is {value!r}, expected {params['max_startups']} or stricter"
+        return len(found) == 3 and all(f <= m for f, m in zip(found, limit, strict=True))
+    _each(sshd, "maxstartups", "", within, f"{params['max_startups']} or stricter")
 
 
 @pytest.mark.control("4.2.18")
 def test_max_sessions(sshd, params):
-    value = int(sshd.get("maxsessions", "10"))
-    assert value <= params["max_sessions"], f"sshd maxsessions is {value}, expected at most {params['max_sessions']}"
+    limit = params["max_sessions"]
+    _each(sshd, "maxsessions", "10", lambda v: int(v) <= limit, f"at most {limit}")
 
 
 @pytest.mark.control("4.2.19")
 def test_login_grace_time(sshd, params):
-    value = int(sshd.get("logingracetime", "120"))
-    assert 0 < value <= params["login_grace_time"], \
-        f"sshd logingracetime is {value}, expected 1 to {params['login_grace_time']} seconds"
+    limit = params["login_grace_time"]
+    _each(sshd, "logingracetime", "120", lambda v: 0 < int(v) <= limit, f"1 to {limit} seconds")
 
 
 @pytest.mark.control("4.2.20")
 def test_unresponsive_clients_dropped(sshd, params):
-    interval = int(sshd.get("clientaliveinterval", "0"))
-    count = int(sshd.get("clientalivecountmax", "0"))
-    assert 0 < interval <= params["client_alive_interval"], \
-        f"sshd clientaliveinterval is {interval}, expected 1 to {params['client_alive_interval']}"
-    assert 0 < count <= params["client_alive_count_max"], \
-        f"sshd clientalivecountmax is {count}, expected 1 to {params['client_alive_count_max']}"
+    interval, count = params["client_alive_interval"], params["client_alive_count_max"]
+    _each(sshd, "clientaliveinterval", "0", lambda v: 0 < int(v) <= interval, f"1 to {interval}")
+    _each(sshd, "clientalivecountmax", "0", lambda v: 0 < int(v) <= count, f"1 to {count}")
