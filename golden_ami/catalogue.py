@@ -58,6 +58,10 @@ class ControlSpec(BaseModel):
     # suite: a check in verify/; aws-api: checked through the EC2 API by the aws target.
     check: Literal["suite", "aws-api"] = "suite"
     enabled: bool = True
+    # OS whose stock image already complies, each with why (one line): on an unhardened image
+    # this control's check must pass there, and every other applicable check must fail
+    # (tests/unit/test_checks_offline.py, tests/e2e: the base image).
+    default_compliant: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,10 @@ def load_catalogue() -> list[ControlSpec]:
             if spec.id in seen:
                 raise UserError(f"{where}: control {spec.id} is already listed in controls/{seen[spec.id]}")
             unknown = sorted(set(spec.params_by_os) - set(available_os()))
-            if unknown or sorted(set(spec.applies.not_on) - set(available_os())):
-                raise UserError(f"{where}: names an unknown OS {(unknown or sorted(spec.applies.not_on))[0]!r}")
+            unknown = unknown or sorted(set(spec.applies.not_on) - set(available_os())) \
+                or sorted(set(spec.default_compliant) - set(available_os()))
+            if unknown:
+                raise UserError(f"{where}: names an unknown OS {unknown[0]!r}")
             seen[spec.id] = path.name
             specs.append(spec)
     return specs

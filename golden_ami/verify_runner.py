@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from . import hostkeys, paths, sshkeys, waivers
 from .report import markdown, summarise
@@ -28,6 +28,7 @@ from .targets.base import Image, Target
 REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 JUNIT_FILE = "junit.xml"
+FACTS_FILE = "facts.json"  # the raw snapshot the verdicts were made on (written by verify/)
 
 
 def report_digest(path: Path) -> str:
@@ -38,7 +39,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
     verify_dir = build_dir / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, "known_hosts"):
+    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, "known_hosts"):
         (verify_dir / stale).unlink(missing_ok=True)
     key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
     try:
@@ -87,19 +88,32 @@ def _pin_host_keys(cfg: Resolved, instance, known_hosts: Path, timeout: float, p
     return "pinned from the console: " + ", ".join(k for k, _ in keys)
 
 
+def suite_argv(*, controls_file: Path, report: Path, image_id: str, fingerprint: str, host: str = "", port: int = 22,
+               user: str = "", identity: Optional[Path] = None, known_hosts: Optional[Path] = None,
+               facts: Optional[Path] = None, build_id: str = "", instance_id: str = "", login_public_key: str = "",
+               junit: Optional[Path] = None, verbose: bool = True) -> list[str]:
+    """The command line of the verify suite: live (host, user, identity, known_hosts) or offline
+    (facts: a saved snapshot to judge)."""
+    argv = [sys.executable, "-m", "pytest", str(paths.VERIFY_DIR), "-c", str(paths.VERIFY_DIR / "pytest.ini"),
+            "--rootdir", str(paths.VERIFY_DIR), "-v" if verbose else "-q", "--tb=line",
+            f"--ga-controls={controls_file}", f"--ga-report={report}", f"--ga-image-id={image_id}",
+            f"--ga-fingerprint={fingerprint}", f"--ga-build-id={build_id}"]
+    if junit is not None:
+        argv += ["-o", "junit_family=xunit2", f"--junitxml={junit}"]
+    if facts is not None:
+        return argv + [f"--ga-facts={facts}"]
+    return argv + [f"--ga-host={host}", f"--ga-port={port}", f"--ga-user={user}", f"--ga-identity={identity}",
+                   f"--ga-known-hosts={known_hosts}", f"--ga-instance-id={instance_id}",
+                   f"--ga-login-public-key={login_public_key}"]
+
+
 def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Path, build_id: str, instance,
                known_hosts: Path, progress: Progress) -> None:
-    argv = [
-        sys.executable, "-m", "pytest", str(paths.VERIFY_DIR),
-        "-c", str(paths.VERIFY_DIR / "pytest.ini"), "--rootdir", str(paths.VERIFY_DIR),
-        "-v", "--tb=line", "-o", "junit_family=xunit2", f"--junitxml={verify_dir / JUNIT_FILE}",
-        f"--ga-host={instance.ssh_host}", f"--ga-port={instance.ssh_port}", f"--ga-user={instance.login_user}",
-        f"--ga-identity={instance.key.private_key_path}", f"--ga-known-hosts={known_hosts}",
-        f"--ga-controls={controls_file}", f"--ga-report={verify_dir / REPORT_FILE}",
-        f"--ga-image-id={image.id}", f"--ga-fingerprint={image.tags.get('Fingerprint', '')}",
-        f"--ga-build-id={build_id}", f"--ga-instance-id={instance.instance_id}",
-        f"--ga-login-public-key={instance.key.public_key}",
-    ]
+    argv = suite_argv(controls_file=controls_file, report=verify_dir / REPORT_FILE, image_id=image.id,
+                      fingerprint=image.tags.get("Fingerprint", ""), host=instance.ssh_host, port=instance.ssh_port,
+                      user=instance.login_user, identity=instance.key.private_key_path, known_hosts=known_hosts,
+                      build_id=build_id, instance_id=instance.instance_id, login_public_key=instance.key.public_key,
+                      junit=verify_dir / JUNIT_FILE)
 
     def on_line(line: str) -> None:
         # "verify/test_ssh.py::test_root_login_disabled PASSED [ 40%]" -> a progress line

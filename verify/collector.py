@@ -8,7 +8,8 @@ It gathers raw facts only - command outputs with their exit status, file content
 metadata and one filesystem walk - and parses nothing it does not have to: verdicts are made
 on the pipeline's side, where they can be re-checked offline from the saved snapshot. A
 command that fails is recorded with its exit status and stderr; the checks that need it then
-fail with that reason. Nothing is retried, nothing is ignored.
+fail with that reason. Nothing is ignored; only a systemctl call that timed out reaching PID 1 (a
+busy machine, not a fact about the host) is tried again.
 
 Secrets never leave the instance: password hashes in shadow and gshadow are replaced by their
 scheme prefix, private keys and /etc/security/opasswd are stat'ed but not read, and the
@@ -281,16 +282,28 @@ def walk(request):
                 found[kind].append({"root": fields[1], "user": fields[2], "group": fields[3], "path": fields[4]})
             else:
                 found[kind].append({"root": fields[1], "mode": fields[2], "path": fields[3]})
-    result.update(argv=argv, rc=proc.returncode, stderr=proc.stderr.decode("utf-8", errors="replace")[-4000:],
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    result.update(argv=argv, rc=proc.returncode, stderr=stderr[-4000:], stderr_truncated=len(stderr) > 4000,
                   counts=counts, seconds=round(time.monotonic() - started, 3), **found)
+    return result
+
+
+def run_systemctl(argv):
+    """systemctl asks PID 1 over D-Bus; on a busy machine that call can time out, which says
+    nothing about the host. Such a timeout is tried again (twice); every other failure stands."""
+    result = run(argv)
+    for attempt in (2, 3):
+        if result["rc"] in (0, None) or "timed out" not in result["stderr"]:
+            break
+        result = dict(run(argv), attempt=attempt)
     return result
 
 
 def systemd_units(requested):
     """Every unit systemd knows (unit files and loaded units) plus the requested names, with
     their unit-file and active states from one `systemctl show`."""
-    files = run(["systemctl", "list-unit-files", "--no-legend", "--no-pager", "--full"])
-    loaded = run(["systemctl", "list-units", "--all", "--no-legend", "--no-pager", "--full", "--plain"])
+    files = run_systemctl(["systemctl", "list-unit-files", "--no-legend", "--no-pager", "--full"])
+    loaded = run_systemctl(["systemctl", "list-units", "--all", "--no-legend", "--no-pager", "--full", "--plain"])
     names = set(requested)
     for listing in (files, loaded):
         if listing["rc"] == 0:
@@ -301,8 +314,8 @@ def systemd_units(requested):
                     names.add(name)
     # Templates ("getty@.service") are not units systemctl show can answer for.
     names = sorted(n for n in names if "@." not in n and not n.startswith("-"))
-    show = run(["systemctl", "show", "--no-pager", "-p", "Id,Names,LoadState,ActiveState,SubState,UnitFileState"]
-               + names)
+    show = run_systemctl(["systemctl", "show", "--no-pager", "-p",
+                          "Id,Names,LoadState,ActiveState,SubState,UnitFileState"] + names)
     return {"list_unit_files": files, "list_units": loaded, "show": show, "names": names}
 
 
@@ -332,7 +345,14 @@ def tree(root, depth):
     if not entries[root].get("type") == "directory" or depth < 1:
         return entries
     base = root.rstrip("/").count("/")
-    for directory, dirs, names in os.walk(root):
+
+    def unreadable(error):
+        # A directory root cannot list must not look empty: its entry carries why.
+        where = getattr(error, "filename", None) or root
+        if where in entries:
+            entries[where] = dict(entries[where], list_error="%s: %s" % (type(error).__name__, error.strerror or error))
+
+    for directory, dirs, names in os.walk(root, onerror=unreadable):
         level = directory.rstrip("/").count("/") - base
         for name in sorted(dirs + names):
             path = os.path.join(directory, name)
@@ -462,6 +482,11 @@ def collect(request):
             snapshot["login_session_limits"] = process_limits(connection["pid"])
         snapshot["commands"] = {name: future.result() for name, future in command_futures.items()}
         snapshot["units"] = units_future.result()
+        if "sshd_T_login" not in snapshot["commands"]:
+            snapshot["commands"]["sshd_T_login"] = {
+                "argv": ["sshd", "-T", "-C", "user=%s,host=?,addr=?" % request["login_user"]], "rc": None,
+                "error": "the login connection's address is unknown: %s" % connection.get("error"),
+                "stdout": "", "stderr": ""}
         # Each directory of root's login PATH, as the PATH check needs it (stat follows links).
         root_path = snapshot["commands"]["root_login_path"]
         if root_path["rc"] == 0 and root_path["stdout"].strip():

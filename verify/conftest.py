@@ -89,16 +89,13 @@ class FactSession:
                            opt("--ga-known-hosts"))
         self.backend = host.backend
         os_data = self.os_data()
-        login_user = os_data["targets"][self.document["target"]]["login_user"]
+        target_os = os_data["targets"][self.document["target"]]
+        login_user = target_os["login_user"]
         applicable = [c for c in self.document["controls"] if c["applicable"]]
-        request = ga_facts.build_request(applicable, os_data, login_user, self.optional)
-        try:
-            data, timings = ga_facts.gather(host, request)
-        except Exception as exc:  # noqa: BLE001 - a host we cannot reach (or trust) fails every check, once
-            data, timings = {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
+        request = ga_facts.build_request(applicable, os_data, target_os, self.optional)
+        snapshot, timings = ga_facts.take(host, request, self._context(login_user))
         self.timings.update(timings)
-        data.update({"schema": ga_facts.SCHEMA, "request": request, "context": self._context(login_user)})
-        return ga_facts.Snapshot(data, run_dynamic=lambda name: ga_facts.run_dynamic(host, name))
+        return snapshot
 
     def _context(self, login_user: str) -> dict[str, Any]:
         """What the checks compare the host with, besides the catalogue: saved with the facts."""
@@ -131,9 +128,8 @@ class FactSession:
 
     def transport(self) -> dict[str, Any]:
         counters = getattr(self.backend, "counters", None)
-        dynamic = self.snapshot.data.get("dynamic", {}) if self.snapshot else {}
         return {**self.timings, **(counters or {}),
-                "dynamic_seconds": round(sum(d.get("seconds", 0) for d in dynamic.values()), 3)}
+                "dynamic_seconds": round(self.snapshot.dynamic_seconds if self.snapshot else 0.0, 3)}
 
 
 def pytest_configure(config: pytest.Config) -> None:

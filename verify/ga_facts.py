@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shlex
 import time
 import zlib
 from dataclasses import dataclass
@@ -69,8 +70,30 @@ WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
 CREDENTIAL_SCAN_CONTROL = "GA-HYG-AWSCREDS"
 
+# Python is on every cloud image (cloud-init runs on it); curl is not.
+_IMDS_PROBE = r"""
+import sys, urllib.error, urllib.request
+base = "http://169.254.169.254"
+try:
+    request = urllib.request.Request(base + "/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    token = urllib.request.urlopen(request, timeout=5).read()
+    print("token", "yes" if token else "empty")
+except Exception as exc:
+    print("token", "error:", exc)
+    sys.exit(0)
+try:
+    urllib.request.urlopen(base + "/latest/meta-data/", timeout=5)
+    print("plain", 200)
+except urllib.error.HTTPError as exc:
+    print("plain", exc.code)
+except Exception as exc:
+    print("plain", "error:", exc)
+"""
+
 # Dynamic commands: (shell command, exit codes that mean "read fine").
 DYNAMIC = {
+    "imds_probe": ("python3 -c " + shlex.quote(_IMDS_PROBE), (0,)),
     "pending_updates:apt": (
         "apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null && apt-get -s -o Debug::NoLocking=1 dist-upgrade",
         (0,)),
@@ -90,7 +113,7 @@ def _paths_in(value: Any) -> list[str]:
     return []
 
 
-def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], login_user: str,
+def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], target_os: dict[str, Any],
                   optional: set[str]) -> dict[str, Any]:
     """What the collector gathers for these controls (the applicable ones in force)."""
     by_id = {c["id"]: c for c in controls}
@@ -108,6 +131,7 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], login
     units += [f"{name}.service" for name in os_data.get("services", {}).values() if "." not in name]
     units += [name for name in os_data.get("services", {}).values() if "." in name]
     units += [f"{name}.service" for name in os_data.get("conflicting_firewalls", [])]
+    units += [f"{agent['service']}.service" for agent in target_os.get("agents", {}).values() if agent.get("service")]
     paths = os_data.get("paths", {})
     read = list(READ) + [p for p in paths.values() if isinstance(p, str) and p.startswith("/") and not p.endswith("_dir")]
     if paths.get("chrony_sources_dir"):
@@ -116,7 +140,7 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], login
         if paths.get(key):
             read.append(paths[key])
     request: dict[str, Any] = {
-        "login_user": login_user,
+        "login_user": target_os["login_user"],
         "package_manager": os_data.get("package_manager"),
         "nftables_conf": paths.get("nftables_conf"),
         "read": sorted(set(read)),
@@ -221,6 +245,7 @@ class Snapshot:
         self._run_dynamic = run_dynamic
         self._cache: dict[str, Any] = {}
         self.data.setdefault("dynamic", {})
+        self.dynamic_seconds = 0.0  # spent running dynamic commands in this process (not replayed ones)
 
     @classmethod
     def load(cls, path: Path) -> "Snapshot":
@@ -315,11 +340,16 @@ class Snapshot:
     def tree(self, root: str) -> dict[str, Optional[Stat]]:
         """path -> metadata of everything collected under root (root included)."""
         trees = self.collected.get("trees", {})
-        for collected_root, entries in trees.items():
+        # The deepest collected listing that covers root (a home and its .ssh are listed apart).
+        for collected_root in sorted(trees, key=len, reverse=True):
+            entries = trees[collected_root]
             if root == collected_root or root.startswith(collected_root.rstrip("/") + "/"):
                 prefix = root.rstrip("/")
                 chosen = {p: raw for p, raw in entries.items() if p == prefix or p.startswith(prefix + "/")}
                 if chosen:
+                    unlisted = [f"{p}: {raw['list_error']}" for p, raw in chosen.items() if raw.get("list_error")]
+                    if unlisted:
+                        raise FactUnavailable(f"cannot list {'; '.join(unlisted)}")
                     return {p: _stat_from(p, raw) for p, raw in sorted(chosen.items())}
         raise FactUnavailable(f"the snapshot did not list {root} (not collected)")
 
@@ -355,6 +385,7 @@ class Snapshot:
                 raise FactUnavailable(f"the snapshot has no result of `{name}` (recorded snapshots only replay it)")
             recorded = self._run_dynamic(name)
             self.data["dynamic"][name] = recorded
+            self.dynamic_seconds += recorded.get("seconds", 0.0)
         return CommandResult(name, [recorded.get("command", name)], recorded.get("rc"), recorded.get("stdout", ""),
                              recorded.get("stderr", ""), recorded.get("error", "") or "")
 
@@ -386,6 +417,17 @@ def gather(host, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     except (ValueError, zlib.error) as exc:
         return {"collector_error": f"the collector's output is not a snapshot: {exc}"}, {"snapshot_seconds": seconds}
     return {"collected": collected}, {"snapshot_seconds": seconds, "collector_seconds": collected.get("seconds")}
+
+
+def take(host, request: dict[str, Any], context: dict[str, Any]) -> tuple[Snapshot, dict[str, Any]]:
+    """The snapshot of a live host: facts gathered now, dynamic commands run on demand. A host
+    that cannot be reached (or trusted) gives a snapshot that says so, for every check to fail on."""
+    try:
+        data, timings = gather(host, request)
+    except Exception as exc:  # noqa: BLE001 - one reason, reported by every check that needed facts
+        data, timings = {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
+    data.update({"schema": SCHEMA, "request": request, "context": context})
+    return Snapshot(data, run_dynamic=lambda name: run_dynamic(host, name)), timings
 
 
 def run_dynamic(host, name: str) -> dict[str, Any]:

@@ -88,6 +88,71 @@ def os_release_id(facts: Snapshot) -> str:
     return values.get("ID", "").strip('"')
 
 
+def apt_config(facts: Snapshot) -> dict[str, str]:
+    """`apt-config dump`: option -> value (the last assignment wins)."""
+    def parse() -> dict[str, str]:
+        values = {}
+        for line in facts.output("apt_config").splitlines():
+            match = re.match(r'^(\S+) "(.*)";$', line.strip())
+            if match:
+                values[match.group(1)] = match.group(2)
+        return values
+    return facts.cached("apt-config", parse)
+
+
+# --- versions -------------------------------------------------------------------------------
+def _dpkg_order(char: str) -> int:
+    if char == "~":
+        return -1
+    if char.isalpha():
+        return ord(char)
+    return ord(char) + 256 if char else 0
+
+
+def _dpkg_part(a: str, b: str) -> int:
+    """dpkg's comparison of one version part (upstream or revision)."""
+    while a or b:
+        first_diff = 0
+        while (a and not a[0].isdigit()) or (b and not b[0].isdigit()):
+            ac = _dpkg_order(a[0]) if a and not a[0].isdigit() else 0
+            bc = _dpkg_order(b[0]) if b and not b[0].isdigit() else 0
+            if ac != bc:
+                return ac - bc
+            a, b = a[1:], b[1:]
+        da = re.match(r"\d*", a).group()
+        db = re.match(r"\d*", b).group()
+        first_diff = int(da or 0) - int(db or 0)
+        if first_diff:
+            return first_diff
+        a, b = a[len(da):], b[len(db):]
+    return 0
+
+
+def dpkg_compare(a: str, b: str) -> int:
+    """Debian version comparison (epoch, upstream, revision), like `dpkg --compare-versions`."""
+    def split(version: str) -> tuple[int, str, str]:
+        epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+        upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
+        return int(epoch or 0), upstream, revision
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    return (ea - eb) or _dpkg_part(ua, ub) or _dpkg_part(ra, rb)
+
+
+def _natural_key(version: str) -> list:
+    """`sort -V`-like ordering: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|[^\d]+", version)]
+
+
+def newest_version(versions: list[str], package_manager: str) -> str:
+    """The newest of kernel versions as the package manager orders them."""
+    if package_manager == "apt":
+        import functools
+
+        return max(versions, key=functools.cmp_to_key(dpkg_compare))
+    return max(versions, key=_natural_key)
+
+
 # --- packages and units ------------------------------------------------------------------------
 def packages(facts: Snapshot) -> dict[str, str]:
     """Installed packages: name -> version."""
@@ -156,8 +221,11 @@ def unit_state(facts: Snapshot, unit: str) -> UnitState:
     found = units(facts)
     if unit in found:
         return found[unit]
-    if unit not in facts.section("units")["names"]:
-        raise FactUnavailable(f"the snapshot did not ask systemd about {unit} (not collected)")
+    # Not among every unit file and loaded unit systemd listed: systemd has no such unit.
+    listing = facts.section("units")["list_unit_files"]
+    if listing.get("rc") != 0:
+        raise FactUnavailable(f"`systemctl list-unit-files` failed (exit {listing.get('rc')}): "
+                              f"{' '.join((listing.get('stderr') or listing.get('error') or '').split())[:300]}")
     return UnitState("not-found", "inactive")
 
 
@@ -235,6 +303,76 @@ def nft_ruleset(facts: Snapshot) -> dict[str, Any]:
         except ValueError as exc:
             raise FactUnavailable(f"`nft -j list ruleset` printed no JSON: {exc}") from None
     return facts.cached("nft", parse)
+
+
+VERDICTS = ("accept", "drop", "reject", "jump", "goto", "return", "continue", "queue")
+
+
+@dataclass(frozen=True)
+class Match:
+    left: str  # "meta iif", "ip saddr", "tcp dport", "ct state", ...
+    op: str  # "==", "!=", "in", ...
+    values: frozenset  # the right-hand side as a set of scalars ("a/len" for prefixes, (lo, hi) for ranges)
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    matches: tuple  # of Match
+    verdict: Optional[str]  # accept, drop, jump, ... (None: no verdict, e.g. a counter alone)
+    target: Optional[str]  # the chain a jump/goto goes to
+    text: str
+    other: tuple = ()  # statements this reader does not interpret (nat, meta set, …)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "range" in value:
+            return tuple(value["range"])
+    return value
+
+
+def _values(right: Any) -> frozenset:
+    if isinstance(right, dict) and "set" in right:
+        right = right["set"]
+    if isinstance(right, list):
+        return frozenset(_scalar(v) for v in right)
+    return frozenset([_scalar(right)])
+
+
+def parse_rule(chain: str, expr: Iterable[dict]) -> Rule:
+    """One rule of `nft -j`: its matches, its verdict, and what else it does."""
+    matches, verdict, target, other = [], None, None, []
+    for statement in expr:
+        (kind, body), = statement.items()
+        if kind == "match":
+            left = body["left"]
+            matches.append(Match(_operand(left).strip(), body.get("op", "=="), _values(body["right"])))
+        elif kind in VERDICTS:
+            verdict = kind
+            if kind in ("jump", "goto"):
+                target = (body or {}).get("target")
+        elif kind not in ("counter", "log", "limit"):
+            other.append(kind)
+    return Rule(chain, tuple(matches), verdict, target, describe_rule(expr), tuple(other))
+
+
+def chain_rules(ruleset: dict[str, Any], chain: Chain, _seen: tuple = ()) -> list[tuple[tuple, Rule]]:
+    """Every rule a packet entering chain can reach, with the matches of the jumps that led
+    there: [(inherited matches, rule)]. Jumped-to chains count as part of the base chain."""
+    by_name = {(c.family, c.table, c.name): c for c in nft_chains(ruleset)}
+    found = []
+    for expr in chain.rules:
+        rule = parse_rule(chain.label, expr)
+        found.append(((), rule))
+        if rule.verdict in ("jump", "goto") and rule.target:
+            key = (chain.family, chain.table, rule.target)
+            if key in by_name and key not in _seen:
+                for inherited, inner in chain_rules(ruleset, by_name[key], _seen + (key,)):
+                    found.append((rule.matches + inherited, inner))
+    return found
 
 
 def describe_rule(expr: Iterable[dict]) -> str:
@@ -320,6 +458,22 @@ def parse_ss(output: str) -> list[Listener]:
     return listeners
 
 
+def unexpected_listeners(listeners: list[Listener], allowed_tcp_ports, allowed_udp) -> list[Listener]:
+    """Non-loopback listeners outside the allow-list (TCP by port; UDP by port and process)."""
+    udp_allowed = {tuple(entry.split("/", 1)) for entry in allowed_udp}
+    unexpected = []
+    for socket in listeners:
+        if socket.loopback:
+            continue
+        if socket.proto == "tcp" and socket.port in allowed_tcp_ports:
+            continue
+        if socket.proto == "udp" and socket.processes and all(
+                (str(socket.port), name) in udp_allowed for name in socket.processes):
+            continue
+        unexpected.append(socket)
+    return unexpected
+
+
 def listeners(facts: Snapshot) -> list[Listener]:
     return facts.cached("listeners", lambda: parse_ss(facts.output("ss_listen")))
 
@@ -400,3 +554,30 @@ def module_problems(facts: Snapshot, module: str) -> list[str]:
     if name in builtin_modules(facts):
         problems.append(f"{module} is built into the kernel and cannot be disabled")
     return problems
+
+
+# --- the filesystem walk ---------------------------------------------------------------------
+# What find says about an entry that vanished between reading a directory and visiting it
+# (C locale or UTF-8 quotes). Any other message is an error the walk could not get past.
+_VANISHED = re.compile(r"^find: .+: No such file or directory$")
+
+
+def walk_complete(walk: dict) -> None:
+    """The walk must have read everything: find exited 0, or every error it printed is about
+    an entry that vanished while it ran (a temporary file removed, for instance)."""
+    if walk.get("rc") is None:
+        raise FactUnavailable(f"the filesystem walk did not run: {walk.get('error') or 'no exit status recorded'}")
+    if walk["rc"] == 0:
+        return
+    stderr = walk.get("stderr", "")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        raise FactUnavailable(f"the filesystem walk (find) exited {walk['rc']} without a message")
+    if walk.get("stderr_truncated", True):
+        raise FactUnavailable(f"the filesystem walk (find) exited {walk['rc']} and its error output was cut, "
+                              f"so not every error can be read; it ends: "
+                              f"{' '.join(stderr.split())[-300:]}")
+    unreadable = [line for line in lines if not _VANISHED.match(line.strip())]
+    if unreadable:
+        raise FactUnavailable(f"the filesystem walk (find) exited {walk['rc']}: "
+                              f"{' '.join(' '.join(unreadable).split())[:300]}")

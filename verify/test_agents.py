@@ -3,57 +3,71 @@ import re
 
 import pytest
 
-from ga_system import unit_state
+from ga_system import installed, unit_state
 
 
-def _running(host, unit):
-    enabled, active = unit_state(host, unit)
+def _running(facts, unit):
+    enabled, active = unit_state(facts, unit)
     assert (enabled, active) == ("enabled", "active"), f"{unit} is {enabled}/{active}, expected enabled/active"
 
 
 @pytest.mark.control("5.2.1.1")
-def test_auditd_installed(host, os_data):
-    assert host.package(os_data["packages"]["audit"]).is_installed
+def test_auditd_installed(facts, os_data):
+    package = os_data["packages"]["audit"]
+    assert installed(facts, [package]), f"package {package} is not installed"
 
 
 @pytest.mark.control("5.2.1.4")
-def test_auditd_enabled_and_running(host, os_data):
-    _running(host, f"{os_data['services']['audit']}.service")
+def test_auditd_enabled_and_running(facts, os_data):
+    _running(facts, f"{os_data['services']['audit']}.service")
 
 
 @pytest.mark.control("2.1.1")
-def test_single_time_daemon(host, os_data):
-    assert host.package(os_data["packages"]["time_sync"]).is_installed, "chrony is not installed"
+def test_single_time_daemon(facts, os_data):
+    assert installed(facts, [os_data["packages"]["time_sync"]]), "chrony is not installed"
     for other in ("systemd-timesyncd.service", "ntp.service", "ntpsec.service"):
-        _, active = unit_state(host, other)
+        _, active = unit_state(facts, other)
         assert active != "active", f"{other} runs beside chrony"
 
 
+def _chrony_sources_configured(facts, paths):
+    """server/pool names in chrony.conf and its sources directory."""
+    texts = [facts.content(paths["chrony_conf"])]
+    for pattern in (f"{paths['chrony_sources_dir']}/*.sources", f"{paths['chrony_sources_dir']}/*.conf"):
+        texts += [facts.content(path) for path in facts.glob(pattern)]
+    return {m for text in texts for m in re.findall(r"^\s*(?:server|pool)\s+(\S+)", text, re.M)}
+
+
 @pytest.mark.control("2.1.2")
-def test_chrony_uses_target_time_servers(host, os_data, target_os):
-    paths = os_data["paths"]
-    text = host.check_output(
-        f"cat {paths['chrony_conf']} {paths['chrony_sources_dir']}/*.sources {paths['chrony_sources_dir']}/*.conf 2>/dev/null || true")
-    configured = set(re.findall(r"^\s*(?:server|pool)\s+(\S+)", text, re.M))
+def test_chrony_uses_target_time_servers(facts, os_data, target_os):
+    configured = _chrony_sources_configured(facts, os_data["paths"])
     missing = [server for server in target_os["time_servers"] if server not in configured]
     assert not missing, f"chrony is not configured with: {', '.join(missing)}"
+    # And chronyd itself uses them: `chronyc -n sources` lists what the daemon has loaded
+    # (addresses, as a pool resolves to several; a literal address appears as itself).
+    sources = facts.output("chronyc_sources")
+    loaded = re.findall(r"^[\^=#][-*+?x~ ]\s+(\S+)", sources, re.M)
+    assert loaded, f"chronyd reports no time source (chronyc -n sources: {' '.join(sources.split())[:200]!r})"
+    literal = [s for s in target_os["time_servers"] if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", s)]
+    absent = [s for s in literal if s not in loaded]
+    assert not absent, f"chronyd does not use {', '.join(absent)} (it uses {', '.join(loaded)})"
 
 
 @pytest.mark.control("GA-TIME-RUNNING")
-def test_chrony_enabled_and_running(host, os_data):
-    _running(host, f"{os_data['services']['time_sync']}.service")
+def test_chrony_enabled_and_running(facts, os_data):
+    _running(facts, f"{os_data['services']['time_sync']}.service")
 
 
 @pytest.mark.control("GA-AGENT-SSM")
-def test_ssm_agent_running(host, target_os):
-    _running(host, f"{target_os['agents']['ssm']['service']}.service")
+def test_ssm_agent_running(facts, target_os):
+    _running(facts, f"{target_os['agents']['ssm']['service']}.service")
 
 
 @pytest.mark.control("GA-AGENT-CWAGENT")
-def test_cloudwatch_agent_configured(host, target_os):
-    config = host.file("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json")
-    assert config.exists, "the rendered CloudWatch agent configuration is missing"
-    assert host.file("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.toml").exists, \
+def test_cloudwatch_agent_configured(facts, target_os):
+    assert facts.exists("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"), \
+        "the rendered CloudWatch agent configuration is missing"
+    assert facts.exists("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.toml"), \
         "the agent configuration was never translated (fetch-config)"
-    enabled, _ = unit_state(host, f"{target_os['agents']['cloudwatch']['service']}.service")
+    enabled, _ = unit_state(facts, f"{target_os['agents']['cloudwatch']['service']}.service")
     assert enabled == "enabled", f"amazon-cloudwatch-agent is {enabled}"

@@ -1,189 +1,232 @@
 """CIS section 4 (but SSH): cron and at, sudo and su, authselect and PAM, accounts and the
-login environment - read from the files and stacks the system really uses."""
-import re
-import shlex
+login environment - read from the files and stacks the system really uses, as the fact
+snapshot holds them (parsers in verify/ga_access.py)."""
+import fnmatch
+import posixpath
 
 import pytest
 
-from ga_system import unit_state
+from ga_access import (
+    conf_values, declares, faillock_seconds, has_password, integer, login_defs_values, number, pam_lines,
+    pam_module_args, pam_option, parse_login_shell_env, pwquality_classes, sets_variable, shell_assignments,
+    sudo_defaults, sudo_reported_timeout, sudoers_lines, umask_is_weaker, umask_mask, umask_values, umask_weaker,
+    with_arguments,
+)
+from ga_facts import FactUnavailable
+from ga_system import active_lines, getent, installed, login_shells, unit_state
 
 
-def _stat(host, path):
-    """(owner, group, mode) of a path, or None when it does not exist."""
-    result = host.run(f"stat -c '%U %G %a' {shlex.quote(path)}")
-    if result.rc != 0:
-        return None
-    owner, group, mode = result.stdout.split()
-    return owner, group, int(mode, 8)
+def _optional_text(facts, path):
+    """The text of a file that need not exist, or None when it does not. A collected glob lists
+    only the files that existed, so a path a glob covers but did not list does not exist; a path
+    no collected glob or file covers raises (not collected)."""
+    if path in facts.collected.get("files", {}):
+        return facts.text(path)
+    directory, name = posixpath.split(path)
+    for pattern in facts.collected.get("globs", {}):
+        pattern_dir, pattern_name = posixpath.split(pattern)
+        hidden = name.startswith(".") and not pattern_name.startswith(".")
+        if pattern_dir == directory and fnmatch.fnmatchcase(name, pattern_name) and not hidden:
+            if path not in facts.glob(pattern):
+                return None
+    return facts.text(path)
 
 
-def _content(host, path):
-    return host.check_output(f"cat {shlex.quote(path)}")
+def _regular_files(facts, pattern):
+    """What a collected glob matched that is (or links to) a regular file."""
+    found = []
+    for path in facts.glob(pattern):
+        st = facts.stat(path)
+        target = st.followed() if st is not None else None
+        if target is not None and target.type == "file":
+            found.append(path)
+    return found
 
 
-def _active_lines(text):
-    """Lines that are neither empty nor comments."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+def _login_def(facts, key):
+    values = login_defs_values(facts.content("/etc/login.defs"), key)
+    return values[-1] if values else None
 
 
 # --- 4.1 cron and at -------------------------------------------------------------------------
 @pytest.mark.control("4.1.1")
-def test_cron_running(host, params):
-    assert host.package(params["package"]).is_installed, f"package {params['package']} is not installed"
-    enabled, active = unit_state(host, f"{params['service']}.service")
+def test_cron_running(facts, params):
+    assert installed(facts, [params["package"]]), f"package {params['package']} is not installed"
+    enabled, active = unit_state(facts, f"{params['service']}.service")
     assert (enabled, active) == ("enabled", "active"), \
         f"{params['service']}.service is {enabled}/{active}, expected enabled/active"
 
 
-def _root_only(host, path, forbidden, what):
-    found = _stat(host, path)
-    assert found is not None, f"{path} does not exist"
-    owner, group, mode = found
-    assert owner == "root" and group == "root" and not mode & forbidden, \
-        f"{path} is {owner}:{group} {mode:o}, expected root:root {what} or stricter"
+def _root_only(facts, path, forbidden, what):
+    st = facts.stat(path)
+    assert st is not None, f"{path} does not exist"
+    assert st.owner == "root" and st.group_name == "root" and not st.mode & forbidden, \
+        f"{path} is {st.owner}:{st.group_name} {st.mode:o}, expected root:root {what} or stricter"
 
 
 @pytest.mark.control("4.1.2")
-def test_crontab_root_only(host, params):
-    _root_only(host, params["path"], 0o177, "0600")
+def test_crontab_root_only(facts, params):
+    _root_only(facts, params["path"], 0o177, "0600")
 
 
 @pytest.mark.control("4.1.3")
-def test_cron_hourly_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_hourly_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
 @pytest.mark.control("4.1.4")
-def test_cron_daily_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_daily_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
 @pytest.mark.control("4.1.5")
-def test_cron_weekly_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_weekly_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
 @pytest.mark.control("4.1.6")
-def test_cron_monthly_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_monthly_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
 @pytest.mark.control("GA-CRON-YEARLY")
-def test_cron_yearly_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_yearly_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
 @pytest.mark.control("4.1.7")
-def test_cron_d_root_only(host, params):
-    _root_only(host, params["path"], 0o077, "0700")
+def test_cron_d_root_only(facts, params):
+    _root_only(facts, params["path"], 0o077, "0700")
 
 
-def _allow_list_only(host, params, allow, deny, groups):
-    found = _stat(host, allow)
-    assert found is not None, f"{allow} does not exist: every user may schedule jobs unless denied"
-    owner, group, mode = found
-    assert owner == "root" and group in groups and not mode & 0o137, \
-        f"{allow} is {owner}:{group} {mode:o}, expected root:{'/'.join(groups)} 0640 or stricter"
-    extra = sorted(set(_active_lines(_content(host, allow))) - set(params["allowed_users"]))
+def _allow_list_only(facts, params, allow, deny, groups):
+    st = facts.stat(allow)
+    assert st is not None, f"{allow} does not exist: every user may schedule jobs unless denied"
+    assert st.owner == "root" and st.group_name in groups and not st.mode & 0o137, \
+        f"{allow} is {st.owner}:{st.group_name} {st.mode:o}, expected root:{'/'.join(groups)} 0640 or stricter"
+    extra = sorted(set(active_lines(facts.content(allow))) - set(params["allowed_users"]))
     assert not extra, f"{allow} allows {', '.join(extra)}, expected only {', '.join(params['allowed_users'])}"
-    assert _stat(host, deny) is None, f"{deny} exists, expected only {allow}"
+    assert facts.stat(deny) is None, f"{deny} exists, expected only {allow}"
 
 
 @pytest.mark.control("4.1.8")
-def test_cron_restricted(host, params):
+def test_cron_restricted(facts, params):
     # The crontab group may own it on the Debian family (crontab runs setgid crontab).
-    _allow_list_only(host, params, "/etc/cron.allow", "/etc/cron.deny", ("root", "crontab"))
+    _allow_list_only(facts, params, "/etc/cron.allow", "/etc/cron.deny", ("root", "crontab"))
 
 
 @pytest.mark.control("4.1.9")
-def test_at_restricted(host, params):
-    _allow_list_only(host, params, "/etc/at.allow", "/etc/at.deny", ("root", "daemon"))
+def test_at_restricted(facts, params):
+    _allow_list_only(facts, params, "/etc/at.allow", "/etc/at.deny", ("root", "daemon"))
 
 
 # --- 4.3 sudo and su -------------------------------------------------------------------------
-def _sudoers(host):
-    """Active sudoers lines, continuation lines joined: /etc/sudoers and the sudoers.d files
-    sudo reads (none with a dot or a trailing ~ in the name)."""
-    names = host.check_output("find /etc/sudoers /etc/sudoers.d -maxdepth 1 -type f").split()
-    lines = []
-    for path in sorted(names):
-        base = path.rsplit("/", 1)[-1]
-        if path != "/etc/sudoers" and ("." in base or base.endswith("~")):
-            continue
-        text = re.sub(r"\\\n", " ", _content(host, path))
-        lines += [(path, line) for line in _active_lines(text)]
-    return lines
+SUDOERS = "/etc/sudoers"
+SUDOERS_D = "/etc/sudoers.d"
 
 
-def _defaults(host):
-    """(file, setting) for every setting of every Defaults line."""
-    found = []
-    for path, line in _sudoers(host):
-        match = re.match(r"Defaults(?:[@:!>]\S+)?\s+(.*)", line)
-        if match:
-            found += [(path, item.strip()) for item in re.split(r",\s*", match.group(1)) if item.strip()]
-    return found
+def _sudoers(facts):
+    """(file, line) of every active sudoers line sudo reads: /etc/sudoers and what its
+    @include/@includedir directives name (continuation lines joined)."""
+    return facts.cached("sudoers", lambda: sudoers_lines(
+        facts.text, lambda directory: _regular_files(facts, directory.rstrip("/") + "/*"), SUDOERS))
+
+
+def _sudoers_everywhere(facts):
+    """_sudoers plus the /etc/sudoers.d files sudo would read if they were included but are not:
+    checks for what must NOT be configured look there too."""
+    def gather():
+        lines = _sudoers(facts)
+        reached = {path for path, _ in lines}
+        for path in _regular_files(facts, f"{SUDOERS_D}/*"):
+            name = path.rsplit("/", 1)[-1]
+            if path not in reached and "." not in name and not name.endswith("~"):
+                lines = lines + [(path, line) for _, line in sudoers_lines(facts.text, lambda _: [], path)]
+        return lines
+    return facts.cached("sudoers-everywhere", gather)
+
+
+def _defaults(facts):
+    """Every setting of every Defaults line sudo reads, in order."""
+    return facts.cached("sudo-defaults", lambda: sudo_defaults(_sudoers(facts)))
+
+
+def _scope(default):
+    return f" (only Defaults{default.scope})" if default.scope else ""
 
 
 @pytest.mark.control("4.3.1")
-def test_sudo_installed(host, params):
-    assert host.package(params["package"]).is_installed, f"package {params['package']} is not installed"
+def test_sudo_installed(facts, params):
+    assert installed(facts, [params["package"]]), f"package {params['package']} is not installed"
 
 
 @pytest.mark.control("4.3.2")
-def test_sudo_uses_pty(host):
-    settings = [setting for _, setting in _defaults(host)]
-    assert "use_pty" in settings, "no 'Defaults use_pty' in sudoers"
-    assert "!use_pty" not in settings, "sudoers switches use_pty off (!use_pty)"
+def test_sudo_uses_pty(facts):
+    assert any(d.name == "use_pty" and not d.negated and not d.op and not d.scope for d in _defaults(facts)), \
+        "no 'Defaults use_pty' in sudoers"
+    off = [d for d in sudo_defaults(_sudoers_everywhere(facts)) if d.name == "use_pty" and d.negated]
+    assert not off, "sudoers switches use_pty off (!use_pty)"
 
 
 @pytest.mark.control("4.3.3")
-def test_sudo_log_file(host, params):
-    files = [setting.split("=", 1)[1].strip().strip('"') for _, setting in _defaults(host)
-             if re.match(r"logfile\s*=", setting)]
+def test_sudo_log_file(facts, params):
+    files = [("!logfile" if d.negated else d.value) + _scope(d) for d in _defaults(facts) if d.name == "logfile"]
     assert files == [params["logfile"]], f"sudo logfile is {files or 'not set'}, expected {params['logfile']}"
 
 
 @pytest.mark.control("GA-SUDO-PASSWORD")
-def test_sudo_needs_password(host):
-    nopasswd = [f"{path}: {line}" for path, line in _sudoers(host) if "NOPASSWD" in line]
+def test_sudo_needs_password(facts):
+    nopasswd = [f"{path}: {line}" for path, line in _sudoers_everywhere(facts) if "NOPASSWD" in line]
     assert not nopasswd, f"sudo runs commands without a password: {'; '.join(nopasswd)}"
 
 
 @pytest.mark.control("4.3.4")
-def test_sudo_reauthentication_not_disabled(host):
-    found = [f"{path}: {line}" for path, line in _sudoers(host) if "!authenticate" in line]
+def test_sudo_reauthentication_not_disabled(facts):
+    found = [f"{path}: {line}" for path, line in _sudoers_everywhere(facts)
+             if "!authenticate" in line.replace(" ", "").replace("\t", "")]
     assert not found, f"sudoers disables re-authentication: {'; '.join(found)}"
 
 
 @pytest.mark.control("4.3.5")
-def test_sudo_timestamp_timeout(host, params):
+def test_sudo_timestamp_timeout(facts, params):
     limit = params["timestamp_timeout"]
-    configured = [float(setting.split("=", 1)[1]) for _, setting in _defaults(host)
-                  if re.match(r"timestamp_timeout\s*=\s*-?[0-9.]+$", setting)]
-    bad = [value for value in configured if value < 0 or value > limit]
+    configured, shown, bad = [], [], []
+    for d in _defaults(facts):
+        if d.name != "timestamp_timeout" or d.negated or d.op != "=":
+            continue
+        try:
+            value = float(d.value)
+        except ValueError:
+            value = None
+        if value is None or value < 0 or value > limit:
+            bad.append(d.value)
+        if not d.scope and value is not None:
+            configured.append(value)
+        shown.append(value if value is not None and not d.scope else d.value + _scope(d))
     assert configured and not bad, \
-        f"sudo timestamp_timeout is {configured or 'not set'}, expected between 0 and {limit} minutes"
+        f"sudo timestamp_timeout is {shown or 'not set'}, expected between 0 and {limit} minutes"
     # What sudo itself reports (it reads every file, and its built-in default).
-    report = host.check_output("sudo -V")
-    match = re.search(r"Authentication timestamp timeout: (-?[0-9.]+) minutes", report)
-    assert match and 0 <= float(match.group(1)) <= limit, \
-        f"sudo reports a timestamp timeout of {match.group(1) if match else 'nothing'}, expected at most {limit} minutes"
+    reported = sudo_reported_timeout(facts.output("sudo_V"))
+    assert reported is not None and 0 <= reported <= limit, \
+        f"sudo reports a timestamp timeout of {reported if reported is not None else 'nothing'}, " \
+        f"expected at most {limit} minutes"
 
 
 @pytest.mark.control("4.3.6")
-def test_su_restricted_to_empty_group(host, params):
+def test_su_restricted_to_empty_group(facts, params):
     group = params["group"]
-    lines = _active_lines(_content(host, "/etc/pam.d/su"))
-    wheel = [line for line in lines if re.match(r"auth\s+(required|requisite)\s+pam_wheel\.so\s", line)]
-    assert any("use_uid" in line.split() and f"group={group}" in line.split() for line in wheel), \
-        f"/etc/pam.d/su has no 'auth required pam_wheel.so use_uid group={group}' (found: {wheel or 'none'})"
-    entry = host.run(f"getent group {shlex.quote(group)}")
-    assert entry.rc == 0, f"group {group} does not exist"
-    name, _, gid, members = entry.stdout.strip().split(":")
-    assert not members, f"group {group} has members ({members}), expected none"
-    primary = [line.split(":")[0] for line in host.check_output("getent passwd").splitlines()
-               if line.split(":")[3] == gid]
+    lines = [line for line in pam_lines(facts.content("/etc/pam.d/su"))
+             if line.kind == "auth" and line.module_name == "pam_wheel.so"]
+    wheel = [line for line in lines if line.control in ("required", "requisite") and not line.dash]
+    shown = [f"{'-' if line.dash else ''}auth {line.control} {line.module} {' '.join(line.args)}".strip()
+             for line in lines]
+    assert any("use_uid" in line.args and f"group={group}" in line.args for line in wheel), \
+        f"/etc/pam.d/su has no 'auth required pam_wheel.so use_uid group={group}' (found: {shown or 'none'})"
+    entries = [entry for entry in getent(facts, "group") if entry[0] == group]
+    assert entries, f"group {group} does not exist"
+    _, _, gid, members = entries[0][:4]
+    assert not members.strip(), f"group {group} has members ({members}), expected none"
+    primary = [entry[0] for entry in getent(facts, "passwd") if entry[3] == gid]
     assert not primary, f"group {group} is the primary group of {', '.join(primary)}, expected nobody"
 
 
@@ -195,252 +238,258 @@ PAM_FILES = {
     "authselect": {kind: ["/etc/pam.d/system-auth", "/etc/pam.d/password-auth"]
                    for kind in ("auth", "account", "password")},
 }
-PAM_LINE = re.compile(r"-?(auth|account|password|session)\s+(\[[^\]]*\]|\S+)\s+(\S+)\s*(.*)")
+FAILLOCK_CONF = "/etc/security/faillock.conf"
+PWQUALITY_CONF = "/etc/security/pwquality.conf"
+PWHISTORY_CONF = "/etc/security/pwhistory.conf"
 
 
-def _pam_modules(host, pam_tool, kind, module):
+def _pam_modules(facts, pam_tool, kind, module):
     """{file: [arguments of each active line of that kind using module]}."""
-    found = {}
-    for path in PAM_FILES[pam_tool][kind]:
-        found[path] = []
-        for line in _active_lines(_content(host, path)):
-            match = PAM_LINE.match(line)
-            if match and match.group(1) == kind and match.group(3).rsplit("/", 1)[-1] == module:
-                found[path].append(match.group(4).split())
-    return found
+    assert pam_tool in PAM_FILES, f"unknown pam_tool {pam_tool!r} (expected one of {', '.join(PAM_FILES)})"
+    return {path: pam_module_args(facts.content(path), kind, module) for path in PAM_FILES[pam_tool][kind]}
 
 
-def _option(arguments, name):
-    values = [arg.split("=", 1)[1] for arg in arguments if arg.startswith(f"{name}=")]
-    return values[-1] if values else None
-
-
-def _conf_values(host, paths):
-    """key = value settings of config files read in order (later files win)."""
-    settings = {}
-    for path in paths:
-        for line in _active_lines(_content(host, path)):
-            key, sep, value = line.partition("=")
-            if sep:
-                settings[key.strip()] = value.strip()
-    return settings
+def _module_conf(facts, arguments, default):
+    """(path, settings) of the config file a module reads: its conf= argument, else default
+    (absent: no settings, the module's defaults apply)."""
+    path = pam_option(arguments, "conf") or default
+    text = _optional_text(facts, path)
+    return path, conf_values([text] if text is not None else [])
 
 
 @pytest.mark.control("4.4.2")
-def test_authselect_with_faillock(host, params):
-    current = host.run("authselect current --raw")
+def test_authselect_with_faillock(facts, params):
+    current = facts.result("authselect_current")
+    if current.rc is None:
+        raise FactUnavailable(current.describe())
     assert current.rc == 0, f"authselect has no configuration: {current.stdout.strip() or current.stderr.strip()}"
     words = current.stdout.split()
     assert words and words[0] == f"custom/{params['profile']}", \
         f"authselect profile is {words[0] if words else 'none'}, expected custom/{params['profile']}"
     assert "with-faillock" in words[1:], f"authselect features are {words[1:] or 'none'}, expected with-faillock"
-    check = host.run("authselect check")
-    assert check.rc == 0, f"authselect check: {check.stdout.strip()}"
+    check = facts.result("authselect_check")
+    if check.rc is None:
+        raise FactUnavailable(check.describe())
+    assert check.rc == 0, f"authselect check: {check.stdout.strip() or check.stderr.strip()}"
 
 
 @pytest.mark.control("4.5.1")
-def test_password_quality(host, params):
-    for path, lines in _pam_modules(host, params["pam_tool"], "password", "pam_pwquality.so").items():
+def test_password_quality(facts, params):
+    # libpwquality reads pwquality.conf.d/*.conf in ASCII order first, then pwquality.conf (last wins).
+    confs = sorted(p for p in _regular_files(facts, "/etc/security/pwquality.conf.d/*") if p.endswith(".conf"))
+    texts = [facts.content(path) for path in confs]
+    main = _optional_text(facts, PWQUALITY_CONF)
+    settings = conf_values(texts + ([main] if main is not None else []))
+    stack = _pam_modules(facts, params["pam_tool"], "password", "pam_pwquality.so")
+    for path, lines in stack.items():
         assert lines, f"{path} does not check new passwords with pam_pwquality"
         for arguments in lines:
-            minlen = _option(arguments, "minlen")
-            assert minlen is None or int(minlen) >= params["minlen"], \
+            minlen = pam_option(arguments, "minlen")
+            assert minlen is None or integer(minlen, f"{path} pam_pwquality minlen") >= params["minlen"], \
                 f"{path} gives pam_pwquality minlen={minlen}, expected at least {params['minlen']}"
-    confs = ["/etc/security/pwquality.conf"] + sorted(
-        host.check_output("find /etc/security/pwquality.conf.d -maxdepth 1 -name '*.conf' 2>/dev/null || true").split())
-    settings = _conf_values(host, confs)
-    minlen = int(settings.get("minlen", "8"))
+    minlen = integer(settings.get("minlen", "8"), "pwquality minlen")
     assert minlen >= params["minlen"], f"pwquality minlen is {minlen}, expected at least {params['minlen']}"
-    minclass = int(settings.get("minclass", "0"))
+    classes = pwquality_classes(settings)
     # The same rule may be written as credits (-1 = at least one of that class).
-    credits = sum(1 for key in ("dcredit", "ucredit", "lcredit", "ocredit") if int(settings.get(key, "0")) < 0)
-    assert max(minclass, credits) >= params["minclass"], \
-        f"pwquality asks for {max(minclass, credits)} character classes, expected at least {params['minclass']}"
+    assert classes >= params["minclass"], \
+        f"pwquality asks for {classes} character classes, expected at least {params['minclass']}"
+    # The module's arguments override the files: what each line really enforces.
+    for path, lines in stack.items():
+        for arguments in lines:
+            effective = with_arguments(settings, arguments)
+            classes = pwquality_classes(effective)
+            assert classes >= params["minclass"], \
+                f"{path}: pam_pwquality asks for {classes} character classes, expected at least {params['minclass']}"
+            enforcing = integer(effective.get("enforcing", "1"), "pwquality enforcing")
+            assert enforcing != 0, f"{path}: pam_pwquality only warns about weak passwords (enforcing=0)"
 
 
 @pytest.mark.control("4.5.2")
-def test_failed_logins_lock_accounts(host, params):
-    for path, lines in _pam_modules(host, params["pam_tool"], "auth", "pam_faillock.so").items():
+def test_failed_logins_lock_accounts(facts, params):
+    confs = set()
+    for path, lines in _pam_modules(facts, params["pam_tool"], "auth", "pam_faillock.so").items():
         modes = {word for arguments in lines for word in arguments}
         assert {"preauth", "authfail"} <= modes, \
             f"{path} lacks pam_faillock preauth and authfail (found {sorted(modes & {'preauth', 'authfail'}) or 'none'})"
         for arguments in lines:
-            deny, unlock = _option(arguments, "deny"), _option(arguments, "unlock_time")
-            assert deny is None or 0 < int(deny) <= params["deny"], f"{path} gives pam_faillock deny={deny}"
-            assert unlock is None or int(unlock) == 0 or int(unlock) >= params["unlock_time"], \
+            deny, unlock = pam_option(arguments, "deny"), pam_option(arguments, "unlock_time")
+            assert deny is None or 0 < integer(deny, f"{path} pam_faillock deny") <= params["deny"], \
+                f"{path} gives pam_faillock deny={deny}"
+            seconds = None if unlock is None else faillock_seconds(unlock, f"{path} pam_faillock unlock_time")
+            assert seconds is None or seconds == 0 or seconds >= params["unlock_time"], \
                 f"{path} gives pam_faillock unlock_time={unlock}"
-    for path, lines in _pam_modules(host, params["pam_tool"], "account", "pam_faillock.so").items():
+            confs.add(pam_option(arguments, "conf") or FAILLOCK_CONF)
+    for path, lines in _pam_modules(facts, params["pam_tool"], "account", "pam_faillock.so").items():
         assert lines, f"{path} has no pam_faillock account line"
-    settings = _conf_values(host, ["/etc/security/faillock.conf"])
-    deny, unlock = int(settings.get("deny", "3")), int(settings.get("unlock_time", "600"))
-    assert 0 < deny <= params["deny"], f"faillock.conf deny is {deny}, expected 1 to {params['deny']}"
-    assert unlock == 0 or unlock >= params["unlock_time"], \
-        f"faillock.conf unlock_time is {unlock}, expected 0 or at least {params['unlock_time']}"
+    for conf in sorted(confs | {FAILLOCK_CONF}):
+        name = "faillock.conf" if conf == FAILLOCK_CONF else conf
+        text = _optional_text(facts, conf)
+        settings = conf_values([text] if text is not None else [])
+        deny = integer(settings.get("deny", "3"), f"{name} deny")
+        unlock = faillock_seconds(settings.get("unlock_time", "600"), f"{name} unlock_time")
+        assert 0 < deny <= params["deny"], f"{name} deny is {deny}, expected 1 to {params['deny']}"
+        assert unlock == 0 or unlock >= params["unlock_time"], \
+            f"{name} unlock_time is {unlock}, expected 0 or at least {params['unlock_time']}"
 
 
 @pytest.mark.control("4.5.3")
-def test_password_reuse_limited(host, params):
-    conf = _conf_values(host, ["/etc/security/pwhistory.conf"]) \
-        if _stat(host, "/etc/security/pwhistory.conf") else {}
-    for path, lines in _pam_modules(host, params["pam_tool"], "password", "pam_pwhistory.so").items():
+def test_password_reuse_limited(facts, params):
+    for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_pwhistory.so").items():
         assert lines, f"{path} does not check new passwords against old ones (pam_pwhistory)"
         for arguments in lines:
-            remember = int(_option(arguments, "remember") or conf.get("remember", "10"))
+            _, conf = _module_conf(facts, arguments, PWHISTORY_CONF)
+            value = pam_option(arguments, "remember") or conf.get("remember", "10")
+            remember = integer(value, f"{path} pam_pwhistory remember")
             assert remember >= params["remember"], \
                 f"{path} remembers {remember} passwords, expected at least {params['remember']}"
 
 
 @pytest.mark.control("4.5.4")
-def test_strong_password_hashing(host, params):
+def test_strong_password_hashing(facts, params):
     weak = {"md5", "bigcrypt", "sha256", "blowfish", "gost_yescrypt", "yescrypt", "sha512"} - {params["pam_hash"]}
-    for path, lines in _pam_modules(host, params["pam_tool"], "password", "pam_unix.so").items():
+    for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_unix.so").items():
         assert lines, f"{path} has no pam_unix password line"
         for arguments in lines:
             assert params["pam_hash"] in arguments and not weak & set(arguments), \
                 f"{path}: pam_unix hashes with {sorted(set(arguments) & (weak | {params['pam_hash']})) or 'its default'}, " \
                 f"expected {params['pam_hash']}"
-    methods = [line.split()[1] for line in _active_lines(_content(host, "/etc/login.defs"))
-               if line.split()[0] == "ENCRYPT_METHOD" and len(line.split()) > 1]
+    methods = login_defs_values(facts.content("/etc/login.defs"), "ENCRYPT_METHOD")
     assert methods == [params["encrypt_method"]], \
         f"login.defs ENCRYPT_METHOD is {methods or 'not set'}, expected {params['encrypt_method']}"
 
 
 # --- 4.6 accounts and the login environment ---------------------------------------------------
-def _login_defs(host, key):
-    values = [line.split()[1] for line in _active_lines(_content(host, "/etc/login.defs"))
-              if line.split()[0] == key and len(line.split()) > 1]
-    return values[-1] if values else None
-
-
-def _shadow(host):
-    return [line.split(":") for line in host.check_output("getent shadow").splitlines() if line.count(":") >= 8]
-
-
-def _with_password(host):
+def _with_password(facts):
     """Shadow entries of accounts that have a password (a hash; locked or empty ones do not)."""
-    return [entry for entry in _shadow(host) if entry[1].startswith("$")]
-
-
-def _number(text, default):
-    return int(text) if text.strip().lstrip("-").isdigit() else default
+    return [entry for entry in getent(facts, "shadow") if has_password(entry)]
 
 
 @pytest.mark.control("4.6.1.1")
-def test_password_max_age(host, params):
+def test_password_max_age(facts, params):
     limit = params["max_days"]
-    value = _number(_login_defs(host, "PASS_MAX_DAYS") or "", 99999)
+    value = number(_login_def(facts, "PASS_MAX_DAYS") or "", 99999)
     assert 0 < value <= limit, f"login.defs PASS_MAX_DAYS is {value}, expected 1 to {limit}"
-    wrong = [f"{e[0]} ({e[4] or 'none'})" for e in _with_password(host) if not 0 < _number(e[4], 99999) <= limit]
+    wrong = [f"{e[0]} ({e[4] or 'none'})" for e in _with_password(facts) if not 0 < number(e[4], 99999) <= limit]
     assert not wrong, f"passwords that do not expire within {limit} days: {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.6.1.2")
-def test_password_min_age(host, params):
+def test_password_min_age(facts, params):
     limit = params["min_days"]
-    value = _number(_login_defs(host, "PASS_MIN_DAYS") or "", 0)
+    value = number(_login_def(facts, "PASS_MIN_DAYS") or "", 0)
     assert value >= limit, f"login.defs PASS_MIN_DAYS is {value}, expected at least {limit}"
-    wrong = [f"{e[0]} ({e[3] or 'none'})" for e in _with_password(host) if _number(e[3], 0) < limit]
+    wrong = [f"{e[0]} ({e[3] or 'none'})" for e in _with_password(facts) if number(e[3], 0) < limit]
     assert not wrong, f"passwords that can change again within {limit} day(s): {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.6.1.3")
-def test_password_warn_age(host, params):
+def test_password_warn_age(facts, params):
     limit = params["warn_age"]
-    value = _number(_login_defs(host, "PASS_WARN_AGE") or "", 0)
+    value = number(_login_def(facts, "PASS_WARN_AGE") or "", 0)
     assert value >= limit, f"login.defs PASS_WARN_AGE is {value}, expected at least {limit}"
-    wrong = [f"{e[0]} ({e[5] or 'none'})" for e in _with_password(host) if _number(e[5], 0) < limit]
+    wrong = [f"{e[0]} ({e[5] or 'none'})" for e in _with_password(facts) if number(e[5], 0) < limit]
     assert not wrong, f"accounts warned less than {limit} days before expiry: {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.6.1.4")
-def test_inactive_accounts_disabled(host, params):
+def test_inactive_accounts_disabled(facts, params):
     limit = params["inactive_days"]
-    defaults = dict(line.split("=", 1) for line in host.check_output("useradd -D").splitlines() if "=" in line)
-    value = _number(defaults.get("INACTIVE", ""), -1)
+    defaults = shell_assignments(facts.output("useradd_D"))
+    value = number(defaults.get("INACTIVE", ""), -1)
     assert 0 <= value <= limit, f"useradd's default INACTIVE is {value}, expected 0 to {limit}"
-    wrong = [f"{e[0]} ({e[6] or 'none'})" for e in _with_password(host) if not 0 <= _number(e[6], -1) <= limit]
+    wrong = [f"{e[0]} ({e[6] or 'none'})" for e in _with_password(facts) if not 0 <= number(e[6], -1) <= limit]
     assert not wrong, f"accounts not disabled within {limit} days after their password expired: {', '.join(wrong)}"
 
 
 @pytest.mark.control("4.6.1.5")
-def test_no_password_change_in_the_future(host):
-    today = int(host.check_output("date +%s")) // 86400
-    future = [f"{e[0]} (day {e[2]})" for e in _shadow(host) if _number(e[2], 0) > today]
+def test_no_password_change_in_the_future(facts):
+    # The host's clock when the snapshot was taken.
+    collected_at = facts.collected.get("collected_at")
+    if not isinstance(collected_at, int):
+        raise FactUnavailable(f"the snapshot has no collection time (collected_at is {collected_at!r})")
+    today = collected_at // 86400
+    future = [f"{e[0]} (day {e[2]})" for e in getent(facts, "shadow") if number(e[2], 0) > today]
     assert not future, f"last password change after today (day {today}): {', '.join(future)}"
 
 
-def _real_shells(host):
-    return {line.strip() for line in _content(host, "/etc/shells").splitlines()
-            if line.strip().startswith("/") and not line.strip().endswith("/nologin")}
-
-
 @pytest.mark.control("4.6.2")
-def test_system_accounts_secured(host):
-    shells = _real_shells(host)
-    uid_min = _number(_login_defs(host, "UID_MIN") or "", 1000)
-    passwd = [line.split(":") for line in host.check_output("getent passwd").splitlines()]
+def test_system_accounts_secured(facts):
+    shells = login_shells(facts)
+    uid_min = number(_login_def(facts, "UID_MIN") or "", 1000)
+    passwd = getent(facts, "passwd")
     with_shell = [f"{e[0]} ({e[6]})" for e in passwd
                   if e[0] not in ("root", "halt", "sync", "shutdown", "nfsnobody")
-                  and (int(e[2]) < uid_min or int(e[2]) == 65534) and e[6] in shells]
+                  and (integer(e[2], f"the uid of {e[0]}") < uid_min or integer(e[2], "uid") == 65534)
+                  and e[6] in shells]
     assert not with_shell, f"system accounts with a login shell: {', '.join(with_shell)}"
-    shadow = {e[0]: e[1] for e in _shadow(host)}
+    shadow = {e[0]: e[1] for e in getent(facts, "shadow")}
     unlocked = [e[0] for e in passwd if e[0] != "root" and e[6] not in shells
                 and e[0] in shadow and not shadow[e[0]].startswith(("!", "*"))]
     assert not unlocked, f"accounts without a login shell whose password is not locked: {', '.join(unlocked)}"
 
 
-def _login_shell(host, login_user, command):
-    """Run a command in the login user's login shell (as at an SSH login: /etc/profile read)."""
-    return host.check_output(f"runuser -l {shlex.quote(login_user)} -c {shlex.quote(command)}")
+def _login_env(facts):
+    """The login user's login shell (as at an SSH login: /etc/profile read): TMOUT, umask,
+    readonly and exported variables."""
+    return facts.cached("login-shell-env", lambda: parse_login_shell_env(facts.output("login_shell_env")))
+
+
+def _startup_files(facts):
+    """/etc/profile, the profile.d scripts it sources, and the system bashrc files."""
+    return ["/etc/profile"] + sorted(p for p in _regular_files(facts, "/etc/profile.d/*") if p.endswith(".sh")) \
+        + ["/etc/bashrc", "/etc/bash.bashrc"]
 
 
 @pytest.mark.control("4.6.3")
-def test_shell_timeout(host, params, target_os):
+def test_shell_timeout(facts, params):
     limit = params["timeout"]
-    files = host.check_output("grep -lE '^[^#]*TMOUT=' /etc/profile /etc/profile.d/*.sh /etc/bashrc "
-                              "/etc/bash.bashrc 2>/dev/null || true").split()
+    files = [path for path in _startup_files(facts)
+             if (text := facts.text(path)) is not None and sets_variable(text, "TMOUT")]
     assert files, "no start-up file sets TMOUT"
-    out = _login_shell(host, target_os["login_user"],
-                       'printf "value=%s\\n" "${TMOUT:-unset}"; readonly -p; export -p')
-    value = re.search(r"^value=(.*)$", out, re.M).group(1)
+    env = _login_env(facts)
+    value = env.values["tmout"]
     assert value.isdigit() and 0 < int(value) <= limit, \
         f"TMOUT in a login shell is {value}, expected 1 to {limit} seconds"
-    readonly = [line for line in out.splitlines() if re.search(r"\breadonly\b|^declare -[a-z]*r", line)]
-    assert any(re.search(r"\bTMOUT=", line) for line in readonly), "TMOUT is not readonly in a login shell"
-    exported = [line for line in out.splitlines() if re.search(r"\bexport\b|^declare -[a-z]*x", line)]
-    assert any(re.search(r"\bTMOUT=", line) for line in exported), "TMOUT is not exported in a login shell"
+    assert declares(env.readonly, "TMOUT", "readonly"), "TMOUT is not readonly in a login shell"
+    assert declares(env.exported, "TMOUT", "export"), "TMOUT is not exported in a login shell"
 
 
 @pytest.mark.control("4.6.4")
-def test_root_gid_zero(host):
-    gid = host.check_output("getent passwd root").split(":")[3]
+def test_root_gid_zero(facts):
+    root = [entry for entry in getent(facts, "passwd") if entry[0] == "root"]
+    assert root, "getent passwd has no root entry"
+    gid = root[0][3]
     assert gid == "0", f"root's primary group is GID {gid}, expected 0"
 
 
-def _weaker(value, wanted):
-    return int(value, 8) & int(wanted, 8) != int(wanted, 8)
-
-
 @pytest.mark.control("4.6.5")
-def test_default_umask(host, params, target_os):
+def test_default_umask(facts, params):
     wanted = params["umask"]
-    defs = _login_defs(host, "UMASK") or "022"
-    assert not _weaker(defs, wanted), f"login.defs UMASK is {defs}, expected {wanted} or stricter"
+    defs = _login_def(facts, "UMASK") or "022"
+    mask = umask_mask(defs)
+    assert mask is not None and not umask_is_weaker(mask, wanted), \
+        f"login.defs UMASK is {defs}, expected {wanted} or stricter"
     weak = []
-    for path in params["rc_files"] + host.check_output("ls /etc/profile.d/*.sh 2>/dev/null || true").split():
-        if _stat(host, path) is None:
+    profile_d = sorted(p for p in _regular_files(facts, "/etc/profile.d/*") if p.endswith(".sh"))
+    for path in params["rc_files"] + profile_d:
+        text = facts.text(path)
+        if text is None:
             continue
-        for line in _active_lines(_content(host, path)):
-            for value in re.findall(r"(?:^|[\s;])umask\s+([0-7]+)\b", line):
-                if _weaker(value, wanted):
+        for line in active_lines(text):
+            for value in umask_values(line):
+                if umask_weaker(value, wanted):
                     weak.append(f"{path}: umask {value}")
     assert not weak, f"start-up files set a weaker umask than {wanted}: {', '.join(weak)}"
-    live = _login_shell(host, target_os["login_user"], "umask").strip()
-    assert not _weaker(live, wanted), f"umask in a login shell is {live}, expected {wanted} or stricter"
+    live = _login_env(facts).values["umask"].strip()
+    mask = umask_mask(live)
+    assert mask is not None and not umask_is_weaker(mask, wanted), \
+        f"umask in a login shell is {live}, expected {wanted} or stricter"
 
 
 @pytest.mark.control("4.6.6")
-def test_root_password_set_or_locked(host):
-    password = host.check_output("getent shadow root").split(":")[1]
+def test_root_password_set_or_locked(facts):
+    root = [entry for entry in getent(facts, "shadow") if entry[0] == "root"]
+    assert root, "getent shadow has no root entry"
+    password = root[0][1]
     state = "empty" if not password else "locked" if password.startswith(("!", "*")) else "set"
     assert password.startswith(("$", "!", "*")), f"root's password is {state} ({password[:3]}...), expected set or locked"

@@ -1,40 +1,77 @@
 """CIS logging (Amazon Linux 2023 5.1): rsyslog fed by journald, a persistent compressed
-journal, no remote log input, and log files in /var/log closed to others."""
+journal, no remote log input, and log files in /var/log closed to others.
+
+Every check reads the fact snapshot: the package list, systemd's unit states, journald's
+configuration as `systemd-analyze cat-config` shows it, /etc/rsyslog.conf and
+/etc/rsyslog.d/*.conf, the listening sockets (`ss`), the accounts (`getent`) and the listing of
+/var/log."""
+import fnmatch
 import re
-import shlex
 
 import pytest
 
-from ga_system import unit_state
+from ga_facts import TREES, FactUnavailable
+from ga_system import active_lines, getent, installed, listeners, systemd_settings, unit_state
 
-RSYSLOG_CONFIGS = "/etc/rsyslog.conf /etc/rsyslog.d/*.conf"
-
-
-def _active_lines(text):
-    """Configuration lines that are not blank and not comments."""
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+RSYSLOG_CONF = "/etc/rsyslog.conf"
+RSYSLOG_DROP_INS = "/etc/rsyslog.d/*"  # rsyslog.conf includes the *.conf files among them
 
 
-def _rsyslog_config(host):
-    return host.check_output(f"cat {RSYSLOG_CONFIGS} 2>/dev/null || true")
+def _rsyslog_config(facts):
+    """/etc/rsyslog.conf and /etc/rsyslog.d/*.conf, one text (a file that does not exist adds
+    nothing; one that cannot be read fails the check)."""
+    def read():
+        paths = [RSYSLOG_CONF] + [path for path in facts.glob(RSYSLOG_DROP_INS) if fnmatch.fnmatch(path, "*.conf")]
+        return "\n".join(facts.text(path) or "" for path in paths)
+    return facts.cached("rsyslog-config", read)
+
+
+def _parent(path):
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _listing(facts, directory):
+    """path -> metadata of directory and everything collected below it; None when the directory
+    does not exist (a collected listing of a directory above it lacks it). Outside every
+    collected listing, or unreadable: FactUnavailable."""
+    directory = directory.rstrip("/") or "/"
+    try:
+        listing = facts.tree(directory)
+    except FactUnavailable as exc:
+        unlisted = exc
+    else:
+        return listing if listing.get(directory) is not None else None
+    parent = directory
+    while parent != "/":
+        parent = _parent(parent)
+        try:
+            above = facts.tree(parent)
+        except FactUnavailable:
+            continue
+        if above.get(directory) is None:
+            return None
+        break
+    raise unlisted
+
+
+def _listed_completely(facts, root, listing):
+    """A collected listing stops at a fixed depth: a directory at that depth may hold more than
+    the snapshot shows, and a check over everything below root cannot pass on it."""
+    trees = facts.data.get("request", {}).get("trees") or TREES
+    depth = next((int(d) for r, d in trees if r == root), None)
+    if depth is None:
+        raise FactUnavailable(f"the snapshot does not say how deep {root} was listed")
+    base = root.rstrip("/").count("/")
+    deeper = sorted(p for p, st in listing.items()
+                    if st is not None and st.type == "directory" and p.count("/") - base >= depth)
+    assert not deeper, f"{root} was listed {depth} levels deep only: what is below {deeper[0]} was not collected"
 
 
 @pytest.fixture(scope="module")
-def journald(host):
+def journald(facts):
     """journald's effective settings: every configuration file in systemd's order, the last
     assignment of a key winning."""
-    settings = {}
-    section = None
-    for raw in host.check_output("systemd-analyze cat-config systemd/journald.conf").splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line
-        elif section == "[Journal]" and "=" in line:
-            key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip()
-    return settings
+    return systemd_settings(facts, "systemd_journald", "Journal")
 
 
 def _journald_setting(journald, key, expected):
@@ -43,14 +80,15 @@ def _journald_setting(journald, key, expected):
 
 
 @pytest.mark.control("5.1.1.1")
-def test_rsyslog_installed(host, params):
-    missing = [name for name in params["packages"] if not host.package(name).is_installed]
+def test_rsyslog_installed(facts, params):
+    present = installed(facts, params["packages"])
+    missing = [name for name in params["packages"] if name not in present]
     assert not missing, f"not installed: {', '.join(missing)}"
 
 
 @pytest.mark.control("5.1.1.2")
-def test_rsyslog_enabled_and_running(host, params):
-    enabled, active = unit_state(host, f"{params['service']}.service")
+def test_rsyslog_enabled_and_running(facts, params):
+    enabled, active = unit_state(facts, f"{params['service']}.service")
     assert (enabled, active) == ("enabled", "active"), \
         f"{params['service']}.service is {enabled}/{active}, expected enabled/active"
 
@@ -61,9 +99,9 @@ def test_journald_forwards_to_rsyslog(journald):
 
 
 @pytest.mark.control("5.1.1.4")
-def test_rsyslog_file_create_mode(host, params):
+def test_rsyslog_file_create_mode(facts, params):
     modes = []
-    for line in _active_lines(_rsyslog_config(host)):
+    for line in active_lines(_rsyslog_config(facts)):
         legacy = re.match(r"\$FileCreateMode\s+([0-7]+)\s*$", line)
         modern = re.search(r"\bfileCreateMode\s*=\s*\"?([0-7]+)\"?", line, re.IGNORECASE)
         if legacy or modern:
@@ -83,25 +121,25 @@ REMOTE_INPUT = re.compile(
 
 
 @pytest.mark.control("5.1.1.7")
-def test_rsyslog_accepts_no_remote_logs(host):
-    inputs = [line for line in _active_lines(_rsyslog_config(host)) if REMOTE_INPUT.match(line)]
+def test_rsyslog_accepts_no_remote_logs(facts):
+    inputs = [line for line in active_lines(_rsyslog_config(facts)) if REMOTE_INPUT.match(line)]
     assert not inputs, f"rsyslog is configured to receive logs from the network: {'; '.join(inputs)}"
-    listening = [line for line in host.check_output("ss -H -l -n -p -t -u").splitlines() if "rsyslogd" in line]
-    assert not listening, f"rsyslogd listens on the network: {'; '.join(' '.join(x.split()) for x in listening)}"
+    listening = [str(socket) for socket in listeners(facts) if any("rsyslogd" in name for name in socket.processes)]
+    assert not listening, f"rsyslogd listens on the network: {'; '.join(listening)}"
 
 
 @pytest.mark.control("5.1.2.1.4")
-def test_journal_remote_does_not_receive(host, params):
+def test_journal_remote_does_not_receive(facts, params):
     for unit in params["units"]:
-        enabled, active = unit_state(host, unit)
+        enabled, active = unit_state(facts, unit)
         assert enabled in ("masked", "masked-runtime", "disabled", "not-found"), \
             f"{unit} is {enabled}, expected masked (or not enabled)"
         assert active not in ("active", "activating", "reloading"), f"{unit} is {active}, expected inactive"
 
 
 @pytest.mark.control("5.1.2.2")
-def test_journald_enabled_and_running(host):
-    enabled, active = unit_state(host, "systemd-journald.service")
+def test_journald_enabled_and_running(facts):
+    enabled, active = unit_state(facts, "systemd-journald.service")
     assert enabled in ("static", "enabled") and active == "active", \
         f"systemd-journald.service is {enabled}/{active}, expected static/active"
 
@@ -112,11 +150,13 @@ def test_journald_compresses(journald):
 
 
 @pytest.mark.control("5.1.2.4")
-def test_journald_persistent(host, journald):
+def test_journald_persistent(facts, journald):
     _journald_setting(journald, "Storage", "persistent")
-    machine_id = host.file("/etc/machine-id").content_string.strip()
+    machine_id = facts.content("/etc/machine-id").strip()
+    assert machine_id, "/etc/machine-id is empty: the journal directory cannot be named"
     journal_dir = f"/var/log/journal/{machine_id}"
-    files = host.check_output(f"find {shlex.quote(journal_dir)} -maxdepth 1 -name '*.journal' 2>/dev/null || true").split()
+    listing = _listing(facts, journal_dir) or {}
+    files = [path for path in listing if _parent(path) == journal_dir and path.endswith(".journal")]
     assert files, f"no journal files in {journal_dir}: this boot's journal is not kept on disk"
 
 
@@ -125,28 +165,24 @@ LOGIN_RECORD = re.compile(r"^(lastlog|lastlog\..*|wtmp|wtmp[.-].*|btmp|btmp[.-].
 
 
 @pytest.mark.control("5.1.3")
-def test_log_file_access(host, params):
-    shells = {line.strip() for line in host.check_output("cat /etc/shells").splitlines()
-              if line.strip().startswith("/")}
+def test_log_file_access(facts, params):
+    shells = {line for line in active_lines(facts.content("/etc/shells")) if line.startswith("/")}
     # Service accounts (no login shell) may own log files, and so may their primary group.
-    groups_by_gid = {}
-    for line in host.check_output("getent group").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3:
-            groups_by_gid[fields[2]] = fields[0]
+    groups_by_gid = {fields[2]: fields[0] for fields in getent(facts, "group")}
     service_group = {}
-    for line in host.check_output("getent passwd").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 7 and (fields[6] or "/bin/sh") not in shells:
+    for fields in getent(facts, "passwd"):
+        if (fields[6] or "/bin/sh") not in shells:
             service_group[fields[0]] = groups_by_gid.get(fields[3], "")
 
     max_mode = int(params["max_mode"], 8)
     records_max_mode = int(params["login_records_max_mode"], 8)
     problems = []
-    listing = host.check_output(r"find /var/log -type f -printf '%m\t%u\t%g\t%p\n'")
-    for line in listing.splitlines():
-        mode_text, owner, group, path = line.split("\t", 3)
-        mode = int(mode_text, 8)
+    listing = _listing(facts, "/var/log")
+    assert listing is not None, "/var/log does not exist"
+    _listed_completely(facts, "/var/log", listing)
+    for path, st in listing.items():
+        if st is None or st.type != "file":
+            continue
         name = path.rsplit("/", 1)[-1]
         if LOGIN_RECORD.match(name):
             allowed_mode, groups = records_max_mode, {"root", "utmp"}
@@ -154,8 +190,9 @@ def test_log_file_access(host, params):
             allowed_mode, groups = max_mode, {"root", "systemd-journal"}
         else:
             allowed_mode, groups = max_mode, {"root", "adm"}
-        if mode & ~allowed_mode:
-            problems.append(f"{path} mode {mode:04o} (at most {allowed_mode:04o})")
+        if st.mode & ~allowed_mode:
+            problems.append(f"{path} mode {st.mode:04o} (at most {allowed_mode:04o})")
+        owner = st.owner
         if owner.isdigit():  # a user id with no account: a systemd dynamic user
             continue
         if owner != "root":
@@ -163,7 +200,7 @@ def test_log_file_access(host, params):
                 problems.append(f"{path} owned by login account {owner}")
                 continue
             groups.add(service_group[owner])
-        if group not in groups:
-            problems.append(f"{path} group {group} (expected {' or '.join(sorted(groups))})")
+        if st.group_name not in groups:
+            problems.append(f"{path} group {st.group_name} (expected {' or '.join(sorted(groups))})")
     shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
     assert not problems, f"log files open to others: {shown}"

@@ -2,21 +2,33 @@
 permissions, world-writable and unowned files, local users and groups, homes and dot files.
 
 Everything is read on the booted instance, after cloud-init made the login user: its home and
-dot files are checked like every other interactive account's.
+dot files are checked like every other interactive account's. The checks judge the fact
+snapshot (verify/collector.py): the account files as read, their metadata, the one filesystem
+walk, root's login PATH and the listing of every home. A fact that could not be read fails the
+check that needed it, with the reason.
 """
 from __future__ import annotations
 
-import shlex
+import posixpath
 from collections import Counter
 
 import pytest
 
+from ga_facts import CommandResult, FactUnavailable, Stat, _stat_from
+from ga_system import login_defs, login_shells, table, walk_complete
+
 # How many paths a failure message names (the count says how many there were).
 SHOWN = 10
+# Files every supported system has: their absence is a finding, not a file never written.
+REQUIRED = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/shells")
+# stat(1)'s %F names of the collector's file types (the wording the reports always used).
+_KINDS = {"file": "regular file", "directory": "directory", "symlink": "symbolic link",
+          "char-device": "character special file", "block-device": "block special file", "fifo": "fifo",
+          "socket": "socket"}
 
 
-def _mode(text: str) -> str:
-    return f"{int(text, 8):04o}"
+def _kind(st: Stat) -> str:
+    return _KINDS.get(st.type, st.type)
 
 
 def _beyond(mode: int, allowed: str) -> bool:
@@ -30,162 +42,201 @@ def _sample(paths: list[str]) -> str:
 
 
 # --- account files -------------------------------------------------------------------------
-def _table(host, path: str) -> list[list[str]]:
-    """The colon-separated entries of an account file (blank lines left out)."""
-    return [line.split(":") for line in host.file(path).content_string.splitlines() if line.strip()]
+def _table(facts, path: str, min_fields: int) -> list[list[str]]:
+    """The colon-separated entries of an account file (blank lines left out). The file must
+    exist and be read, and every entry must have all its fields: a malformed entry fails."""
+    def parse() -> list[list[str]]:
+        try:
+            return table(facts.content(path), min_fields)
+        except FactUnavailable as exc:
+            message = str(exc)
+            raise FactUnavailable(message if path in message else f"{path}: {message}") from None
+    return facts.cached(f"maintenance-table:{path}", parse)
 
 
-@pytest.fixture(scope="module")
-def passwd(host):
-    return _table(host, "/etc/passwd")
+@pytest.fixture
+def passwd(facts):
+    return _table(facts, "/etc/passwd", 7)
 
 
-@pytest.fixture(scope="module")
-def group(host):
-    return _table(host, "/etc/group")
+@pytest.fixture
+def group(facts):
+    return _table(facts, "/etc/group", 4)
 
 
-@pytest.fixture(scope="module")
-def interactive(host, passwd):
+@pytest.fixture
+def interactive(facts, passwd):
     """(name, uid, home) of every account whose shell is in /etc/shells and is not a nologin."""
-    shells = set()
-    for line in host.file("/etc/shells").content_string.splitlines():
-        shell = line.strip()
-        if shell.startswith("/") and not shell.endswith("/nologin"):
-            shells.add(shell)
-    return [(e[0], int(e[2]), e[5]) for e in passwd if len(e) >= 7 and e[6] in shells]
+    shells = login_shells(facts)
+    return [(e[0], int(e[2]), e[5]) for e in passwd if e[6] in shells]
 
 
 # --- 6.1.x: permissions of the account files -----------------------------------------------
-def _assert_file_permissions(host, params):
+def _assert_file_permissions(facts, params):
     problems = []
     for path in params["paths"]:
-        quoted = shlex.quote(path)
-        out = host.check_output(
-            f"if [ -e {quoted} ] || [ -L {quoted} ]; then stat -c '%U %G %a %F' -- {quoted}; else echo absent; fi")
-        if out == "absent":
+        st = facts.stat(path)  # lstat: a symlink is reported as one, never followed
+        if st is None:
+            if path in REQUIRED:
+                problems.append(f"{path} does not exist")
             continue  # a backup file that was never written, opasswd without password history
-        owner, grp, mode, kind = out.split(" ", 3)
-        kind = "regular file" if kind == "regular empty file" else kind
-        if kind != "regular file" or owner != "root" or grp not in params["groups"] or _beyond(int(mode, 8), params["mode"]):
-            problems.append(f"{path} is a {kind} {owner}:{grp} {_mode(mode)}")
+        if st.type != "file" or st.owner != "root" or st.group_name not in params["groups"] \
+                or _beyond(st.mode, params["mode"]):
+            problems.append(f"{path} is a {_kind(st)} {st.owner}:{st.group_name} {st.mode:04o}")
     mode = params["mode"] if int(params["mode"], 8) == 0 else f"{params['mode']} or stricter"
     expected = f"a regular file owned by root, group {' or '.join(params['groups'])}, mode {mode}"
     assert not problems, f"{'; '.join(problems)}; expected {expected}"
 
 
 @pytest.mark.control("6.1.1")
-def test_passwd_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_passwd_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.2")
-def test_passwd_permissions_listed_twice(host, params):
-    _assert_file_permissions(host, params)
+def test_passwd_permissions_listed_twice(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.3")
-def test_passwd_backup_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_passwd_backup_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.4")
-def test_group_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_group_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.5")
-def test_group_backup_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_group_backup_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.6")
-def test_shadow_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_shadow_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.7")
-def test_shadow_backup_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_shadow_backup_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.8")
-def test_gshadow_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_gshadow_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("6.1.9")
-def test_gshadow_backup_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_gshadow_backup_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("GA-PERM-SHELLS")
-def test_shells_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_shells_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 @pytest.mark.control("GA-PERM-OPASSWD")
-def test_opasswd_permissions(host, params):
-    _assert_file_permissions(host, params)
+def test_opasswd_permissions(facts, params):
+    _assert_file_permissions(facts, params)
 
 
 # --- 6.1.11, 6.1.12: scans of the local filesystems ----------------------------------------
-def _scan_roots(host, params) -> list[str]:
-    """Mount points of the local filesystems (df --local), without skipped types and trees."""
-    types = " ".join(f"-x {shlex.quote(t)}" for t in params["skip_fstypes"])
-    out = host.check_output(f"df --local --output=target {types} 2>/dev/null | tail -n +2 | sort -u")
+def _scan_roots(walk, params) -> list[str]:
+    """Mount points of the local filesystems (df --local), without skipped types and trees:
+    what this control asks to scan, which must be what the walk scanned."""
+    df = walk.get("df")
+    if not isinstance(df, dict):
+        raise FactUnavailable("the walk has no `df --local` result (not collected)")
+    result = CommandResult("df", df.get("argv", []), df.get("rc"), df.get("stdout", ""), df.get("stderr", ""),
+                           df.get("error", "") or "")
+    if result.rc != 0:
+        raise FactUnavailable(f"cannot list the local filesystems: {result.describe()}")
+    skipped_types = {arg[2:] for arg in result.argv[1:] if arg.startswith("-x")}
+    if skipped_types != set(params["skip_fstypes"]):
+        raise FactUnavailable(
+            f"the walk skipped filesystem types [{', '.join(sorted(skipped_types))}], this control skips "
+            f"[{', '.join(sorted(params['skip_fstypes']))}]: it did not scan what this control asks")
+    skips = [skip.rstrip("/") for skip in params["skip_paths"]]
     roots = []
-    for mount in (line.strip() for line in out.splitlines()):
-        if mount and not any(mount == skip or mount.startswith(skip.rstrip("/") + "/") for skip in params["skip_paths"]):
+    for line in result.stdout.splitlines()[1:]:  # below df's header
+        mount = line.strip()
+        if mount and mount not in roots and not any(mount == s or mount.startswith(s + "/") for s in skips):
             roots.append(mount)
+    roots.sort()
     assert "/" in roots, f"/ is not among the local filesystems to scan (found: {', '.join(roots) or 'none'})"
+    walked = walk.get("roots", {}).get("scan")
+    if walked is None:
+        raise FactUnavailable("the walk does not say which filesystems it scanned (not collected)")
+    missed = [root for root in roots if root not in walked]
+    if missed:
+        raise FactUnavailable(f"the walk did not scan {', '.join(missed)}, which this control asks to scan")
     return roots
 
 
-def _find(host, roots: list[str], expression: str) -> list[str]:
-    """One find -xdev over the scan roots; its first 1000 results, one a line."""
-    command = f"find {' '.join(shlex.quote(r) for r in roots)} -xdev {expression} 2>/dev/null | head -n 1000"
-    return [line for line in host.run(command).stdout.splitlines() if line]
+def _findings(walk, params, kind: str) -> list[dict]:
+    """The walk's findings of one kind under the filesystems this control scans (the walk also
+    visits filesystems that only the setuid check looks at). Fails when the walk's list was cut
+    and nothing shows that the findings it left out are outside those filesystems."""
+    roots = set(_scan_roots(walk, params))
+    walk_complete(walk)
+    listed = walk.get(kind)
+    total = walk.get("counts", {}).get(kind)
+    if listed is None or total is None:
+        raise FactUnavailable(f"the walk has no {kind.replace('_', '-')} findings (not collected)")
+    found = [entry for entry in listed if entry["root"] in roots]
+    if total > len(listed) and not found:
+        raise FactUnavailable(f"the walk found {total} {kind.replace('_', '-')} entries but listed only "
+                              f"{len(listed)}, none on the filesystems this control scans: cannot tell about the rest")
+    return found
+
+
+def _cut(walk, kind: str, found: list) -> str:
+    """A note when the walk listed only part of what it found."""
+    total, listed = walk["counts"][kind], len(walk[kind])
+    return f" (the walk found {total} in all and listed the first {listed})" if total > listed and found else ""
 
 
 @pytest.mark.control("6.1.11")
-def test_no_world_writable_files_and_sticky_directories(host, params):
-    found = _find(host, _scan_roots(host, params),
-                  r"\( -type f -perm -0002 -o -type d -perm -0002 ! -perm -1000 \) -printf '%y %p\n'")
-    files = [line[2:] for line in found if line.startswith("f ")]
-    dirs = [line[2:] for line in found if line.startswith("d ")]
+def test_no_world_writable_files_and_sticky_directories(walk, params):
+    found = _findings(walk, params, "world_writable")
+    files = [entry["path"] for entry in found if entry["type"] == "f"]
+    dirs = [entry["path"] for entry in found if entry["type"] == "d"]
     problems = []
     if files:
         problems.append(f"world-writable files ({len(files)}): {_sample(files)}")
     if dirs:
         problems.append(f"world-writable directories without the sticky bit ({len(dirs)}): {_sample(dirs)}")
-    assert not problems, f"{'; '.join(problems)}; expected none on local filesystems"
+    assert not problems, f"{'; '.join(problems)}{_cut(walk, 'world_writable', found)}; expected none on local filesystems"
 
 
 @pytest.mark.control("6.1.12")
-def test_no_unowned_or_ungrouped_files(host, params):
-    found = _find(host, _scan_roots(host, params), r"\( -nouser -o -nogroup \) -printf '%p (%u:%g)\n'")
-    assert not found, (f"files or directories without a known owner or group ({len(found)}): {_sample(found)}; "
-                       "expected none on local filesystems")
+def test_no_unowned_or_ungrouped_files(walk, params):
+    found = [f"{entry['path']} ({entry['user']}:{entry['group']})" for entry in _findings(walk, params, "unowned")]
+    assert not found, (f"files or directories without a known owner or group ({len(found)}): {_sample(found)}"
+                       f"{_cut(walk, 'unowned', found)}; expected none on local filesystems")
 
 
 # --- 6.2.x: local users and groups -----------------------------------------------------------
 @pytest.mark.control("6.2.1")
 def test_passwords_are_shadowed(passwd):
-    unshadowed = [e[0] for e in passwd if len(e) < 2 or e[1] != "x"]
+    unshadowed = [e[0] for e in passwd if e[1] != "x"]
     assert not unshadowed, f"accounts whose /etc/passwd password field is not 'x': {', '.join(unshadowed)}"
 
 
 @pytest.mark.control("6.2.2")
-def test_no_empty_password_fields(host):
-    empty = [e[0] for e in _table(host, "/etc/shadow") if len(e) < 2 or e[1] == ""]
+def test_no_empty_password_fields(facts):
+    # The collector redacts hashes to their scheme; an empty field stays empty.
+    empty = [e[0] for e in _table(facts, "/etc/shadow", 9) if e[1] == ""]
     assert not empty, f"accounts with an empty password field in /etc/shadow: {', '.join(empty)}; expected a hash or a lock"
 
 
 @pytest.mark.control("6.2.3")
 def test_primary_groups_exist(passwd, group):
-    gids = {e[2] for e in group if len(e) >= 3}
-    orphans = [f"{e[0]} (GID {e[3]})" for e in passwd if len(e) >= 4 and e[3] not in gids]
+    gids = {e[2] for e in group}
+    orphans = [f"{e[0]} (GID {e[3]})" for e in passwd if e[3] not in gids]
     assert not orphans, f"primary groups missing from /etc/group for: {', '.join(orphans)}"
 
 
@@ -194,8 +245,8 @@ def test_shadow_group_is_empty(passwd, group, params):
     entry = next((e for e in group if e[0] == params["group"]), None)
     if entry is None:
         return  # no such group: nobody can be in it
-    members = [m for m in (entry[3].split(",") if len(entry) >= 4 else []) if m]
-    primary = [e[0] for e in passwd if len(e) >= 4 and e[3] == entry[2]]
+    members = [m for m in entry[3].split(",") if m]
+    primary = [e[0] for e in passwd if e[3] == entry[2]]
     assert not members and not primary, (
         f"group {params['group']} has members [{', '.join(members)}] and is the primary group of "
         f"[{', '.join(primary)}]; expected neither")
@@ -207,13 +258,13 @@ def _duplicates(values) -> list[str]:
 
 @pytest.mark.control("6.2.4")
 def test_no_duplicate_uids(passwd):
-    dups = _duplicates(e[2] for e in passwd if len(e) >= 3)
+    dups = _duplicates(e[2] for e in passwd)
     assert not dups, f"UIDs used by more than one account: {', '.join(dups)}"
 
 
 @pytest.mark.control("6.2.5")
 def test_no_duplicate_gids(group):
-    dups = _duplicates(e[2] for e in group if len(e) >= 3)
+    dups = _duplicates(e[2] for e in group)
     assert not dups, f"GIDs used by more than one group: {', '.join(dups)}"
 
 
@@ -229,10 +280,19 @@ def test_no_duplicate_group_names(group):
     assert not dups, f"group names listed more than once in /etc/group: {', '.join(dups)}"
 
 
+def _root_path_entry(facts, entry: str) -> Stat | None:
+    """A directory of root's PATH as the collector stat'ed it (symlinks followed); None: absent."""
+    entries = facts.section("root_path_entries")
+    if entry not in entries:
+        raise FactUnavailable(f"the snapshot did not stat {entry} of root's PATH (not collected)")
+    return _stat_from(entry, entries[entry])
+
+
 @pytest.mark.control("6.2.8")
-def test_root_path_integrity(host):
-    # root's PATH as its login shell sets it; a terminal would add a CR, dropped here.
-    lines = host.check_output("sudo -Hiu root printenv PATH").replace("\r", "").splitlines()
+def test_root_path_integrity(facts):
+    # root's PATH as its login shell sets it (the last line: a profile may print before it);
+    # a terminal would add a CR, dropped here.
+    lines = [line for line in facts.output("root_login_path").replace("\r", "").splitlines() if line.strip()]
     root_path = lines[-1] if lines else ""
     assert root_path, "root's login shell reports no PATH"
     problems = []
@@ -243,89 +303,107 @@ def test_root_path_integrity(host):
     if relative:
         problems.append(f"relative entries {', '.join(relative)}")
     for entry in dict.fromkeys(e for e in entries if e.startswith("/")):
-        out = host.run(f"stat -Lc '%U %a %F' -- {shlex.quote(entry)}")
-        if out.rc != 0:
+        st = _root_path_entry(facts, entry)
+        if st is None:
             problems.append(f"{entry} does not exist")
-            continue
-        owner, mode, kind = out.stdout.strip().split(" ", 2)
-        if kind != "directory":
-            problems.append(f"{entry} is a {kind}")
-        elif owner != "root" or int(mode, 8) & 0o022:
-            problems.append(f"{entry} is owned by {owner} with mode {_mode(mode)}")
+        elif st.type != "directory":
+            problems.append(f"{entry} is a {_kind(st)}")
+        elif st.owner != "root" or st.mode & 0o022:
+            problems.append(f"{entry} is owned by {st.owner} with mode {st.mode:04o}")
     assert not problems, (f"root's PATH {root_path} has {'; '.join(problems)}; expected only existing "
                           "absolute directories owned by root that group and others cannot write")
 
 
 @pytest.mark.control("6.2.9")
 def test_root_is_the_only_uid_0(passwd):
-    uid0 = [e[0] for e in passwd if len(e) >= 3 and e[2] == "0"]
+    uid0 = [e[0] for e in passwd if e[2] == "0"]
     assert uid0 == ["root"], f"accounts with UID 0: {', '.join(uid0) or 'none'}; expected root alone"
 
 
+def _home_listing(facts, home: str) -> dict[str, Stat | None]:
+    """The collector's listing of a home: the home itself (lstat) and what is directly in it."""
+    listing = facts.tree(home)
+    if home not in listing:
+        raise FactUnavailable(f"the snapshot did not list {home} (not collected)")
+    raw = facts.collected.get("trees", {}).get(home, {}).get(home, {})
+    if raw.get("list_error"):
+        raise FactUnavailable(f"cannot list {home}: {raw['list_error']}")
+    return listing
+
+
 @pytest.mark.control("6.2.10")
-def test_interactive_homes(host, interactive, params, target_os):
+def test_interactive_homes(facts, interactive, params):
+    # The login user the snapshot was gathered for (the OS data's, saved with the facts).
+    login_user = facts.context.get("login_user")
+    if not login_user:
+        raise FactUnavailable("the snapshot does not name the login user (not collected)")
     names = [name for name, _, _ in interactive]
-    assert target_os["login_user"] in names, (
-        f"the login user {target_os['login_user']} is not among the interactive accounts ({', '.join(names)}): "
+    assert login_user in names, (
+        f"the login user {login_user} is not among the interactive accounts ({', '.join(names)}): "
         "expected its shell to be listed in /etc/shells")
     problems = []
     for name, uid, home in interactive:
-        out = host.run(f"stat -Lc '%u %a %F' -- {shlex.quote(home)}")
-        if out.rc != 0 or not home.startswith("/") or home == "/":
+        if not home.startswith("/") or home == "/":
             problems.append(f"{name}: home {home or '(none)'} does not exist")
             continue
-        owner, mode, kind = out.stdout.strip().split(" ", 2)
-        if kind != "directory":
-            problems.append(f"{name}: home {home} is a {kind}")
-        elif int(owner) != uid or _beyond(int(mode, 8), params["home_mode"]):
-            problems.append(f"{name}: home {home} owned by UID {owner} with mode {_mode(mode)}")
+        st = _home_listing(facts, home)[home]
+        st = st.followed() if st is not None else None  # a symlinked home: what it points at
+        if st is None:
+            problems.append(f"{name}: home {home} does not exist")
+        elif st.type != "directory":
+            problems.append(f"{name}: home {home} is a {_kind(st)}")
+        elif st.uid != uid or _beyond(st.mode, params["home_mode"]):
+            problems.append(f"{name}: home {home} owned by UID {st.uid} with mode {st.mode:04o}")
     assert not problems, (f"{'; '.join(problems)}; expected each home to exist, belong to its user and "
                           f"have mode {params['home_mode']} or stricter")
 
 
-def _login_defs_value(text: str, key: str) -> str | None:
-    value = None
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == key:
-            value = fields[1]
-    return value
+def _octal(value: str, key: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise AssertionError(f"{key} {value} in /etc/login.defs is not an octal mode") from None
 
 
 @pytest.mark.control("6.2.10")
-def test_new_homes_get_a_restricted_mode(host, params):
+def test_new_homes_get_a_restricted_mode(facts, params):
     # useradd (cloud-init's, for instance) makes a home with HOME_MODE, else 0777 minus UMASK.
-    login_defs = host.file("/etc/login.defs").content_string
-    home_mode = _login_defs_value(login_defs, "HOME_MODE")
+    settings = login_defs(facts)
+    home_mode = settings["HOME_MODE"].split()[0] if settings.get("HOME_MODE", "").strip() else None
     if home_mode is not None:
-        effective, source = int(home_mode, 8), f"HOME_MODE {home_mode}"
+        effective, source = _octal(home_mode, "HOME_MODE"), f"HOME_MODE {home_mode}"
     else:
-        umask = _login_defs_value(login_defs, "UMASK") or "022"
-        effective, source = 0o777 & ~int(umask, 8), f"HOME_MODE unset, UMASK {umask}"
+        umask = settings["UMASK"].split()[0] if settings.get("UMASK", "").strip() else "022"
+        effective, source = 0o777 & ~_octal(umask, "UMASK"), f"HOME_MODE unset, UMASK {umask}"
     assert not _beyond(effective, params["home_mode"]), (
         f"useradd makes new home directories with mode {effective:04o} ({source} in /etc/login.defs); "
         f"expected {params['home_mode']} or stricter")
 
 
 @pytest.mark.control("6.2.11")
-def test_interactive_dot_files(host, interactive, params):
-    forbidden = " ".join(shlex.quote(name) for name in params["forbidden_files"])
+def test_interactive_dot_files(facts, interactive, params):
     problems = []
     for name, _, home in interactive:
         if not home.startswith("/") or home == "/":
             continue
-        quoted = shlex.quote(home)
-        out = host.run(
-            f"[ -d {quoted} ] || exit 0; "
-            f"find {quoted} -mindepth 1 -maxdepth 1 -name '.*' -type f -perm /022 -printf 'writable %p %m\\n'; "
-            f"for n in {forbidden}; do p={quoted}/\"$n\"; "
-            "if [ -e \"$p\" ] || [ -L \"$p\" ]; then echo \"present $p\"; fi; done")
-        for line in out.stdout.splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind == "writable":
-                path, _, mode = rest.rpartition(" ")
-                problems.append(f"{path} of {name} is writable by group or others (mode {_mode(mode)})")
-            elif kind == "present":
-                problems.append(f"{rest} of {name} exists")
+        listing = _home_listing(facts, home)
+        st = listing[home]
+        if st is not None and st.type == "symlink":
+            target = st.followed()
+            if target is not None and target.type == "directory":
+                raise FactUnavailable(f"the home {home} of {name} is a symbolic link: the snapshot did not list "
+                                      "the directory it points at (not collected)")
+        if st is None or st.type != "directory":
+            continue  # no home (6.2.10 reports it): no dot files
+        parent = home.rstrip("/")
+        for path, entry in listing.items():
+            if entry is None or posixpath.dirname(path) != parent or path.rstrip("/") == parent:
+                continue
+            if posixpath.basename(path).startswith(".") and entry.type == "file" and entry.mode & 0o022:
+                problems.append(f"{path} of {name} is writable by group or others (mode {entry.mode:04o})")
+        for forbidden in params["forbidden_files"]:
+            path = posixpath.join(home, forbidden)
+            if listing.get(path) is not None:  # present in any form, a dangling symlink included
+                problems.append(f"{path} of {name} exists")
     assert not problems, (f"{'; '.join(problems)}; expected dot files writable by their owner only and no "
                           f"{', '.join(params['forbidden_files'])}")

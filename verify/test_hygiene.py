@@ -1,28 +1,40 @@
 """Image hygiene after boot: nothing from the build survived into this instance."""
 import base64
 import hashlib
-import shlex
 
 import pytest
 
 
-def _mtime(host, path):
-    return int(host.check_output(f"stat -c %Y {shlex.quote(path)}"))
+@pytest.fixture(scope="module")
+def boot_time(facts) -> int:
+    """Seconds since the epoch when the instance booted (files older than this were baked in)."""
+    for line in facts.content("/proc/stat").splitlines():
+        if line.startswith("btime "):
+            return int(line.split()[1])
+    raise AssertionError("/proc/stat has no btime line")
+
+
+@pytest.fixture(scope="module")
+def homes(facts) -> list[str]:
+    return facts.section("homes")
+
+
+def _in_home(facts, home, *names):
+    """Stat of home/<name> for each name, from the home's listing (None: absent)."""
+    listing = facts.tree(home)
+    return {name: listing.get(f"{home}/{name}") for name in names}
 
 
 @pytest.mark.control("GA-HYG-HOSTKEYS")
-def test_host_keys_generated_at_first_boot(host, boot_time, pytestconfig):
-    keys = host.check_output("ls /etc/ssh/ssh_host_*_key 2>/dev/null || true").split()
+def test_host_keys_generated_at_first_boot(facts, boot_time):
+    keys = facts.glob("/etc/ssh/ssh_host_*_key")
     assert keys, "no SSH host keys on the instance"
-    old = [k for k in keys if _mtime(host, k) < boot_time]
+    old = [key for key in keys if facts.stat(key).mtime < boot_time]
     assert not old, f"host keys older than this boot (baked into the image): {', '.join(old)}"
     # The keys on disk are the ones the console announced and this connection was pinned to.
-    pinned = set()
-    for line in open(pytestconfig.getoption("--ga-known-hosts")):
-        parts = line.split()
-        if len(parts) >= 3:
-            pinned.add(parts[2])
-    on_disk = {line.split()[1] for line in host.check_output("cat /etc/ssh/ssh_host_*_key.pub").splitlines() if line}
+    pinned = {entry.split()[1] for entry in facts.context.get("pinned_host_keys", []) if len(entry.split()) >= 2}
+    on_disk = {line.split()[1] for path in facts.glob("/etc/ssh/ssh_host_*_key.pub")
+               for line in facts.content(path).splitlines() if len(line.split()) >= 2}
     assert on_disk & pinned, "none of the instance's host keys is among the keys pinned from the console"
 
 
@@ -44,47 +56,54 @@ def _sha256(blob):
 
 
 @pytest.mark.control("GA-HYG-AUTHKEYS")
-def test_only_the_verify_key_is_authorized(host, homes, pytestconfig):
-    allowed = set(_key_blobs(pytestconfig.getoption("--ga-login-public-key")))
+def test_only_the_verify_key_is_authorized(facts, homes):
+    allowed = set(_key_blobs(facts.context.get("login_public_key", "")))
     leftovers = {}
     for home in homes:
         for name in ("authorized_keys", "authorized_keys2"):
-            path = f"{home}/.ssh/{name}"
-            if host.file(path).exists:
-                extra = [_sha256(b) for b in _key_blobs(host.file(path).content_string) if b not in allowed]
+            text = facts.text(f"{home}/.ssh/{name}")
+            if text is not None:
+                extra = [_sha256(b) for b in _key_blobs(text) if b not in allowed]
                 if extra:
-                    leftovers[path] = extra
+                    leftovers[f"{home}/.ssh/{name}"] = extra
     assert not leftovers, f"keys other than this verification's own are authorized: {leftovers}"
 
 
 @pytest.mark.control("GA-HYG-CLOUDINIT")
-def test_cloud_init_state_is_this_boots_only(host, pytestconfig):
-    instances = host.check_output("ls -1 /var/lib/cloud/instances 2>/dev/null || true").split()
-    expected = pytestconfig.getoption("--ga-instance-id")
+def test_cloud_init_state_is_this_boots_only(facts):
+    root = "/var/lib/cloud/instances"
+    listing = facts.tree(root)
+    instances = sorted(path.rsplit("/", 1)[-1] for path in listing if path.rsplit("/", 1)[0] == root)
+    expected = facts.context.get("instance_id", "")
     assert len(instances) == 1, f"cloud-init holds state of {len(instances)} instances: {', '.join(instances)}"
     if expected:
         assert instances == [expected], f"cloud-init state belongs to {instances[0]}, not to this boot ({expected})"
 
 
 @pytest.mark.control("GA-HYG-MACHINEID")
-def test_machine_id_generated_at_first_boot(host, boot_time):
-    machine_id = host.file("/etc/machine-id").content_string.strip()
+def test_machine_id_generated_at_first_boot(facts, boot_time):
+    machine_id = facts.content("/etc/machine-id").strip()
     assert len(machine_id) == 32 and all(c in "0123456789abcdef" for c in machine_id), \
         f"/etc/machine-id is not a machine id: {machine_id!r}"
-    assert _mtime(host, "/etc/machine-id") >= boot_time, "/etc/machine-id predates this boot: it was baked in"
+    assert facts.stat("/etc/machine-id").mtime >= boot_time, "/etc/machine-id predates this boot: it was baked in"
 
 
 @pytest.mark.control("GA-HYG-HISTORY")
-def test_no_shell_history(host, homes):
+def test_no_shell_history(facts, homes):
     names = (".bash_history", ".zsh_history", ".sh_history", ".python_history")
-    present = [f"{home}/{name}" for home in homes for name in names if host.file(f"{home}/{name}").exists]
+    present = [f"{home}/{name}" for home in homes for name, st in _in_home(facts, home, *names).items() if st]
     assert not present, f"shell history present: {', '.join(present)}"
 
 
 @pytest.mark.control("GA-HYG-AWSCREDS")
-def test_no_static_aws_credentials(host, homes, params):
-    files = [f"{home}/.aws/credentials" for home in homes if host.file(f"{home}/.aws/credentials").exists]
+def test_no_static_aws_credentials(facts, homes, credential_scan):
+    files = [f"{home}/.aws/credentials" for home in homes if facts.tree(f"{home}/.aws").get(f"{home}/.aws/credentials")]
     assert not files, f"AWS credentials files present: {', '.join(files)}"
-    paths = " ".join(shlex.quote(p) for p in params["scan_paths"])
-    hits = host.run(f"grep -rIlsE '(AKIA|ASIA)[A-Z0-9]{{16}}' {paths}").stdout.split()
+    assert not credential_scan["missing"], \
+        f"paths to scan for AWS keys do not exist: {', '.join(credential_scan['missing'])} (the scan would prove nothing)"
+    # grep: 0 = found, 1 = nothing found; anything else is a scan that did not complete.
+    rc = credential_scan.get("rc")
+    assert rc in (0, 1), f"the scan for AWS access key ids did not complete (exit {rc}): " \
+                         f"{' '.join((credential_scan.get('stderr') or credential_scan.get('error') or '').split())[:300]}"
+    hits = credential_scan["stdout"].split() if rc == 0 else []
     assert not hits, f"AWS access key ids found in: {', '.join(hits)}"

@@ -1,34 +1,57 @@
-"""Patching: nothing pending, the newest kernel running, security updates automatic."""
+"""Patching: nothing pending, the newest kernel running, security updates automatic.
+
+Pending updates are the one genuinely dynamic fact here: the package lists are refreshed and
+an upgrade simulated on the instance (a command of its own, recorded into the snapshot).
+"""
+import re
+
 import pytest
 
-from ga_system import newest_installed_kernel, pending_security_updates, unit_state
+from ga_system import apt_config, ini_section, installed, newest_version, unit_state
+
+
+def _pending_apt(simulated: str) -> list[str]:
+    # "Inst libc6 [2.36-9+deb12u3] (2.36-9+deb12u4 Debian-Security:12/stable-security [amd64])"
+    return sorted({line.split()[1] for line in simulated.splitlines()
+                   if line.startswith("Inst ") and re.search(r"[-/][A-Za-z0-9.]*-security[\s\],]", line)})
+
+
+def _pending_dnf(listing: str) -> list[str]:
+    # "ALAS2023-2024-123 Important/Sec. openssl-libs-1:3.0.8-1.amzn2023.0.12.x86_64"
+    return sorted({line.split()[-1] for line in listing.splitlines() if line.strip()})
 
 
 @pytest.mark.control("1.8")
-def test_no_pending_security_updates(host, os_data):
-    pending = pending_security_updates(host, os_data["package_manager"])
+def test_no_pending_security_updates(facts, os_data):
+    manager = os_data["package_manager"]
+    output = facts.dynamic_output(f"pending_updates:{manager}")
+    pending = _pending_apt(output) if manager == "apt" else _pending_dnf(output)
     assert not pending, f"security updates not installed: {', '.join(pending)}"
 
 
 @pytest.mark.control("GA-PATCH-KERNEL")
-def test_running_kernel_is_newest_installed(host, os_data):
-    running = host.check_output("uname -r").strip()
-    newest = newest_installed_kernel(host, os_data["package_manager"])
+def test_running_kernel_is_newest_installed(facts, os_data):
+    running = facts.output("uname_r").strip()
+    kernels = [line.strip() for line in facts.output("kernels").splitlines() if line.strip()]
+    assert kernels, "no installed kernel is listed"
+    newest = newest_version(kernels, os_data["package_manager"])
     assert running == newest, f"running kernel {running}, newest installed {newest}"
 
 
 @pytest.mark.control("GA-PATCH-AUTO")
-def test_automatic_security_updates_configured(host, os_data):
+def test_automatic_security_updates_configured(facts, os_data):
     package = os_data["packages"]["auto_updates"]
-    assert host.package(package).is_installed, f"{package} is not installed"
+    assert installed(facts, [package]), f"{package} is not installed"
     timer = os_data["services"]["auto_updates_timer"]
-    enabled, _ = unit_state(host, timer)
+    enabled, _ = unit_state(facts, timer)
     assert enabled == "enabled", f"{timer} is {enabled}, not enabled"
     if os_data["package_manager"] == "apt":
-        dump = host.check_output("apt-config dump APT::Periodic")
-        assert 'APT::Periodic::Unattended-Upgrade "1";' in dump, "APT::Periodic::Unattended-Upgrade is not 1"
-        assert 'APT::Periodic::Update-Package-Lists "1";' in dump, "APT::Periodic::Update-Package-Lists is not 1"
+        periodic = apt_config(facts)
+        for key in ("APT::Periodic::Unattended-Upgrade", "APT::Periodic::Update-Package-Lists"):
+            assert periodic.get(key) == "1", f"{key} is {periodic.get(key, 'not set')!r}, expected 1"
     else:
-        conf = host.file("/etc/dnf/automatic.conf").content_string
-        assert "apply_updates = yes" in conf, "dnf-automatic does not apply updates"
-        assert "upgrade_type = security" in conf, "dnf-automatic is not limited to security updates"
+        commands = ini_section(facts.content("/etc/dnf/automatic.conf"), "commands")
+        assert commands.get("apply_updates") in ("yes", "1", "true", "on"), \
+            f"dnf-automatic does not apply updates (apply_updates = {commands.get('apply_updates', 'not set')})"
+        assert commands.get("upgrade_type") == "security", \
+            f"dnf-automatic is not limited to security updates (upgrade_type = {commands.get('upgrade_type', 'not set')})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from golden_ami import packer
-from tests.conftest import free_port, invoke_cmd, wait_for_port
+from tests.conftest import free_port, invoke_cmd, required_tool, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +37,8 @@ def _aws_env(state_dir, endpoint):
             "AWS_ENDPOINT_URL": endpoint, "GOLDEN_AMI_STATE_DIR": str(state_dir)}
 
 
-@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
 def test_render_al2023_resolves_through_ssm_and_validates(state_dir, tmp_path, moto_endpoint):
+    required_tool("packer", "scripts/install.sh")
     out = tmp_path / "al2023-aws"
     proc = invoke_cmd("render", "--os=al2023", "--target=aws", f"--out={out}", "--json",
                       env=_aws_env(state_dir, moto_endpoint))

