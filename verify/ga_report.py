@@ -8,6 +8,7 @@ check at all is a failure ("no check implemented"), never a silent gap.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +48,7 @@ class ControlReport:
         self.facts = facts  # the run's FactSession: facts.json is saved and sealed with the report
         self.seconds = {"setup": 0.0, "call": 0.0, "teardown": 0.0}
         self.checks_run = 0
+        self.loop_seconds = 0.0
         self.header = header
         self.controls = {c["id"]: c for c in controls}
         self.checks: dict[str, list[dict[str, str]]] = {cid: [] for cid in self.controls}
@@ -64,6 +66,13 @@ class ControlReport:
             message = _short_message(report)
             report.ga_message = message
             report.longrepr = f"[{control_id}] {title}: {message or report.longrepr}"
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session):
+        # The whole loop over the checks, pytest's own per-check work included.
+        started = time.perf_counter()
+        yield
+        self.loop_seconds = time.perf_counter() - started
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.seconds[report.when] = self.seconds.get(report.when, 0.0) + report.duration
@@ -116,16 +125,18 @@ class ControlReport:
         if self.facts is not None:
             facts = self.facts.save(self.path.parent)
             transport = self.facts.transport()
-        # Time spent judging, without gathering: every phase of every check, less the snapshot
-        # and the dynamic commands (both paid inside the first check that needed them).
-        spent = sum(self.seconds.values())
-        evaluation = max(spent - transport.get("facts_fixture_seconds", 0) - transport.get("dynamic_seconds", 0), 0)
+        # Time spent judging, without gathering: the loop over every check (pytest's own work
+        # per check included), less the snapshot and the dynamic commands (both paid inside the
+        # first check that needed them).
+        evaluation = max(self.loop_seconds - transport.get("facts_fixture_seconds", 0)
+                         - transport.get("dynamic_seconds", 0), 0)
         report = {
             "schema": 1,
             **self.header,
             "facts": facts,
             "transport": transport,
             "evaluation": {"checks": self.checks_run, "seconds": round(evaluation, 4),
+                           "check_phases_seconds": round(sum(self.seconds.values()), 4),
                            "call_seconds": round(self.seconds["call"], 4)},
             "started_at": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

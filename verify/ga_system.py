@@ -512,9 +512,13 @@ def module_name(module: str) -> str:
     return module.replace("-", "_")  # how the kernel and modprobe's listing name it
 
 
-def modprobe_config(facts: Snapshot) -> list[list[str]]:
-    return facts.cached("modprobe-config", lambda: [line.split() for line in active_lines(
-        facts.output("modprobe_showconfig"))])
+def blacklisted_modules(facts: Snapshot) -> set[str]:
+    """Modules named by a `blacklist` line of the effective modprobe configuration."""
+    def parse() -> set[str]:
+        return {module_name(fields[1]) for fields in (line.split() for line in
+                facts.output("modprobe_showconfig").splitlines() if line.startswith("blacklist"))
+                if len(fields) > 1 and fields[0] == "blacklist"}
+    return facts.cached("modprobe-blacklist", parse)
 
 
 def loaded_modules(facts: Snapshot) -> set[str]:
@@ -546,8 +550,7 @@ def module_problems(facts: Snapshot, module: str) -> list[str]:
     if not _REFUSED.match(first):
         problems.append(f"modprobe would load {module} (dry run: {' '.join(said.split()) or 'nothing'}), "
                         "expected 'install /bin/false'")
-    if not any(fields[:1] == ["blacklist"] and len(fields) > 1 and module_name(fields[1]) == name
-               for fields in modprobe_config(facts)):
+    if name not in blacklisted_modules(facts):
         problems.append(f"{module} is not blacklisted (no 'blacklist {module}' in the modprobe configuration)")
     if name in loaded_modules(facts):
         problems.append(f"{module} is loaded (listed in /proc/modules)")
