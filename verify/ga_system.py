@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from ga_facts import FactUnavailable, Snapshot
+from ga_facts import TREES, FactUnavailable, Snapshot
 
 
 # --- configuration syntax --------------------------------------------------------------------
@@ -584,3 +584,45 @@ def walk_complete(walk: dict) -> None:
     if unreadable:
         raise FactUnavailable(f"the filesystem walk (find) exited {walk['rc']}: "
                               f"{' '.join(' '.join(unreadable).split())[:300]}")
+
+
+# --- directory listings -----------------------------------------------------------------------
+def parent_dir(path):
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def directory_listing(facts, directory):
+    """path -> metadata of directory and everything collected below it; None when the directory
+    does not exist (a collected listing of a directory above it lacks it). Outside every
+    collected listing, or unreadable: FactUnavailable."""
+    directory = directory.rstrip("/") or "/"
+    try:
+        listing = facts.tree(directory)
+    except FactUnavailable as exc:
+        unlisted = exc
+    else:
+        return listing if listing.get(directory) is not None else None
+    parent = directory
+    while parent != "/":
+        parent = parent_dir(parent)
+        try:
+            above = facts.tree(parent)
+        except FactUnavailable:
+            continue
+        if above.get(directory) is None:
+            return None
+        break
+    raise unlisted
+
+
+def assert_listed_completely(facts, root, listing):
+    """A collected listing stops at a fixed depth: a directory at that depth may hold more than
+    the snapshot shows, and a check over everything below root cannot pass on it."""
+    trees = facts.data.get("request", {}).get("trees") or TREES
+    depth = next((int(d) for r, d in trees if r == root), None)
+    if depth is None:
+        raise FactUnavailable(f"the snapshot does not say how deep {root} was listed")
+    base = root.rstrip("/").count("/")
+    deeper = sorted(p for p, st in listing.items()
+                    if st is not None and st.type == "directory" and p.count("/") - base >= depth)
+    assert not deeper, f"{root} was listed {depth} levels deep only: what is below {deeper[0]} was not collected"

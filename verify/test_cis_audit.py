@@ -32,8 +32,7 @@ from ga_audit import (
     watch,
 )
 from ga_audit import uid_min as login_defs_uid_min
-from ga_facts import TREES, FactUnavailable
-from ga_system import login_defs, mounts, walk_complete
+from ga_system import assert_listed_completely, directory_listing, login_defs, mounts, parent_dir, walk_complete
 
 AUDITD_CONF = "/etc/audit/auditd.conf"
 AUDIT_RULES = "/etc/audit/audit.rules"
@@ -44,47 +43,6 @@ RULES_D = "/etc/audit/rules.d"
 def _auditd_conf(facts):
     """auditd.conf as a dict (keys lower-case; the last line of a key wins)."""
     return facts.cached("audit:auditd.conf", lambda: parse_auditd_conf(facts.content(AUDITD_CONF)))
-
-
-def _listing(facts, directory):
-    """path -> metadata of directory and everything collected below it; None when the directory
-    does not exist (a collected listing of a directory above it lacks it). Outside every
-    collected listing, or unreadable: FactUnavailable."""
-    directory = directory.rstrip("/") or "/"
-    try:
-        listing = facts.tree(directory)
-    except FactUnavailable as exc:
-        unlisted = exc
-    else:
-        return listing if listing.get(directory) is not None else None
-    parent = directory
-    while parent != "/":
-        parent = _parent(parent)
-        try:
-            above = facts.tree(parent)
-        except FactUnavailable:
-            continue
-        if above.get(directory) is None:
-            return None
-        break
-    raise unlisted
-
-
-def _listed_completely(facts, root, listing):
-    """A collected listing stops at a fixed depth: a directory at that depth may hold more than
-    the snapshot shows, and a check over everything below root cannot pass on it."""
-    trees = facts.data.get("request", {}).get("trees") or TREES
-    depth = next((int(d) for r, d in trees if r == root), None)
-    if depth is None:
-        raise FactUnavailable(f"the snapshot does not say how deep {root} was listed")
-    base = root.rstrip("/").count("/")
-    deeper = sorted(p for p, st in listing.items()
-                    if st is not None and st.type == "directory" and p.count("/") - base >= depth)
-    assert not deeper, f"{root} was listed {depth} levels deep only: what is below {deeper[0]} was not collected"
-
-
-def _parent(path):
-    return path.rsplit("/", 1)[0] or "/"
 
 
 # --- audit rules -------------------------------------------------------------------------------
@@ -325,11 +283,11 @@ def test_loaded_rules_are_the_rules_on_disk(facts):
 def audit_logs(facts):
     """(log directory, its metadata, {log file: metadata}, auditd.conf settings)."""
     conf = _auditd_conf(facts)
-    log_dir = _parent(conf.get("log_file", "/var/log/audit/audit.log"))
-    listing = _listing(facts, log_dir)
+    log_dir = parent_dir(conf.get("log_file", "/var/log/audit/audit.log"))
+    listing = directory_listing(facts, log_dir)
     assert listing is not None, f"no audit log files in {log_dir} (it does not exist)"
     files = {path: st for path, st in listing.items()
-             if st is not None and st.type == "file" and _parent(path) == log_dir}
+             if st is not None and st.type == "file" and parent_dir(path) == log_dir}
     assert files, f"no audit log files in {log_dir}"
     return log_dir, listing[log_dir], files, conf
 
@@ -366,9 +324,9 @@ def test_audit_log_directory_mode(audit_logs):
 @pytest.fixture(scope="module")
 def audit_config_files(facts):
     """{/etc/audit/**/*.conf and *.rules (regular files): metadata}."""
-    listing = _listing(facts, "/etc/audit")
+    listing = directory_listing(facts, "/etc/audit")
     assert listing is not None, "no audit configuration files under /etc/audit (it does not exist)"
-    _listed_completely(facts, "/etc/audit", listing)
+    assert_listed_completely(facts, "/etc/audit", listing)
     files = {path: st for path, st in listing.items()
              if st is not None and st.type == "file" and path.endswith((".conf", ".rules"))}
     assert files, "no audit configuration files under /etc/audit"

@@ -10,8 +10,9 @@ import re
 
 import pytest
 
-from ga_facts import TREES, FactUnavailable
-from ga_system import active_lines, getent, installed, listeners, systemd_settings, unit_state
+from ga_system import (
+    active_lines, assert_listed_completely, directory_listing, getent, installed, listeners, parent_dir, systemd_settings, unit_state,
+)
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
 RSYSLOG_DROP_INS = "/etc/rsyslog.d/*"  # rsyslog.conf includes the *.conf files among them
@@ -24,47 +25,6 @@ def _rsyslog_config(facts):
         paths = [RSYSLOG_CONF] + [path for path in facts.glob(RSYSLOG_DROP_INS) if fnmatch.fnmatch(path, "*.conf")]
         return "\n".join(facts.text(path) or "" for path in paths)
     return facts.cached("rsyslog-config", read)
-
-
-def _parent(path):
-    return path.rsplit("/", 1)[0] or "/"
-
-
-def _listing(facts, directory):
-    """path -> metadata of directory and everything collected below it; None when the directory
-    does not exist (a collected listing of a directory above it lacks it). Outside every
-    collected listing, or unreadable: FactUnavailable."""
-    directory = directory.rstrip("/") or "/"
-    try:
-        listing = facts.tree(directory)
-    except FactUnavailable as exc:
-        unlisted = exc
-    else:
-        return listing if listing.get(directory) is not None else None
-    parent = directory
-    while parent != "/":
-        parent = _parent(parent)
-        try:
-            above = facts.tree(parent)
-        except FactUnavailable:
-            continue
-        if above.get(directory) is None:
-            return None
-        break
-    raise unlisted
-
-
-def _listed_completely(facts, root, listing):
-    """A collected listing stops at a fixed depth: a directory at that depth may hold more than
-    the snapshot shows, and a check over everything below root cannot pass on it."""
-    trees = facts.data.get("request", {}).get("trees") or TREES
-    depth = next((int(d) for r, d in trees if r == root), None)
-    if depth is None:
-        raise FactUnavailable(f"the snapshot does not say how deep {root} was listed")
-    base = root.rstrip("/").count("/")
-    deeper = sorted(p for p, st in listing.items()
-                    if st is not None and st.type == "directory" and p.count("/") - base >= depth)
-    assert not deeper, f"{root} was listed {depth} levels deep only: what is below {deeper[0]} was not collected"
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +115,8 @@ def test_journald_persistent(facts, journald):
     machine_id = facts.content("/etc/machine-id").strip()
     assert machine_id, "/etc/machine-id is empty: the journal directory cannot be named"
     journal_dir = f"/var/log/journal/{machine_id}"
-    listing = _listing(facts, journal_dir) or {}
-    files = [path for path in listing if _parent(path) == journal_dir and path.endswith(".journal")]
+    listing = directory_listing(facts, journal_dir) or {}
+    files = [path for path in listing if parent_dir(path) == journal_dir and path.endswith(".journal")]
     assert files, f"no journal files in {journal_dir}: this boot's journal is not kept on disk"
 
 
@@ -177,9 +137,9 @@ def test_log_file_access(facts, params):
     max_mode = int(params["max_mode"], 8)
     records_max_mode = int(params["login_records_max_mode"], 8)
     problems = []
-    listing = _listing(facts, "/var/log")
+    listing = directory_listing(facts, "/var/log")
     assert listing is not None, "/var/log does not exist"
-    _listed_completely(facts, "/var/log", listing)
+    assert_listed_completely(facts, "/var/log", listing)
     for path, st in listing.items():
         if st is None or st.type != "file":
             continue

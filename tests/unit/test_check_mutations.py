@@ -1,0 +1,237 @@
+"""The smallest non-compliant change to a good snapshot turns its check red.
+
+Each case takes the recorded snapshot of the hardened, approved debian12 image
+(tests/data/facts/debian12-hardened.json, on which every control passes: see
+test_checks_offline.py), changes one fact the way a misconfigured host would show it, and runs
+the real verify suite offline for that one control: it must fail, and its message must say
+what is wrong. The parsers under test are the ones most likely to pass by accident: the
+nftables rule reader, the listening-socket parser, the audit rule parser, PAM and faillock
+parsing - and the checks that must read what is in force rather than what is configured
+(sshd's Match blocks, the effective core limit, chronyd's own sources).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.unit.test_checks_offline import FACTS, controls_document, judge
+
+HARDENED = FACTS / "debian12-hardened.json"
+
+
+# --- editing a snapshot -----------------------------------------------------------------------
+def command(name: str, edit: Callable[[str], str]) -> Callable[[dict], None]:
+    def apply(snapshot: dict) -> None:
+        result = snapshot["collected"]["commands"][name]
+        changed = edit(result["stdout"])
+        assert changed != result["stdout"], f"the mutation of {name} changed nothing"
+        result["stdout"] = changed
+    return apply
+
+
+def file(path: str, edit: Callable[[str], str]) -> Callable[[dict], None]:
+    def apply(snapshot: dict) -> None:
+        entry = snapshot["collected"]["files"][path]
+        changed = edit(entry["content"])
+        assert changed != entry["content"], f"the mutation of {path} changed nothing"
+        entry["content"] = changed
+    return apply
+
+
+def nft(edit: Callable[[list], None]) -> Callable[[dict], None]:
+    """Edit the `nft -j list ruleset` items in place."""
+    def change(text: str) -> str:
+        ruleset = json.loads(text)
+        edit(ruleset["nftables"])
+        return json.dumps(ruleset)
+    return command("nft_json", change)
+
+
+def sub(pattern: str, replacement: str, count: int = 1) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        changed, n = re.subn(pattern, replacement, text, count=count, flags=re.M)
+        assert n, f"{pattern!r} not found"
+        return changed
+    return edit
+
+
+def _rule(items: list, chain: str, predicate: Callable[[list], bool]) -> dict:
+    return next(i["rule"] for i in items if "rule" in i and i["rule"]["chain"] == chain and predicate(i["rule"]["expr"]))
+
+
+def _remove_rule(items: list, chain: str, predicate: Callable[[list], bool]) -> None:
+    target = _rule(items, chain, predicate)
+    items[:] = [i for i in items if i.get("rule") is not target]
+
+
+def _has(expr: list, text: str) -> bool:
+    return text in json.dumps(expr)
+
+
+def _policy_accept(items: list) -> None:
+    next(i["chain"] for i in items if "chain" in i and i["chain"].get("hook") == "input")["policy"] = "accept"
+
+
+def _drop_forward_chain(items: list) -> None:
+    items[:] = [i for i in items if not ("chain" in i and i["chain"].get("hook") == "forward")]
+
+
+def _widen_ssh(items: list) -> None:
+    rule = _rule(items, "input", lambda e: _has(e, '"dport"'))
+    match = next(s["match"] for s in rule["expr"] if "match" in s and _has(s, '"dport"'))
+    match["right"] = {"set": [22, 23]}
+
+
+def _jump_to_open_chain(items: list) -> None:
+    first = next(i for i in items if "chain" in i and i["chain"].get("hook") == "input")["chain"]
+    family, table = first["family"], first["table"]
+    items.append({"chain": {"family": family, "table": table, "name": "app", "handle": 99}})
+    items.append({"rule": {"family": family, "table": table, "chain": "app", "handle": 100, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
+        {"accept": None}]}})
+    items.append({"rule": {"family": family, "table": table, "chain": first["name"], "handle": 101,
+                           "expr": [{"jump": {"target": "app"}}]}})
+
+
+def dynamic(name: str, **changes) -> Callable[[dict], None]:
+    def apply(snapshot: dict) -> None:
+        snapshot["dynamic"][name].update(changes)
+    return apply
+
+
+def collected(path: list[str], value) -> Callable[[dict], None]:
+    def apply(snapshot: dict) -> None:
+        node = snapshot["collected"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+    return apply
+
+
+def _add_setuid(walk: dict) -> dict:
+    walk = copy.deepcopy(walk)
+    walk["setid"].append({"root": "/", "mode": "4755", "path": "/usr/local/bin/helper"})
+    walk["counts"]["setid"] += 1
+    return walk
+
+
+def _add_world_writable(walk: dict) -> dict:
+    walk = copy.deepcopy(walk)
+    walk["world_writable"].append({"root": "/", "type": "f", "mode": "666", "path": "/etc/cron.d/job"})
+    walk["counts"]["world_writable"] += 1
+    return walk
+
+
+def _walk_denied(walk: dict) -> dict:
+    return {**walk, "rc": 1, "stderr": "find: '/var/lib/secret': Permission denied\n", "stderr_truncated": False}
+
+
+LISTEN = "tcp   LISTEN 0      128          0.0.0.0:{port}      0.0.0.0:*    users:((\"{proc}\",pid=900,fd=3))"
+
+# (control, what changes, the change, a word the failure message must contain)
+CASES = [
+    # nftables, read as JSON
+    ("3.4.2.7", "input chain policy accept", nft(_policy_accept), "policy"),
+    ("3.4.2.3", "no forward base chain", nft(_drop_forward_chain), "forward"),
+    ("3.4.2.4", "loopback accept rule removed",
+     nft(lambda items: _remove_rule(items, "input", lambda e: _has(e, '"lo"') and _has(e, "accept"))), "loopback"),
+    ("3.4.2.6", "established,related rule removed",
+     nft(lambda items: _remove_rule(items, "input", lambda e: _has(e, "established"))), "established"),
+    ("GA-FW-INBOUND", "SSH rule widened to port 23", nft(_widen_ssh), "23"),
+    ("GA-FW-INBOUND", "a jumped-to chain accepts 8080", nft(_jump_to_open_chain), "8080"),
+    # listening sockets (ss)
+    ("2.4", "a web server on 0.0.0.0:8080", command("ss_listen", lambda t: t + LISTEN.format(port=8080, proc="python3")
+                                                     + "\n"), "8080"),
+    ("2.4", "rpcbind on [::]:111", command("ss_listen", lambda t: t + "tcp   LISTEN 0 4096 [::]:111 [::]:* "
+                                            "users:((\"rpcbind\",pid=7,fd=4))\n"), "111"),
+    ("2.2.15", "an MTA on 0.0.0.0:25", command("ss_listen", lambda t: t + LISTEN.format(port=25, proc="master")
+                                                + "\n"), "25"),
+    # audit rules: loaded (auditctl -l) and on disk
+    ("5.2.3.4", "clock_settime left out of the loaded b32 rule",
+     command("auditctl_l", sub(r"^(-a always,exit -F arch=b32 -S [^\n]*?),clock_settime", r"\1")), "clock_settime"),
+    ("5.2.3.1", "sudoers watched for reads only",
+     command("auditctl_l", sub(r"^-w /etc/sudoers -p wa", "-w /etc/sudoers -p r")), "/etc/sudoers"),
+    ("5.2.3.20", "rules not locked", command("auditctl_s", sub(r"^enabled 2", "enabled 1")), "enabled"),
+    ("5.2.3.6", "a setuid program without a rule", collected(["walk"], _add_setuid), "/usr/local/bin/helper"),
+    ("5.2.3.21", "a loaded rule missing", command("auditctl_l", sub(r"^-w /etc/sudoers -p wa.*\n", "")), "loaded"),
+    # PAM, faillock, pwquality, pwhistory
+    ("4.5.2", "faillock deny = 10", file("/etc/security/faillock.conf", sub(r"^deny\s*=\s*\d+", "deny = 10")), "deny"),
+    ("4.5.2", "no authfail line", file("/etc/pam.d/common-auth", sub(r"^auth\s.*pam_faillock\.so.*authfail.*\n", "")),
+     "authfail"),
+    ("4.5.1", "pwquality minlen 8", file("/etc/security/pwquality.conf", sub(r"^minlen\s*=\s*\d+", "minlen = 8")),
+     "minlen"),
+    ("4.5.3", "pwhistory remember 5",
+     file("/etc/security/pwhistory.conf", sub(r"^remember\s*=\s*\d+", "remember = 5")), "remember"),
+    ("4.5.4", "pam_unix hashes with md5", file("/etc/pam.d/common-password", sub(r"\byescrypt\b", "md5")), "md5"),
+    ("4.3.6", "su open to everyone", file("/etc/pam.d/su", sub(r"^(auth\s+required\s+pam_wheel\.so)", r"# \1")),
+     "pam_wheel"),
+    # what is in force, not only what is configured
+    ("4.2.7", "a Match block lets root in for the login user's connection",
+     command("sshd_T_login", sub(r"^permitrootlogin no$", "permitrootlogin yes")), "permitrootlogin"),
+    ("1.5.3", "the SSH session's hard core limit is unlimited",
+     collected(["login_session_limits", "content"], lambda t: re.sub(r"^(Max core file size\s+\S+\s+)\S+", r"\1unlimited",
+                                                                      t, flags=re.M)), "core"),
+    ("2.1.2", "chronyd has no source", command("chronyc_sources", lambda t: "\n".join(t.splitlines()[:2]) + "\n"),
+     "source"),
+    ("1.8", "a security update pending",
+     dynamic("pending_updates:apt", stdout="Inst libc6 [2.36-9+deb12u9] (2.36-9+deb12u10 Debian-Security:12/stable-security "
+                                           "[amd64])\n"), "libc6"),
+    ("1.8", "the package lists could not be refreshed",
+     dynamic("pending_updates:apt", rc=100, stdout="", stderr="E: Failed to fetch http://deb.debian.org/…"), "100"),
+    ("GA-PATCH-KERNEL", "a newer kernel installed but not running",
+     command("kernels", lambda t: t + "6.1.0-99-cloud-amd64\n"), "6.1.0-99"),
+    ("6.1.11", "a world-writable file", collected(["walk"], _add_world_writable), "/etc/cron.d/job"),
+    ("6.1.11", "the walk could not read a directory", collected(["walk"], _walk_denied), "Permission denied"),
+    ("3.3.7", "reverse path filtering off",
+     collected(["sysctl", "values", "net.ipv4.conf.all.rp_filter"], "0"), "rp_filter"),
+    ("4.6.5", "login.defs UMASK 022", file("/etc/login.defs", sub(r"^UMASK\s+\d+", "UMASK 022")), "UMASK"),
+]
+
+
+@pytest.fixture(scope="module")
+def debian12_controls(tmp_path_factory) -> dict:
+    import os
+
+    os.environ.setdefault("GOLDEN_AMI_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    return controls_document("debian12")
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
+    """Every case judged once (in parallel: each is a pytest run of its own)."""
+    work = tmp_path_factory.mktemp("mutations")
+    good = json.loads(HARDENED.read_text())
+
+    def run(index: int) -> dict:
+        control, _, mutate, _ = CASES[index]
+        snapshot = copy.deepcopy(good)
+        mutate(snapshot)
+        path = work / f"case-{index}.json"
+        path.write_text(json.dumps(snapshot))
+        only = {**debian12_controls, "controls": [c for c in debian12_controls["controls"] if c["id"] == control]}
+        return judge(work, path, only, name=f"case-{index}")[control]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(range(len(CASES)), pool.map(run, range(len(CASES)))))
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}: {c[1]}" for c in CASES])
+def test_the_smallest_non_compliant_change_fails_its_check(verdicts, index):
+    control, what, _, word = CASES[index]
+    row = verdicts[index]
+    assert row["outcome"] == "fail", f"{control} still {row['outcome']} after: {what}"
+    assert word.lower() in row["message"].lower(), f"{control}'s message does not name the problem: {row['message']}"
+
+
+def test_the_cases_cover_each_parser():
+    covered = {c[0] for c in CASES}
+    for group in ({"3.4.2.7", "3.4.2.4", "GA-FW-INBOUND"}, {"2.4", "2.2.15"}, {"5.2.3.4", "5.2.3.1", "5.2.3.6"},
+                  {"4.5.1", "4.5.2", "4.5.3", "4.5.4"}):
+        assert group <= covered
+    assert Path(HARDENED).is_file()
