@@ -30,6 +30,8 @@ OS_DATA_DIR = Path(__file__).resolve().parent.parent / "os"
 FACTS_FILE = "facts.json"
 # Fixtures that make the collector do its slow parts; requested only when a check in force uses them.
 OPTIONAL_FACTS = {"walk": "walk", "credential_scan": "credential_scan"}
+# Fixtures that are dynamic commands: started beside the collector when a check in force uses them.
+DYNAMIC_FIXTURES = ("pending_updates",)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,6 +62,7 @@ class FactSession:
         self.config = config
         self.document = document
         self.optional: set[str] = set()
+        self.dynamic: set[str] = set()  # DYNAMIC_FIXTURES the checks in force use
         self.snapshot: ga_facts.Snapshot | None = None
         self.timings: dict[str, Any] = {}
         self.offline = bool(config.getoption("--ga-facts"))
@@ -93,7 +96,8 @@ class FactSession:
         login_user = target_os["login_user"]
         applicable = [c for c in self.document["controls"] if c["applicable"]]
         request = ga_facts.build_request(applicable, os_data, target_os, self.optional)
-        snapshot, timings = ga_facts.take(host, request, self._context(login_user))
+        prefetch = [f"pending_updates:{os_data['package_manager']}"] if "pending_updates" in self.dynamic else []
+        snapshot, timings = ga_facts.take(host, request, self._context(login_user), prefetch)
         self.timings.update(timings)
         return snapshot
 
@@ -165,6 +169,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"not-applicable: {control['reason']}"))
         else:
             session.optional |= {group for name, group in OPTIONAL_FACTS.items() if name in item.fixturenames}
+            session.dynamic |= {name for name in DYNAMIC_FIXTURES if name in item.fixturenames}
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -192,6 +197,13 @@ def walk(facts) -> dict[str, Any]:
 def credential_scan(facts) -> dict[str, Any]:
     """Files that hold something shaped like an AWS access key id (names only)."""
     return facts.section("credential_scan")
+
+
+@pytest.fixture(scope="session")
+def pending_updates(facts, os_data) -> str:
+    """The upgrade simulation after refreshing the package lists (a dynamic command: it asks the
+    archive, not the host; live runs start it beside the collector)."""
+    return facts.dynamic_output(f"pending_updates:{os_data['package_manager']}")
 
 
 @pytest.fixture(scope="session")

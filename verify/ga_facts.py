@@ -24,7 +24,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Optional
 
 COLLECTOR = Path(__file__).with_name("collector.py")
 SCHEMA = 1
@@ -245,7 +246,8 @@ class Snapshot:
         self._run_dynamic = run_dynamic
         self._cache: dict[str, Any] = {}
         self.data.setdefault("dynamic", {})
-        self.dynamic_seconds = 0.0  # spent running dynamic commands in this process (not replayed ones)
+        self.dynamic_seconds = 0.0  # spent waiting for dynamic commands in this process (not replayed ones)
+        self.pending: dict[str, Future] = {}  # dynamic commands started early (take's prefetch)
 
     @classmethod
     def load(cls, path: Path) -> "Snapshot":
@@ -380,12 +382,20 @@ class Snapshot:
     def dynamic(self, name: str) -> CommandResult:
         """A command that must run now (live) or was recorded then (offline)."""
         recorded = self.data["dynamic"].get(name)
+        waited = time.monotonic()
+        if recorded is None and name in self.pending:
+            try:
+                recorded = self.pending.pop(name).result()
+            except Exception as exc:  # noqa: BLE001 - the connection broke: the check fails with why
+                recorded = {"command": name, "rc": None, "error": f"{type(exc).__name__}: {exc}", "seconds": 0.0}
+            self.data["dynamic"][name] = recorded
+            self.dynamic_seconds += time.monotonic() - waited
         if recorded is None:
             if self._run_dynamic is None:
                 raise FactUnavailable(f"the snapshot has no result of `{name}` (recorded snapshots only replay it)")
             recorded = self._run_dynamic(name)
             self.data["dynamic"][name] = recorded
-            self.dynamic_seconds += recorded.get("seconds", 0.0)
+            self.dynamic_seconds += time.monotonic() - waited
         return CommandResult(name, [recorded.get("command", name)], recorded.get("rc"), recorded.get("stdout", ""),
                              recorded.get("stderr", ""), recorded.get("error", "") or "")
 
@@ -419,15 +429,30 @@ def gather(host, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return {"collected": collected}, {"snapshot_seconds": seconds, "collector_seconds": collected.get("seconds")}
 
 
-def take(host, request: dict[str, Any], context: dict[str, Any]) -> tuple[Snapshot, dict[str, Any]]:
+def take(host, request: dict[str, Any], context: dict[str, Any],
+         prefetch: Iterable[str] = ()) -> tuple[Snapshot, dict[str, Any]]:
     """The snapshot of a live host: facts gathered now, dynamic commands run on demand. A host
-    that cannot be reached (or trusted) gives a snapshot that says so, for every check to fail on."""
+    that cannot be reached (or trusted) gives a snapshot that says so, for every check to fail on.
+
+    Dynamic commands named in prefetch start at once, on channels of their own beside the
+    collector: the pending-updates simulation waits on the network, the collector on the CPU."""
+    pool = None
+    started: dict[str, Future] = {}
     try:
+        host.backend.client  # noqa: B018 - connect (and check the pinned key) once, before any thread
+        if prefetch:
+            pool = ThreadPoolExecutor(max_workers=len(set(prefetch)), thread_name_prefix="dynamic")
+            started = {name: pool.submit(run_dynamic, host, name) for name in sorted(set(prefetch))}
         data, timings = gather(host, request)
     except Exception as exc:  # noqa: BLE001 - one reason, reported by every check that needed facts
         data, timings = {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False)
     data.update({"schema": SCHEMA, "request": request, "context": context})
-    return Snapshot(data, run_dynamic=lambda name: run_dynamic(host, name)), timings
+    snapshot = Snapshot(data, run_dynamic=lambda name: run_dynamic(host, name))
+    snapshot.pending.update(started)
+    return snapshot, timings
 
 
 def run_dynamic(host, name: str) -> dict[str, Any]:

@@ -22,10 +22,9 @@ def _pending_dnf(listing: str) -> list[str]:
 
 
 @pytest.mark.control("1.8")
-def test_no_pending_security_updates(facts, os_data):
-    manager = os_data["package_manager"]
-    output = facts.dynamic_output(f"pending_updates:{manager}")
-    pending = _pending_apt(output) if manager == "apt" else _pending_dnf(output)
+def test_no_pending_security_updates(pending_updates, os_data):
+    parse = _pending_apt if os_data["package_manager"] == "apt" else _pending_dnf
+    pending = parse(pending_updates)
     assert not pending, f"security updates not installed: {', '.join(pending)}"
 
 
