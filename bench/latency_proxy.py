@@ -38,7 +38,9 @@ class LatencyProxy:
                     await asyncio.sleep(wait)
                 writer.write(data)
                 await writer.drain()
-            writer.close()
+            # This direction is done; the other may still be talking (a half-close, as TCP has).
+            if writer.can_write_eof():
+                writer.write_eof()
 
         sender = asyncio.ensure_future(deliver())
         try:
@@ -64,6 +66,8 @@ class LatencyProxy:
             return
         await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer),
                              return_exceptions=True)
+        for writer in (server_writer, client_writer):
+            writer.close()
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()

@@ -218,7 +218,7 @@ def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
         return judge(work, path, only, name=f"case-{index}")[control]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(range(len(CASES)), pool.map(run, range(len(CASES)))))
+        return dict(enumerate(pool.map(run, range(len(CASES)))))
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}: {c[1]}" for c in CASES])

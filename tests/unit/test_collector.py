@@ -1,0 +1,186 @@
+"""The fact collector and the snapshot readers: nothing secret leaves the host, nothing
+missing reads as compliant, and what reaches a shell is base64 only."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from golden_ami import paths
+
+sys.path.insert(0, str(paths.VERIFY_DIR))
+
+import collector  # noqa: E402
+import ga_facts  # noqa: E402
+
+
+def test_password_hashes_are_reduced_to_their_scheme():
+    text = "root:$y$j9T$salt$hash:19000:0:99999:7:::\nbin:*:19000::::::\nold:!$6$abc$def:1::::::\nempty::1::::::\n"
+    redacted = collector.redact_accounts(text)
+    assert "hash" not in redacted and "def" not in redacted and "salt" not in redacted
+    lines = redacted.splitlines()
+    assert lines[0].startswith("root:$y$<redacted>:19000:")
+    assert lines[1] == "bin:*:19000::::::"
+    assert lines[2].startswith("old:!$6$<redacted>:")
+    assert lines[3].startswith("empty::"), "an empty password field must stay visible as empty"
+
+
+def test_secrets_are_stat_ed_never_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(collector, "NEVER_READ", (str(tmp_path / "ssh_host_*_key"),))
+    key = tmp_path / "ssh_host_ed25519_key"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    assert collector.read_file(str(key)) == {"skipped": "not read on purpose (secret)"}
+    assert collector.stat_entry(str(key))["exists"]
+
+
+def test_a_missing_file_and_an_unreadable_one_are_told_apart(tmp_path):
+    assert collector.read_file(str(tmp_path / "absent")) == {"exists": False}
+    assert collector.stat_entry(str(tmp_path / "absent")) == {"exists": False}
+    assert collector.read_file(str(tmp_path)) == {"skipped": "a directory"}
+
+
+def test_a_command_records_its_status_and_a_missing_tool_says_so():
+    ok = collector.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (ok["rc"], ok["stdout"], ok["stderr"]) == (3, "out\n", "err\n")
+    missing = collector.run(["no-such-tool-here"])
+    assert missing["rc"] is None and missing["error"].endswith("command not found")
+
+
+def test_a_directory_that_cannot_be_listed_is_marked(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "inside").write_text("x")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root may read anything: make one directory refuse it
+        if str(path) == str(tmp_path / "a"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = collector.tree(str(tmp_path), 2)
+    assert "Permission denied" in listing[str(tmp_path / "a")]["list_error"]
+    facts = _snapshot(trees={str(tmp_path): listing})
+    with pytest.raises(ga_facts.FactUnavailable, match="cannot list"):
+        facts.tree(str(tmp_path))
+
+
+def test_the_collector_runs_as_a_script_and_its_output_decodes(tmp_path):
+    """The exact command a verify run sends, run here as a plain process (no SSH)."""
+    request = {"login_user": "root", "package_manager": "apt", "read": ["/etc/os-release", "/etc/no-such-file"],
+               "stat": [], "trees": [], "modules": [], "units": [], "optional": []}
+    fmt, arguments = ga_facts.collector_command(request)
+    assert fmt == "python3 -c %s %s %s"
+    # Only the bootstrap and base64 reach the shell: no quote, dollar, space or semicolon in the data.
+    assert all(re.fullmatch(r"[A-Za-z0-9+/=]+", a) for a in arguments[1:])
+    proc = subprocess.run([sys.executable, "-c", *arguments], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    snapshot = ga_facts.decode_output(proc.stdout)
+    assert "ID=" in snapshot["files"]["/etc/os-release"]["content"]
+    assert snapshot["files"]["/etc/no-such-file"]["stat"] == {"exists": False}
+    assert snapshot["commands"]["sshd_T_login"]["rc"] is None, "no SSH session here: the login context is unknown"
+    assert "SSH_CONNECTION" in snapshot["commands"]["sshd_T_login"]["error"]
+
+
+# --- the readers -----------------------------------------------------------------------------
+def _snapshot(**collected) -> ga_facts.Snapshot:
+    return ga_facts.Snapshot({"schema": 1, "collected": {"commands": {}, "files": {}, **collected}})
+
+
+def test_a_fact_that_was_not_collected_fails_the_check():
+    facts = _snapshot()
+    for read in (lambda: facts.output("sshd_T"), lambda: facts.text("/etc/login.defs"),
+                 lambda: facts.stat("/etc/shadow"), lambda: facts.glob("/etc/pam.d/*"), lambda: facts.tree("/var/log")):
+        with pytest.raises(ga_facts.FactUnavailable, match="not collected"):
+            read()
+
+
+def test_a_failed_command_fails_and_an_absent_tool_is_absent():
+    facts = _snapshot(commands={
+        "sshd_T": {"argv": ["sshd", "-T"], "rc": 255, "stdout": "", "stderr": "Missing privilege separation directory"},
+        "postconf_inet_interfaces": {"argv": ["postconf"], "rc": None, "error": "postconf: command not found"},
+    })
+    with pytest.raises(ga_facts.FactUnavailable, match="exited 255: Missing privilege"):
+        facts.output("sshd_T")
+    assert facts.optional_output("postconf_inet_interfaces") is None
+
+
+def test_absent_unreadable_and_secret_files():
+    facts = _snapshot(files={
+        "/absent": {"stat": {"exists": False}, "exists": False},
+        "/unreadable": {"stat": {"exists": True, "type": "file", "mode": "0600", "uid": 0, "gid": 0},
+                        "error": "PermissionError: Permission denied"},
+    })
+    assert facts.text("/absent") is None and facts.stat("/absent") is None
+    with pytest.raises(ga_facts.FactUnavailable, match="Permission denied"):
+        facts.text("/unreadable")
+
+
+def test_a_recorded_snapshot_replays_dynamic_commands_and_never_runs_them():
+    facts = _snapshot()
+    facts.data["dynamic"]["pending_updates:apt"] = {"command": "apt-get …", "rc": 100, "stdout": "", "stderr": "E: x"}
+    with pytest.raises(ga_facts.FactUnavailable, match="exited 100"):
+        facts.dynamic_output("pending_updates:apt")
+    with pytest.raises(ga_facts.FactUnavailable, match="recorded snapshots only replay"):
+        facts.dynamic_output("imds_probe")
+
+
+def test_the_request_asks_for_what_the_controls_name():
+    controls = [{"id": "1.1.1.3", "params": {"module": "cramfs"}},
+                {"id": "4.1.1", "params": {"package": "cron", "service": "cron"}},
+                {"id": "1.7.1", "params": {"path": "/etc/motd"}},
+                {"id": "6.1.11", "params": {"skip_fstypes": ["vfat"], "skip_paths": ["/proc"]}}]
+    os_data = {"package_manager": "apt", "paths": {"nftables_conf": "/etc/nftables.conf"},
+               "services": {"audit": "auditd"}, "conflicting_firewalls": ["ufw"]}
+    request = ga_facts.build_request(controls, os_data, {"login_user": "debian", "agents": {}}, {"walk"})
+    assert request["modules"] == ["cramfs"] and "/etc/motd" in request["stat"]
+    assert {"cron.service", "auditd.service", "ufw.service"} <= set(request["units"])
+    assert request["walk"]["scan"] == {"skip_fstypes": ["vfat"], "skip_paths": ["/proc"]}
+    assert "credential_scan_paths" not in request
+
+
+def test_the_snapshot_is_sealed_by_its_digest(tmp_path):
+    facts = _snapshot()
+    path = tmp_path / "facts.json"
+    path.write_bytes(facts.dump())
+    assert ga_facts.Snapshot.load(path).digest() == facts.digest()
+    document = json.loads(path.read_text())
+    assert document["schema"] == 1
+    raw = base64.b64encode(zlib.compress(json.dumps({"a": 1}).encode())).decode()
+    assert ga_facts.decode_output(raw + "\n") == {"a": 1}
+
+
+def test_the_latency_proxy_passes_bytes_intact():
+    import socket
+    import threading
+
+    sys.path.insert(0, str(Path(paths.PROJECT_ROOT) / "bench"))
+    from latency_proxy import LatencyProxy
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    payload = os.urandom(200_000)
+    with LatencyProxy(server.getsockname(), one_way_seconds=0.01) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as client:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := client.recv(65536):
+                received += chunk
+    server.close()
+    assert received == payload
