@@ -50,7 +50,8 @@ def test_automatic_security_updates_configured(facts, os_data):
             assert periodic.get(key) == "1", f"{key} is {periodic.get(key, 'not set')!r}, expected 1"
     else:
         commands = ini_section(facts.content("/etc/dnf/automatic.conf"), "commands")
-        assert commands.get("apply_updates") in ("yes", "1", "true", "on"), \
+        # dnf reads booleans case-insensitively (libdnf's OptionBool).
+        assert commands.get("apply_updates", "").strip().lower() in ("yes", "1", "true", "on"), \
             f"dnf-automatic does not apply updates (apply_updates = {commands.get('apply_updates', 'not set')})"
         assert commands.get("upgrade_type") == "security", \
             f"dnf-automatic is not limited to security updates (upgrade_type = {commands.get('upgrade_type', 'not set')})"
