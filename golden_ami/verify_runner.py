@@ -117,7 +117,9 @@ def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Pat
 
     def on_line(line: str) -> None:
         # "verify/test_ssh.py::test_root_login_disabled PASSED [ 40%]" -> a progress line
-        if "::" in line and any(word in line for word in (" PASSED", " FAILED", " ERROR", " SKIPPED")):
+        if line.startswith("facts: "):
+            progress.detail(line.strip())
+        elif "::" in line and any(word in line for word in (" PASSED", " FAILED", " ERROR", " SKIPPED")):
             progress.detail(" ".join(line.split("::", 1)[1].split()))
         elif " passed" in line or " failed" in line:
             progress.detail(line.strip("= "))

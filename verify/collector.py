@@ -182,10 +182,6 @@ def ssh_connection():
     return {"error": "no ancestor process carries SSH_CONNECTION"}
 
 
-def process_limits(pid):
-    return read_file("/proc/%d/limits" % pid)
-
-
 def network_interfaces():
     interfaces = {}
     for path in sorted(glob.glob("/sys/class/net/*")):
@@ -404,6 +400,7 @@ def commands_for(request, connection):
                             'echo "--- export"; export -p'],
         "root_login_path": ["runuser", "-l", "root", "-c", "printenv PATH"],
         "chronyc_sources": ["chronyc", "-n", "sources"],
+        "chronyc_activity": ["chronyc", "-n", "activity"],
     }
     if "address" in connection:
         # What sshd applies to the login user's connection, Match blocks included.
@@ -478,8 +475,6 @@ def collect(request):
                 trees[root] = tree(root, 1)
         snapshot["trees"] = trees
         snapshot["sysctl"] = read_sysctls()
-        if "pid" in connection:
-            snapshot["login_session_limits"] = process_limits(connection["pid"])
         snapshot["commands"] = {name: future.result() for name, future in command_futures.items()}
         snapshot["units"] = units_future.result()
         if "sshd_T_login" not in snapshot["commands"]:

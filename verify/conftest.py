@@ -15,6 +15,7 @@ Either way every check reads the snapshot (the `facts` fixture), never the host.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,12 @@ def facts(pytestconfig: pytest.Config) -> ga_facts.Snapshot:
     """The host's facts: gathered on first use (live) or loaded (offline)."""
     session: FactSession = pytestconfig.pluginmanager.get_plugin("ga_facts_session")
     started = time.monotonic()
+    if session.snapshot is None and not session.offline:
+        # A progress line while the checks wait for the one collector run (pytest's own output
+        # would show nothing until the first check is judged).
+        sys.__stdout__.write(f"facts: gathering the snapshot in one remote command"
+                             f"{' (pending-updates simulation beside it)' if session.dynamic else ''}\n")
+        sys.__stdout__.flush()
     snapshot = session.get()
     session.timings.setdefault("facts_fixture_seconds", round(time.monotonic() - started, 3))
     return snapshot

@@ -546,8 +546,9 @@ def module_problems(facts: Snapshot, module: str) -> list[str]:
     if dry_run.rc is None:
         raise FactUnavailable(dry_run.describe())
     said = (dry_run.stdout + dry_run.stderr).strip()
-    first = said.splitlines()[0].strip() if said else ""
-    if not _REFUSED.match(first):
+    # modprobe loads a module's dependencies first: the module's own step is the last line.
+    own = said.splitlines()[-1].strip() if said else ""
+    if not _REFUSED.match(own):
         problems.append(f"modprobe would load {module} (dry run: {' '.join(said.split()) or 'nothing'}), "
                         "expected 'install /bin/false'")
     if name not in blacklisted_modules(facts):

@@ -43,14 +43,20 @@ def test_chrony_uses_target_time_servers(facts, os_data, target_os):
     configured = _chrony_sources_configured(facts, os_data["paths"])
     missing = [server for server in target_os["time_servers"] if server not in configured]
     assert not missing, f"chrony is not configured with: {', '.join(missing)}"
-    # And chronyd itself uses them: `chronyc -n sources` lists what the daemon has loaded
-    # (addresses, as a pool resolves to several; a literal address appears as itself).
+    # And chronyd itself has them: `chronyc -n activity` counts the sources the daemon holds
+    # (a name not resolved yet counts as a source "with unknown address"), `chronyc -n sources`
+    # lists the resolved ones, where a literal address must appear as itself.
+    activity = facts.output("chronyc_activity")
+    counts = {kind: int(n) for n, kind in re.findall(r"^(\d+) sources? (online|offline|doing burst \(return to "
+                                                       r"online\)|doing burst \(return to offline\)|with unknown "
+                                                       r"address)", activity, re.M)}
+    assert counts, f"chronyc -n activity says nothing about sources: {' '.join(activity.split())[:200]!r}"
+    assert sum(counts.values()) >= 1, f"chronyd holds no time source ({' '.join(activity.split())[:200]})"
     sources = facts.output("chronyc_sources")
     loaded = re.findall(r"^[\^=#][-*+?x~ ]\s+(\S+)", sources, re.M)
-    assert loaded, f"chronyd reports no time source (chronyc -n sources: {' '.join(sources.split())[:200]!r})"
     literal = [s for s in target_os["time_servers"] if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", s)]
     absent = [s for s in literal if s not in loaded]
-    assert not absent, f"chronyd does not use {', '.join(absent)} (it uses {', '.join(loaded)})"
+    assert not absent, f"chronyd does not use {', '.join(absent)} (it uses {', '.join(loaded) or 'no resolved source'})"
 
 
 @pytest.mark.control("GA-TIME-RUNNING")
