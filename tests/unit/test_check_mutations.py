@@ -132,6 +132,20 @@ def _walk_denied(walk: dict) -> dict:
     return {**walk, "rc": 1, "stderr": "find: '/var/lib/secret': Permission denied\n", "stderr_truncated": False}
 
 
+def _add_dropin(path: str, content: str) -> Callable[[dict], None]:
+    """A new file in a drop-in directory: in the files, in the directory's glob and listing."""
+    def apply(snapshot: dict) -> None:
+        facts = snapshot["collected"]
+        directory = path.rsplit("/", 1)[0]
+        like = next(v for p, v in facts["files"].items() if p.startswith(directory + "/"))
+        facts["files"][path] = {**copy.deepcopy(like), "content": content}
+        for pattern, matches in facts["globs"].items():
+            if pattern.startswith(directory + "/"):
+                matches.append(path)
+                matches.sort()
+    return apply
+
+
 LISTEN = "tcp   LISTEN 0      128          0.0.0.0:{port}      0.0.0.0:*    users:((\"{proc}\",pid=900,fd=3))"
 
 # (control, what changes, the change, a word the failure message must contain)
@@ -164,11 +178,14 @@ CASES = [
     ("4.5.2", "faillock deny = 10", file("/etc/security/faillock.conf", sub(r"^deny\s*=\s*\d+", "deny = 10")), "deny"),
     ("4.5.2", "no authfail line", file("/etc/pam.d/common-auth", sub(r"^auth\s.*pam_faillock\.so.*authfail.*\n", "")),
      "authfail"),
-    ("4.5.1", "pwquality minlen 8", file("/etc/security/pwquality.conf", sub(r"^minlen\s*=\s*\d+", "minlen = 8")),
-     "minlen"),
-    ("4.5.3", "pwhistory remember 5",
-     file("/etc/security/pwhistory.conf", sub(r"^remember\s*=\s*\d+", "remember = 5")), "remember"),
-    ("4.5.4", "pam_unix hashes with md5", file("/etc/pam.d/common-password", sub(r"\byescrypt\b", "md5")), "md5"),
+    ("4.5.1", "pwquality minlen 8", file("/etc/security/pwquality.conf.d/60-golden-ami-access.conf",
+                                          sub(r"^minlen\s*=\s*\d+", "minlen = 8")), "minlen"),
+    ("4.5.1", "a later drop-in lowers minlen", _add_dropin("/etc/security/pwquality.conf.d/99-local.conf",
+                                                           "minlen = 9\n"), "minlen"),
+    ("4.5.3", "pwhistory remembers 5", file("/etc/pam.d/common-password", sub(r"remember=24", "remember=5")),
+     "remember"),
+    ("4.5.4", "pam_unix hashes with md5", file("/etc/pam.d/common-password",
+                                                       sub(r"^(password\s.*pam_unix\.so.*)\byescrypt\b", r"\1md5")), "md5"),
     ("4.3.6", "su open to everyone", file("/etc/pam.d/su", sub(r"^(auth\s+required\s+pam_wheel\.so)", r"# \1")),
      "pam_wheel"),
     # what is in force, not only what is configured
