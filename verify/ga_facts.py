@@ -58,6 +58,7 @@ READ = [
     "/sys/module/apparmor/parameters/enabled", "/sys/kernel/security/apparmor/profiles", "/sys/fs/selinux/enforce",
 ]
 STAT = [
+    "/boot/vmlinuz-*",  # the installed kernels on the Debian family (what `linux-version list` reads)
     "/etc/ssh/ssh_host_*_key", "/etc/security/opasswd", "/etc/security/opasswd.old",
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json",
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.toml",
@@ -66,6 +67,10 @@ STAT = [
 TREES = [("/var/log", 8), ("/etc/audit", 4), ("/etc/ssh", 2), ("/etc/sudoers.d", 1), ("/etc/cron.d", 1),
          ("/var/lib/cloud/instances", 1), ("/etc/security/pwquality.conf.d", 1)]
 
+# Units checks name in their code (the others come from the controls' params and the OS data):
+# systemd is asked about exactly these.
+CHECKED_UNITS = ("apparmor.service", "apport.service", "golden-ami-bootloader-perms.service", "ntp.service",
+                 "ntpsec.service", "systemd-journald.service", "systemd-timesyncd.service")
 # Checks whose walk roots come from their params; the walk runs once for all of them.
 WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
@@ -119,7 +124,7 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
     """What the collector gathers for these controls (the applicable ones in force)."""
     by_id = {c["id"]: c for c in controls}
     stat = list(STAT)
-    modules, units = [], []
+    modules, units = [], list(CHECKED_UNITS)
     for control in controls:
         for name, value in control["params"].items():
             stat += _paths_in(value)
@@ -129,10 +134,9 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
                 units += list(value)
             elif name == "service":
                 units.append(f"{value}.service")
-    units += [f"{name}.service" for name in os_data.get("services", {}).values() if "." not in name]
-    units += [name for name in os_data.get("services", {}).values() if "." in name]
-    units += [f"{name}.service" for name in os_data.get("conflicting_firewalls", [])]
-    units += [f"{agent['service']}.service" for agent in target_os.get("agents", {}).values() if agent.get("service")]
+    for name in [*os_data.get("services", {}).values(), *os_data.get("conflicting_firewalls", []),
+                 *(agent["service"] for agent in target_os.get("agents", {}).values() if agent.get("service"))]:
+        units.append(name if "." in name else f"{name}.service")
     paths = os_data.get("paths", {})
     read = list(READ) + [p for p in paths.values() if isinstance(p, str) and p.startswith("/") and not p.endswith("_dir")]
     if paths.get("chrony_sources_dir"):
@@ -426,7 +430,8 @@ def gather(host, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         collected = decode_output(result.stdout)
     except (ValueError, zlib.error) as exc:
         return {"collector_error": f"the collector's output is not a snapshot: {exc}"}, {"snapshot_seconds": seconds}
-    return {"collected": collected}, {"snapshot_seconds": seconds, "collector_seconds": collected.get("seconds")}
+    return {"collected": collected}, {"snapshot_seconds": seconds, "collector_seconds": collected.get("seconds"),
+                                      "collector_process_seconds": collected.get("process_seconds")}
 
 
 def take(host, request: dict[str, Any], context: dict[str, Any],

@@ -109,7 +109,7 @@ def _dpkg_order(char: str) -> int:
     return ord(char) + 256 if char else 0
 
 
-def _dpkg_part(a: str, b: str) -> int:
+def verrevcmp(a: str, b: str) -> int:
     """dpkg's comparison of one version part (upstream or revision)."""
     while a or b:
         first_diff = 0
@@ -136,7 +136,7 @@ def dpkg_compare(a: str, b: str) -> int:
         return int(epoch or 0), upstream, revision
     ea, ua, ra = split(a)
     eb, ub, rb = split(b)
-    return (ea - eb) or _dpkg_part(ua, ub) or _dpkg_part(ra, rb)
+    return (ea - eb) or verrevcmp(ua, ub) or verrevcmp(ra, rb)
 
 
 def _natural_key(version: str) -> list:
@@ -207,6 +207,7 @@ def parse_systemctl_show(text: str) -> dict[str, UnitState]:
 
 
 def units(facts: Snapshot) -> dict[str, UnitState]:
+    """The states of the units the snapshot asked systemd about."""
     def parse() -> dict[str, UnitState]:
         show = facts.section("units")["show"]
         if show.get("rc") != 0:
@@ -221,12 +222,10 @@ def unit_state(facts: Snapshot, unit: str) -> UnitState:
     found = units(facts)
     if unit in found:
         return found[unit]
-    # Not among every unit file and loaded unit systemd listed: systemd has no such unit.
-    listing = facts.section("units")["list_unit_files"]
-    if listing.get("rc") != 0:
-        raise FactUnavailable(f"`systemctl list-unit-files` failed (exit {listing.get('rc')}): "
-                              f"{' '.join((listing.get('stderr') or listing.get('error') or '').split())[:300]}")
-    return UnitState("not-found", "inactive")
+    if unit not in facts.section("units").get("names", []):
+        raise FactUnavailable(f"the snapshot did not ask systemd about {unit} (not collected: a check that names "
+                              "a unit lists it in ga_facts.CHECKED_UNITS)")
+    raise FactUnavailable(f"`systemctl show` gave no answer for {unit}")
 
 
 # --- sshd ---------------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ def test_no_pending_security_updates(pending_updates, os_data):
 @pytest.mark.control("GA-PATCH-KERNEL")
 def test_running_kernel_is_newest_installed(facts, os_data):
     running = facts.output("uname_r").strip()
-    kernels = [line.strip() for line in facts.output("kernels").splitlines() if line.strip()]
+    if os_data["package_manager"] == "apt":
+        kernels = [path.removeprefix("/boot/vmlinuz-") for path in facts.glob("/boot/vmlinuz-*")]
+    else:
+        kernels = [line.strip() for line in facts.output("kernels").splitlines() if line.strip()]
     assert kernels, "no installed kernel is listed"
     newest = newest_version(kernels, os_data["package_manager"])
     assert running == newest, f"running kernel {running}, newest installed {newest}"

@@ -78,3 +78,14 @@ def test_benchmark_numbers_per_os(state_dir):
     assert debian["4.2.7"].os_id == "5.1.20"
     assert al2023["4.2.7"].os_id == "4.2.7"
     assert al2023["GA-HYG-HISTORY"].os_id == ""
+
+
+def test_every_assert_in_verify_says_what_is_wrong():
+    """The report row shows the assertion's message; verify/ runs with --assert=plain, so an
+    assert without a message would leave the row saying nothing."""
+    bare = []
+    for path in sorted(paths.VERIFY_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert) and node.msg is None:
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, f"asserts without a message: {', '.join(bare)}"

@@ -174,6 +174,8 @@ CASES = [
     ("5.2.3.20", "rules not locked", command("auditctl_s", sub(r"^enabled 2", "enabled 1")), "enabled"),
     ("5.2.3.6", "a setuid program without a rule", collected(["walk"], _add_setuid), "/usr/local/bin/helper"),
     ("5.2.3.21", "a loaded rule missing", command("auditctl_l", sub(r"^-w /etc/sudoers -p wa.*\n", "")), "loaded"),
+    ("5.2.3.21", "rules.d changed, audit.rules not regenerated",
+     file("/etc/audit/rules.d/60-golden-ami-scope.rules", lambda t: t + "-w /etc/hosts -p wa -k scope\n"), "augenrules"),
     # PAM, faillock, pwquality, pwhistory
     ("4.5.2", "faillock deny = 10", file("/etc/security/faillock.conf", sub(r"^deny\s*=\s*\d+", "deny = 10")), "deny"),
     ("4.5.2", "no authfail line", file("/etc/pam.d/common-auth", sub(r"^auth\s.*pam_faillock\.so.*authfail.*\n", "")),
@@ -202,7 +204,8 @@ CASES = [
     ("1.8", "the package lists could not be refreshed",
      dynamic("pending_updates:apt", rc=100, stdout="", stderr="E: Failed to fetch http://deb.debian.org/…"), "100"),
     ("GA-PATCH-KERNEL", "a newer kernel installed but not running",
-     command("kernels", lambda t: t + "6.1.0-99-cloud-amd64\n"), "6.1.0-99"),
+     collected(["globs", "/boot/vmlinuz-*"], lambda kernels: [*kernels, "/boot/vmlinuz-6.1.0-99-cloud-amd64"]),
+     "6.1.0-99"),
     ("6.1.11", "a world-writable file", collected(["walk"], _add_world_writable), "/etc/cron.d/job"),
     ("6.1.11", "the walk could not read a directory", collected(["walk"], _walk_denied), "Permission denied"),
     ("3.3.7", "reverse path filtering off",

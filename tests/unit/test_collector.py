@@ -140,7 +140,7 @@ def test_the_request_asks_for_what_the_controls_name():
                "services": {"audit": "auditd"}, "conflicting_firewalls": ["ufw"]}
     request = ga_facts.build_request(controls, os_data, {"login_user": "debian", "agents": {}}, {"walk"})
     assert request["modules"] == ["cramfs"] and "/etc/motd" in request["stat"]
-    assert {"cron.service", "auditd.service", "ufw.service"} <= set(request["units"])
+    assert {"cron.service", "auditd.service", "ufw.service", "systemd-journald.service"} <= set(request["units"])
     assert request["walk"]["scan"] == {"skip_fstypes": ["vfat"], "skip_paths": ["/proc"]}
     assert "credential_scan_paths" not in request
 
@@ -184,3 +184,23 @@ def test_the_latency_proxy_passes_bytes_intact():
                 received += chunk
     server.close()
     assert received == payload
+
+
+def test_augenrules_order_is_ls_v_order(tmp_path):
+    """augenrules merges rules.d in `ls -1v` order; the in-process copy must sort the same."""
+    from ga_audit import _file_version_key
+
+    names = ["60-golden-ami-usermod.rules", "60-golden-ami-user-emulation.rules", "10-a.rules", "9-b.rules",
+             "60-x2.rules", "60-x10.rules", "60-X.rules", "60-x~1.rules", "audit.rules", "50_z.rules", "a.b.rules"]
+    for name in names:
+        (tmp_path / name).touch()
+    listed = subprocess.run(["ls", "-1v", str(tmp_path)], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(names, key=_file_version_key) == listed
+
+
+def test_augenrules_output_is_byte_for_byte():
+    from ga_audit import AUGENRULES_HEADER, augenrules_output
+
+    written = augenrules_output({"99-end.rules": "-e 2\n", "10-a.rules": "# comment\n\n-D\n-b 8192\n-w /etc/passwd -p wa -k identity\n",
+                                 "notes.txt": "-w /ignored"})
+    assert written == f"{AUGENRULES_HEADER}\n-D\n-b 8192\n\n-w /etc/passwd -p wa -k identity\n-e 2\n"
