@@ -43,7 +43,9 @@ def _suite(argv: list[str], log: Path) -> float:
 def _figures(name: str, wall: float, report: dict) -> dict:
     transport, evaluation = report.get("transport", {}), report.get("evaluation", {})
     dynamic = transport.get("dynamic_seconds", 0.0)
-    collector = transport.get("collector_seconds") or 0.0
+    # The collector's own run time inside the guest: the whole remote command as the guest ran
+    # it (sudo, the shell, python's start-up, the gathering), from its login-session process.
+    collector = transport.get("collector_command_seconds") or transport.get("collector_process_seconds") or 0.0
     verify_wall = wall - dynamic
     return {
         "run": name,
@@ -52,15 +54,41 @@ def _figures(name: str, wall: float, report: dict) -> dict:
         "bytes_received": transport.get("bytes_received", 0),
         "connect_s": transport.get("connect_seconds", 0.0),
         "snapshot_s": transport.get("snapshot_seconds", 0.0),
+        "gathering_s": transport.get("collector_seconds") or 0.0,
         "collector_s": collector,
         "dynamic_s": dynamic,
         "checks": evaluation.get("checks", 0),
-        "evaluation_s": evaluation.get("seconds", 0.0),
+        "loop_s": evaluation.get("seconds", 0.0),
+        "phases_s": evaluation.get("check_phases_seconds", 0.0),
+        "call_s": evaluation.get("call_seconds", 0.0),
         "suite_wall_s": wall,
         "verify_wall_s": verify_wall,
         "ratio_to_collector": verify_wall / collector if collector else float("nan"),
         "summary": report.get("summary", {}),
     }
+
+
+def _rate(checks: int, seconds: float) -> float:
+    return checks / seconds if seconds else float("nan")
+
+
+def pytest_ceiling(work: Path, tests: int) -> float:
+    """Tests per second pytest itself runs here on empty checks with one fixture (same flags as
+    the verify suite): the ceiling of any pytest-driven loop on this machine, measured now."""
+    suite = work / "ceiling"
+    suite.mkdir()
+    (suite / "test_empty.py").write_text(
+        "import pytest\n\n\n@pytest.fixture\ndef value():\n    return 1\n\n\n"
+        + "".join(f"def test_{i}(value):\n    assert value == 1, 'm'\n\n\n" for i in range(tests)))
+    (suite / "conftest.py").write_text(
+        "import time\nimport pytest\nSEEN = {}\n\n\n@pytest.hookimpl(hookwrapper=True)\n"
+        "def pytest_runtestloop(session):\n    started = time.perf_counter()\n    yield\n"
+        "    SEEN['loop'] = time.perf_counter() - started\n\n\n"
+        "def pytest_unconfigure(config):\n    print('LOOP', SEEN.get('loop'))\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider", "--assert=plain",
+                          "--rootdir", str(suite)], capture_output=True, text=True, timeout=600).stdout
+    loop = float(next(line.split()[1] for line in out.splitlines() if line.startswith("LOOP")))
+    return tests / loop
 
 
 def main() -> None:
@@ -123,6 +151,7 @@ def main() -> None:
                 rows.append(run("latency", proxy.port, delayed_hosts))
             rows.append(run("plain-2", instance.ssh_port, known_hosts))
 
+        ceiling_rate = pytest_ceiling(work, 233)
         offline = []
         for index in range(args.offline_rounds):
             out = work / f"offline-{index}"
@@ -136,22 +165,29 @@ def main() -> None:
     print(f"\nboot to pinned SSH: {boot:.1f} s (not part of the figures below)")
     print(f"full verify run (pending-updates simulation included, beside the collector): "
           f"{full['suite_wall_s']:.1f} s, {full['remote_commands']} remote commands, outcomes {full['summary']}\n")
-    header = (f"  {'run':9} {'cmds':>4} {'sent':>8} {'received':>9} {'collector':>9} {'snapshot':>8} "
-              f"{'pending':>7} {'checks':>6} {'eval':>7} {'checks/s':>9} {'verify':>7} {'/collector':>10}")
+    header = (f"  {'run':9} {'cmds':>4} {'sent':>7} {'received':>8} {'collector':>9} {'gathering':>9} {'snapshot':>8} "
+              f"{'checks':>6} {'verify':>7} {'/collector':>10}")
     print(header)
-    for r in rows + offline[:1]:
-        rate = r["checks"] / r["evaluation_s"] if r["evaluation_s"] else float("nan")
-        print(f"  {r['run']:9} {r['remote_commands']:4d} {r['bytes_sent']:8d} {r['bytes_received']:9d} "
-              f"{r['collector_s']:8.1f}s {r['snapshot_s']:7.1f}s {r['dynamic_s']:6.1f}s {r['checks']:6d} "
-              f"{r['evaluation_s']:6.3f}s {rate:9.0f} {r['verify_wall_s']:6.1f}s {r['ratio_to_collector']:10.2f}")
+    for r in rows:
+        print(f"  {r['run']:9} {r['remote_commands']:4d} {r['bytes_sent']:7d} {r['bytes_received']:8d} "
+              f"{r['collector_s']:8.1f}s {r['gathering_s']:8.1f}s {r['snapshot_s']:7.1f}s {r['checks']:6d} "
+              f"{r['verify_wall_s']:6.1f}s {r['ratio_to_collector']:10.2f}")
+    print("  (collector: the remote command's time inside the guest - sudo, shell, python start-up and gathering;"
+          "\n   gathering: the collector's own timing of its work; snapshot: the same command seen from here)")
     plain = statistics.mean(r["verify_wall_s"] for r in rows if r["run"].startswith("plain"))
     delayed = next(r["verify_wall_s"] for r in rows if r["run"] == "latency")
-    rates = [r["checks"] / r["evaluation_s"] for r in offline if r["evaluation_s"]]
+    phases = statistics.median(_rate(r["checks"], r["phases_s"]) for r in offline)
+    calls = statistics.median(_rate(r["checks"], r["call_s"]) for r in offline)
+    loops = statistics.median(_rate(r["checks"], r["loop_s"]) for r in offline)
     print(f"\n  outcomes (plain-1, without 1.8): {rows[0]['summary']}")
-    print(f"  remote commands per verify run: {max(r['remote_commands'] for r in [full, *rows])} (full run: {full['remote_commands']})")
-    offline_wall = statistics.median(r["suite_wall_s"] for r in offline)
-    print(f"  check evaluation after the snapshot: {statistics.median(rates) if rates else float('nan'):.0f} checks/s "
-          f"(median of {len(rates)} offline runs; suite wall time offline {offline_wall:.2f} s)")
+    print(f"  remote commands per verify run: {max(r['remote_commands'] for r in [full, *rows])} "
+          f"(full run: {full['remote_commands']})")
+    print(f"  check evaluation after the snapshot (offline, median of {len(offline)} runs of {offline[0]['checks']} "
+          f"checks):\n    {phases:.0f} checks/s - each check's setup, call and teardown as pytest times them "
+          f"(fixtures parsing the snapshot included)\n    {calls:.0f} checks/s - the checks' bodies alone\n"
+          f"    {loops:.0f} checks/s - pytest's whole loop, its reporting per check included; pytest's own ceiling "
+          f"here (empty checks, same flags, this run): {ceiling_rate:.0f} tests/s -> the loop runs at "
+          f"{loops / ceiling_rate:.0%} of it")
     ratios = ", ".join(f"{r['ratio_to_collector']:.2f}" for r in rows if r["run"].startswith("plain"))
     print(f"  verify wall time / collector time (plain runs): {ratios}")
     print(f"  +{args.latency_ms:.0f} ms RTT: {delayed:.1f} s vs {plain:.1f} s plain -> {delayed / plain:.2f}x")

@@ -164,22 +164,27 @@ def read_sysctls():
 
 
 def ssh_connection():
-    """SSH_CONNECTION of the login session this collector runs under (sudo drops it from our
-    own environment; an ancestor process still has it): "client port server port"."""
+    """SSH_CONNECTION of the login session this collector runs under ("client port server port";
+    sudo drops it from our own environment, our ancestors still have it), and the outermost
+    ancestor that has it: the process sshd started for this remote command."""
+    found = {}
     pid = os.getppid()
     for _ in range(16):
         try:
             with open("/proc/%d/environ" % pid, "rb") as handle:
-                for item in handle.read().split(b"\0"):
-                    if item.startswith(b"SSH_CONNECTION="):
-                        return {"value": item.split(b"=", 1)[1].decode(), "pid": pid}
+                value = next((item.split(b"=", 1)[1].decode() for item in handle.read().split(b"\0")
+                              if item.startswith(b"SSH_CONNECTION=")), None)
+            if value is None and found:
+                break  # above the command: sshd itself
+            if value is not None:
+                found = {"value": value, "pid": pid}
             with open("/proc/%d/stat" % pid) as handle:
                 pid = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
         if pid <= 1:
             break
-    return {"error": "no ancestor process carries SSH_CONNECTION"}
+    return found or {"error": "no ancestor process carries SSH_CONNECTION"}
 
 
 def network_interfaces():
@@ -499,11 +504,11 @@ def collect(request):
     return snapshot
 
 
-def process_seconds():
-    """How long this process has lived: interpreter start-up and imports included, which
-    collect() cannot time itself (/proc/self/stat's start time against /proc/uptime)."""
+def process_seconds(pid):
+    """How long a process has lived (interpreter start-up and imports included, which collect()
+    cannot time itself): its start time in /proc/<pid>/stat against /proc/uptime."""
     try:
-        with open("/proc/self/stat") as handle:
+        with open("/proc/%s/stat" % pid) as handle:
             started = int(handle.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
         with open("/proc/uptime") as handle:
             return round(float(handle.read().split()[0]) - started, 3)
@@ -514,7 +519,11 @@ def process_seconds():
 def main(argv):
     request = json.loads(base64.b64decode(argv[1]).decode()) if len(argv) > 1 else json.load(sys.stdin)
     snapshot = collect(request)
-    snapshot["process_seconds"] = process_seconds()  # up to here; encoding the output comes after
+    # Up to here (encoding the output comes after): this process, and the whole remote command
+    # as the guest ran it - sudo and the shell included - from its login-session process.
+    snapshot["process_seconds"] = process_seconds("self")
+    if "pid" in snapshot["ssh_connection"]:
+        snapshot["command_seconds"] = process_seconds(snapshot["ssh_connection"]["pid"])
     document = json.dumps(snapshot, sort_keys=True).encode()
     # Compressed on the wire: the snapshot is mostly repetitive text.
     sys.stdout.write(base64.b64encode(zlib.compress(document, 6)).decode() + "\n")

@@ -245,9 +245,12 @@ class CommandResult:
 class Snapshot:
     """The raw facts of one host, and readers that never pass on data they lack."""
 
-    def __init__(self, data: dict[str, Any], run_dynamic: Optional[Callable[[str], dict]] = None):
+    def __init__(self, data: dict[str, Any], run_dynamic: Optional[Callable[[str], dict]] = None,
+                 gather: Optional[Callable[[], tuple[dict, dict]]] = None):
         self.data = data
         self._run_dynamic = run_dynamic
+        self._gather = gather  # live: the collector runs when a check first reads a gathered fact
+        self.timings: dict[str, Any] = {}  # how long gathering took (live runs)
         self._cache: dict[str, Any] = {}
         self.data.setdefault("dynamic", {})
         self.dynamic_seconds = 0.0  # spent waiting for dynamic commands in this process (not replayed ones)
@@ -262,6 +265,12 @@ class Snapshot:
 
     @property
     def collected(self) -> dict[str, Any]:
+        if self._gather is not None:
+            gather, self._gather = self._gather, None
+            started = time.monotonic()
+            data, timings = gather()
+            self.data.update(data)
+            self.timings.update(timings, gather_wait_seconds=round(time.monotonic() - started, 3))
         collected = self.data.get("collected")
         if not isinstance(collected, dict):
             raise FactUnavailable(f"no fact snapshot: {self.data.get('collector_error', 'the collector did not run')}")
@@ -431,33 +440,39 @@ def gather(host, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     except (ValueError, zlib.error) as exc:
         return {"collector_error": f"the collector's output is not a snapshot: {exc}"}, {"snapshot_seconds": seconds}
     return {"collected": collected}, {"snapshot_seconds": seconds, "collector_seconds": collected.get("seconds"),
-                                      "collector_process_seconds": collected.get("process_seconds")}
+                                      "collector_process_seconds": collected.get("process_seconds"),
+                                      "collector_command_seconds": collected.get("command_seconds")}
 
 
-def take(host, request: dict[str, Any], context: dict[str, Any],
-         prefetch: Iterable[str] = ()) -> tuple[Snapshot, dict[str, Any]]:
-    """The snapshot of a live host: facts gathered now, dynamic commands run on demand. A host
-    that cannot be reached (or trusted) gives a snapshot that says so, for every check to fail on.
-
-    Dynamic commands named in prefetch start at once, on channels of their own beside the
-    collector: the pending-updates simulation waits on the network, the collector on the CPU."""
-    pool = None
-    started: dict[str, Future] = {}
+def take(host, request: dict[str, Any], context: dict[str, Any], prefetch: Iterable[str] = (),
+         announce: Callable[[str], None] = lambda line: None) -> Snapshot:
+    """The snapshot of a live host. The collector runs when a check first reads a gathered fact
+    (a run that needs only dynamic commands - rebuild's pending-updates probe - never starts it);
+    dynamic commands run on demand, and those named in prefetch start at once on channels of
+    their own beside it: the pending-updates simulation waits on the network, the collector on
+    the CPU. A host that cannot be reached (or trusted) gives a snapshot that says so, for every
+    check to fail on."""
+    data: dict[str, Any] = {"schema": SCHEMA, "request": request, "context": context}
     try:
         host.backend.client  # noqa: B018 - connect (and check the pinned key) once, before any thread
-        if prefetch:
-            pool = ThreadPoolExecutor(max_workers=len(set(prefetch)), thread_name_prefix="dynamic")
-            started = {name: pool.submit(run_dynamic, host, name) for name in sorted(set(prefetch))}
-        data, timings = gather(host, request)
-    except Exception as exc:  # noqa: BLE001 - one reason, reported by every check that needed facts
-        data, timings = {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False)
-    data.update({"schema": SCHEMA, "request": request, "context": context})
-    snapshot = Snapshot(data, run_dynamic=lambda name: run_dynamic(host, name))
-    snapshot.pending.update(started)
-    return snapshot, timings
+    except Exception as exc:  # noqa: BLE001 - one reason, reported by every check
+        data["collector_error"] = f"{type(exc).__name__}: {exc}"
+        return Snapshot(data, run_dynamic=lambda name: {"command": name, "rc": None, "error": data["collector_error"]})
+
+    def collect() -> tuple[dict, dict]:
+        announce("gathering the facts: one collector run on the host")
+        try:
+            return gather(host, request)
+        except Exception as exc:  # noqa: BLE001 - the connection broke: every check that needed facts fails with why
+            return {"collector_error": f"{type(exc).__name__}: {exc}"}, {}
+
+    snapshot = Snapshot(data, run_dynamic=lambda name: run_dynamic(host, name), gather=collect)
+    if prefetch:
+        announce(f"started beside it: {', '.join(sorted(set(prefetch)))}")
+        pool = ThreadPoolExecutor(max_workers=len(set(prefetch)), thread_name_prefix="dynamic")
+        snapshot.pending.update({name: pool.submit(run_dynamic, host, name) for name in sorted(set(prefetch))})
+        pool.shutdown(wait=False)
+    return snapshot
 
 
 def run_dynamic(host, name: str) -> dict[str, Any]:

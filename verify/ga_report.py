@@ -126,10 +126,10 @@ class ControlReport:
             facts = self.facts.save(self.path.parent)
             transport = self.facts.transport()
         # Time spent judging, without gathering: the loop over every check (pytest's own work
-        # per check included), less the snapshot and the dynamic commands (both paid inside the
-        # first check that needed them).
+        # per check included), less connecting, the collector run and the dynamic commands
+        # (each paid inside the first check that needed it).
         evaluation = max(self.loop_seconds - transport.get("facts_fixture_seconds", 0)
-                         - transport.get("dynamic_seconds", 0), 0)
+                         - transport.get("gather_wait_seconds", 0) - transport.get("dynamic_seconds", 0), 0)
         report = {
             "schema": 1,
             **self.header,

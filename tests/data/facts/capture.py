@@ -60,9 +60,11 @@ def main() -> None:
             context = {"os": args.os_name, "target": "local", "login_user": instance.login_user, "image_id": "capture",
                        "instance_id": instance.instance_id, "login_public_key": key.public_key,
                        "pinned_host_keys": [f"{kind} {blob}" for kind, blob in keys]}
-            snapshot, timings = ga_facts.take(host, request, context)
-            snapshot.collected  # noqa: B018 - raises with the collector's error if it failed
-            snapshot.dynamic(f"pending_updates:{os_data['package_manager']}")
+            updates = f"pending_updates:{os_data['package_manager']}"
+            snapshot = ga_facts.take(host, request, context, prefetch=[updates], announce=print)
+            snapshot.collected  # noqa: B018 - gathers now; raises with the collector's error if it failed
+            snapshot.dynamic(updates)
+            timings = snapshot.timings
     data = snapshot.dump().decode()
     if "PRIVATE KEY" in data:
         sys.exit("refusing to write: the snapshot contains private key material")
