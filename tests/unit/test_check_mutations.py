@@ -14,13 +14,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from tests.unit.test_checks_offline import FACTS, controls_document, judge
+from tests.unit.offline_suite import FACTS, controls_document, judge_many
 
 HARDENED = FACTS / "debian12-hardened.json"
 
@@ -224,21 +223,24 @@ def debian12_controls(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
-    """Every case judged once (in parallel: each is a pytest run of its own)."""
+    """Every case judged once: one pytest session each, a few worker processes for them all,
+    and the untouched snapshot judged last in every worker (no state carries over)."""
     work = tmp_path_factory.mktemp("mutations")
     good = json.loads(HARDENED.read_text())
-
-    def run(index: int) -> dict:
-        control, _, mutate, _ = CASES[index]
+    runs = {}
+    for index, (control, _, mutate, _) in enumerate(CASES):
         snapshot = copy.deepcopy(good)
         mutate(snapshot)
-        path = work / f"case-{index}.json"
-        path.write_text(json.dumps(snapshot))
         only = {**debian12_controls, "controls": [c for c in debian12_controls["controls"] if c["id"] == control]}
-        return judge(work, path, only, name=f"case-{index}")[control]
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(enumerate(pool.map(run, range(len(CASES)))))
+        runs[f"case-{index}"] = (snapshot, only)
+    for worker in range(4):
+        runs[f"untouched-{worker}"] = (HARDENED, debian12_controls)
+    judged = judge_many(work, runs)
+    for worker in range(4):
+        rows = judged[f"untouched-{worker}"]
+        assert all(row["outcome"] in ("pass", "not-applicable") for row in rows.values()), \
+            "the untouched snapshot no longer passes after the mutated ones: state carried over"
+    return {index: judged[f"case-{index}"][CASES[index][0]] for index in range(len(CASES))}
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}: {c[1]}" for c in CASES])

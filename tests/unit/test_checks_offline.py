@@ -12,31 +12,11 @@ hand-written *-synthetic.json snapshots, each value's source named beside it (`_
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from golden_ami import catalogue, config, verify_runner
-
-FACTS = Path(__file__).resolve().parents[1] / "data" / "facts"
-
-
-def controls_document(os_name: str, target: str = "local") -> dict:
-    return catalogue.controls_for(config.resolve(os_name, target)).as_dict()
-
-
-def judge(tmp_path: Path, snapshot: Path, document: dict, name: str = "run") -> dict[str, dict]:
-    """Run the real verify suite offline against snapshot; the report's rows by control id."""
-    work = tmp_path / name
-    work.mkdir()
-    controls = work / "controls.json"
-    controls.write_text(json.dumps(document))
-    argv = verify_runner.suite_argv(controls_file=controls, report=work / "report.json", image_id="offline",
-                                    fingerprint="none", facts=snapshot, verbose=False)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert (work / "report.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {row["id"]: row for row in json.loads((work / "report.json").read_text())["controls"]}
+from golden_ami import catalogue
+from tests.unit.offline_suite import FACTS, controls_document, judge
 
 
 def _suite_controls(document: dict) -> list[dict]:

@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 
-from golden_ami import catalogue, config, verify_runner
-
-FACTS = Path(__file__).resolve().parents[1] / "data" / "facts"
+from golden_ami import catalogue, config
+from tests.unit.offline_suite import FACTS, judge, judge_many
 
 # The controls whose checks take an OS-specific branch, per OS (all applicable, checked by the suite).
 CONTROL_IDS = {
@@ -50,13 +45,6 @@ CONTROL_IDS = {
 AL_KERNEL = "6.1.119-129.201.amzn2023.x86_64"
 AL_NEWER_KERNEL = "6.1.124-134.200.amzn2023.x86_64"
 UBUNTU_KERNEL = "6.8.0-49-generic"
-
-# A worker subprocess: one pytest session per argument list (suite_argv without "python -m pytest").
-# gc.freeze() after each: every session ends in full garbage collections, which need not scan again
-# what the sessions before it left (a third of a session's time otherwise).
-_DRIVER = ("import gc, json, sys\nimport pytest\nfor argv in json.load(open(sys.argv[1])):\n"
-           "    pytest.main(argv)\n    gc.freeze()\n")
-
 
 # --- editing a snapshot --------------------------------------------------------------------
 def _files(snapshot: dict) -> dict:
@@ -363,27 +351,11 @@ def _controls_document(os_name: str) -> dict:
     return document
 
 
-def _argv(work: Path, name: str, snapshot: dict, document: dict) -> tuple[list[str], Path]:
-    directory = work / name.replace(":", "-")
-    directory.mkdir()
-    (directory / "facts.json").write_text(json.dumps(snapshot, indent=1, sort_keys=True))
-    (directory / "controls.json").write_text(json.dumps(document))
-    report = directory / "report.json"
-    argv = verify_runner.suite_argv(controls_file=directory / "controls.json", report=report, image_id="offline",
-                                    fingerprint="none", facts=directory / "facts.json", verbose=False)
-    return argv, report
-
-
 @dataclass
 class Judged:
     untouched: dict  # os -> rows by control id (each suite run in a subprocess of its own)
-    replayed: dict  # "worker N:os" -> rows of the untouched snapshot, judged last in each worker
+    replayed: dict  # "untouched N:os" -> rows of the untouched snapshot, judged last in the workers
     cases: dict  # case key -> rows
-
-
-def _rows(report: Path, log: Path) -> dict[str, dict]:
-    assert report.is_file(), f"no report {report}: {log.read_text(errors='replace')[-3000:]}"
-    return {row["id"]: row for row in json.loads(report.read_text())["controls"]}
 
 
 @pytest.fixture(scope="module")
@@ -395,48 +367,22 @@ def judged(tmp_path_factory) -> Judged:
         patch.delenv("GOLDEN_AMI_CONFIG", raising=False)
         documents = {os_name: _controls_document(os_name) for os_name in CONTROL_IDS}
     snapshots = {os_name: _load(os_name) for os_name in CONTROL_IDS}
-
-    processes = []  # (Popen, log)
-
-    def start(argv: list[str], log: Path) -> None:
-        with log.open("w") as out:
-            processes.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True), log))
-
-    untouched = {}
-    for os_name in CONTROL_IDS:
-        argv, report = _argv(work, f"untouched-{os_name}", snapshots[os_name], documents[os_name])
-        start(argv, work / f"untouched-{os_name}.log")
-        untouched[os_name] = (report, work / f"untouched-{os_name}.log")
-
-    workers = max(1, min(4, os.cpu_count() or 1))
-    sessions: list[list[list[str]]] = [[] for _ in range(workers)]
-    cases, replayed = {}, {}
-    for n, case in enumerate(ALL_CASES):
+    untouched = {os_name: judge(work, snapshots[os_name], documents[os_name], name=f"untouched-{os_name}")
+                 for os_name in CONTROL_IDS}
+    runs = {}
+    for case in ALL_CASES:
         snapshot, document = copy.deepcopy(snapshots[case.os]), copy.deepcopy(documents[case.os])
         case.change(snapshot)
         if case.controls is not None:
             case.controls(document)
-        argv, report = _argv(work, case.key, snapshot, document)
-        assert argv[1:3] == ["-m", "pytest"], argv[:3]
-        sessions[n % workers].append(argv[3:])
-        cases[case.key] = (report, work / f"worker-{n % workers}.log")
-    for worker, argvs in enumerate(sessions):
-        for os_name in CONTROL_IDS:  # last: the untouched snapshots again, in the same process
-            argv, report = _argv(work, f"worker-{worker}-replay-{os_name}", snapshots[os_name], documents[os_name])
-            argvs.append(argv[3:])
-            replayed[f"worker {worker}:{os_name}"] = (report, work / f"worker-{worker}.log")
-        (work / f"worker-{worker}.json").write_text(json.dumps(argvs))
-        start([sys.executable, "-c", _DRIVER, str(work / f"worker-{worker}.json")], work / f"worker-{worker}.log")
-
-    for process, log in processes:
-        try:
-            process.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise AssertionError(f"the verify suite did not finish within 600 s: {log}") from None
-    return Judged(untouched={k: _rows(*v) for k, v in untouched.items()},
-                  replayed={k: _rows(*v) for k, v in replayed.items()},
-                  cases={k: _rows(*v) for k, v in cases.items()})
+        runs[case.key] = (snapshot, document)
+    replays = [f"untouched {n}:{os_name}" for n in range(4) for os_name in CONTROL_IDS]
+    for name in replays:  # last in every worker: no state carries over between sessions
+        os_name = name.rsplit(":", 1)[1]
+        runs[name] = (snapshots[os_name], documents[os_name])
+    rows = judge_many(work, runs)
+    return Judged(untouched=untouched, replayed={name: rows[name] for name in replays},
+                  cases={case.key: rows[case.key] for case in ALL_CASES})
 
 
 def _wrong(os_name: str, rows: dict[str, dict], fails: dict[str, str]) -> dict[str, str]:
