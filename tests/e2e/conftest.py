@@ -1,12 +1,18 @@
 """Session-wide fixtures for the end-to-end tests: one base image, one approved golden image.
 
 Builds under TCG take minutes, so the expensive things happen once per test session:
-  local_state      a state dir with the debian12 base image, built with the point release's
-                   kernel, so the build really patches it: a new kernel, and a reboot into it
+  local_state      a state dir with the debian12 base image, current from Debian's archive
   approved_build   `invoke build --os=debian12 --target=local` in that state dir, approved
-  rebuild_state    a second state dir whose base image is that approved golden image (a
-                   rebuild from an already patched image: the fast path for further builds)
+  golden_disk      that approved image's disk (the AWS double's source image)
 Set GOLDEN_AMI_E2E_STATE to a directory to keep these between runs.
+
+The base is built current, not with the point release's kernel (`--point-release-kernel`):
+once Debian's security archive carries a newer kernel than the point release, that option
+makes the build install it - two initramfs generations of about 7 minutes each under TCG,
+measured - which alone would put CI past its budget. The kernel-update-and-reboot path of
+15-reboot-if-kernel-changed is therefore not exercised by CI (the build log shows
+"unchanged: running the newest kernel"); `invoke base-image --point-release-kernel` exercises
+it by hand.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ def _env(state: Path) -> dict[str, str]:
 def local_state(e2e_root):
     state = e2e_root / "local"
     env = _env(state)
-    proc = invoke_cmd("base-image", "--os=debian12", "--point-release-kernel", "--json", env=env, timeout=1800)
+    proc = invoke_cmd("base-image", "--os=debian12", "--json", env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return state, env
 
@@ -59,15 +65,6 @@ def golden_disk(local_state, approved_build) -> Path:
     state, env = local_state
     listing = json.loads(invoke_cmd("list", "--json", env=env).stdout)
     return Path({row["id"]: row["location"] for row in listing}[approved_build["image_id"]])
-
-
-@pytest.fixture(scope="session")
-def rebuild_state(e2e_root, golden_disk):
-    state = e2e_root / "from-golden"
-    env = _env(state)
-    proc = invoke_cmd("base-image", "--os=debian12", f"--from={golden_disk}", "--json", env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return state, env
 
 
 def qemu_processes_under(path: Path) -> list[str]:

@@ -1,12 +1,16 @@
 """The local target end to end, on real VMs under QEMU: the only proof the scripts work.
 
-  1. a build from Debian's point release must end approved and be what `invoke latest` prints;
-  2. a build whose rendered sshd drop-in leaves password authentication on must be rejected
-     naming GA-SSH-PASSWORD, and approve nothing;
-  3. a report edited to name another image must be refused by the gate;
-  4. SIGTERM during a build or a verification must leave no VM, key or half-stored image;
+  1. a build from Debian's archive must end approved and be what `invoke latest` prints;
+  2. a report edited to name another image must be refused by the gate;
+  3. SIGTERM during a build (from a rendered directory) or a verification must leave no VM,
+     key or half-stored image;
+  4. the build's hardening sections re-run on a fresh instance change nothing;
   5. on the unhardened base image exactly the default-compliant controls pass.
-(Fixtures in conftest.py; tests 2 and 4 rebuild from the approved image, the fast path.)
+(Fixtures in conftest.py.) That a check fails on a host that does not comply is proven for
+every check at once: by test 5 live, and offline against snapshots of real VMs in the unit
+tier (tests/unit/test_checks_offline.py, test_check_mutations.py). A separate Packer build with
+one control broken on purpose proved it for one control at the cost of about 11 minutes of CI,
+and was retired for those.
 """
 from __future__ import annotations
 
@@ -60,34 +64,6 @@ def test_a_good_build_is_approved_and_latest(local_state, approved_build):
     assert json.loads(invoke_cmd("list", "--json", env=env).stdout) == listing
 
 
-def test_password_authentication_left_on_is_rejected(rebuild_state, tmp_path):
-    state, env = rebuild_state
-    rendered = tmp_path / "broken-render"
-    # The baseline profile is enough to break and catch one control, and keeps this build short.
-    proc = invoke_cmd("render", "--os=debian12", "--target=local", "--profile=baseline", f"--out={rendered}", env=env)
-    assert proc.returncode == 0, proc.stderr
-    dropin = rendered / "files" / "sshd-hardening.conf"
-    text = dropin.read_text()
-    assert "PasswordAuthentication no" in text
-    dropin.write_text(text.replace("PasswordAuthentication no", "PasswordAuthentication yes"))
-
-    proc = invoke_cmd("build", "--os=debian12", "--target=local", "--profile=baseline", f"--from-render={rendered}",
-                      "--json", env=env, timeout=3600)
-    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
-    assert result["status"] == "rejected"
-    assert result["failed_controls"] == ["GA-SSH-PASSWORD"]
-    report = json.loads((Path(result["build_dir"]) / "verify" / "report.json").read_text())
-    row = {r["id"]: r for r in report["controls"]}["GA-SSH-PASSWORD"]
-    assert row["outcome"] == "fail" and "passwordauthentication" in row["message"]
-
-    # Nothing approved for consumers; the rejected image carries its failing control.
-    assert invoke_cmd("latest", "--os=debian12", env=env).returncode == 1
-    rejected = json.loads(invoke_cmd("list", "--status=rejected", "--json", env=env).stdout)
-    assert {r["id"]: r["FailedControls"] for r in rejected}[result["image_id"]] == "GA-SSH-PASSWORD"
-    assert not qemu_processes_under(state)
-
-
 def test_a_report_naming_another_image_is_refused(local_state, approved_build):
     state, env = local_state
     report_path = Path(approved_build["build_dir"]) / "verify" / "report.json"
@@ -138,10 +114,16 @@ def _interrupt_when(args: list[str], env: dict, marker: str, timeout: float = 90
     return status, "".join(seen)
 
 
-def test_sigterm_during_the_packer_build_leaves_nothing_behind(rebuild_state):
-    state, env = rebuild_state
+def test_sigterm_during_the_packer_build_leaves_nothing_behind(local_state, approved_build, tmp_path):
+    state, env = local_state
+    # A build from a rendered directory (--from-render: the fingerprint is recomputed, the files
+    # copied into the build), stopped once Packer waits for its VM.
+    rendered = tmp_path / "render"
+    proc = invoke_cmd("render", "--os=debian12", "--target=local", "--profile=baseline", f"--out={rendered}", env=env)
+    assert proc.returncode == 0, proc.stderr
     before = {p.name for p in (state / "store").iterdir()} if (state / "store").exists() else set()
-    status, stderr = _interrupt_when(["build", "--os=debian12", "--target=local"], env, "Waiting for SSH")
+    status, stderr = _interrupt_when(["build", "--os=debian12", "--target=local", "--profile=baseline",
+                                      f"--from-render={rendered}"], env, "Waiting for SSH")
     assert status == 130, stderr[-2000:]
     assert "interrupted" in stderr
     assert not qemu_processes_under(state), "the build VM survived the interruption"
@@ -247,6 +229,11 @@ def test_the_unhardened_base_image_fails_all_but_the_default_compliant(local_sta
     rows = {row["id"]: row for row in verdict["controls"]}
     applicable = {c["id"] for c in document["controls"] if c["applicable"] and c.get("check", "suite") == "suite"}
     recorded = {spec.id for spec in catalogue.load_catalogue() if "debian12" in spec.default_compliant}
+    # 1.8 (no security update pending) judges the archive against the base: a base built today
+    # has nothing pending, one built weeks ago does (the recorded base snapshot fails it, see
+    # tests/unit/test_checks_offline.py). Its verdict here says when the base was built, not
+    # whether the check can fail.
+    applicable.discard("1.8")
     passing = {cid for cid in applicable if rows[cid]["outcome"] == "pass"}
     assert passing == recorded & applicable, (
         f"pass without a default_compliant record: {sorted(passing - recorded)}; "

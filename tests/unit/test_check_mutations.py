@@ -190,6 +190,9 @@ CASES = [
     ("4.3.6", "su open to everyone", file("/etc/pam.d/su", sub(r"^(auth\s+required\s+pam_wheel\.so)", r"# \1")),
      "pam_wheel"),
     # what is in force, not only what is configured
+    ("GA-SSH-PASSWORD", "the sshd drop-in left password authentication on",
+     lambda snapshot: [command(name, sub(r"^passwordauthentication no$", "passwordauthentication yes"))(snapshot)
+                       for name in ("sshd_T", "sshd_T_login")], "passwordauthentication"),
     ("4.2.7", "a Match block lets root in for the login user's connection",
      command("sshd_T_login", sub(r"^permitrootlogin no$", "permitrootlogin yes")), "permitrootlogin"),
     ("1.5.3", "a login session's hard core limit is unlimited",
