@@ -43,8 +43,11 @@ def stop_process(proc: subprocess.Popen, polite: int = signal.SIGTERM, grace_sec
     wait short but not the SIGKILL: the interrupt is re-raised only once the group is gone."""
     hurried: Optional[BaseException] = None
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(polite)
+        # To the whole group, as a terminal's Ctrl-C would be: Packer's outer process ignores
+        # SIGINT sent to it alone and leaves the interrupt to the inner one, which cancels the
+        # build and removes its VM; signalled by PID, it ran on until the SIGKILL below.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, polite)
         try:
             proc.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:

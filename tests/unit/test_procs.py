@@ -63,3 +63,33 @@ def test_a_second_sigterm_during_the_grace_period_still_kills_the_group():
     while not _gone(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(grandchild)
+
+
+# Packer's shape: an outer process that ignores SIGINT sent to it alone and waits for an inner
+# one, which handles the interrupt by cleaning up (Packer removes its VM) and exiting.
+WRAPPED_CHILD = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+inner = subprocess.Popen([sys.executable, "-c", '''
+import signal, sys, time
+def cleanup(signum, frame):
+    open(sys.argv[1], "w").write("cleaned up")
+    sys.exit(1)
+signal.signal(signal.SIGINT, cleanup)
+print("ready", flush=True)
+time.sleep(300)
+''', sys.argv[1]])
+sys.exit(inner.wait())
+"""
+
+
+def test_the_interrupt_reaches_the_inner_process_of_a_wrapper_like_packer(tmp_path):
+    marker = tmp_path / "cleanup"
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPED_CHILD, str(marker)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    stop_process(proc, signal.SIGINT, grace_seconds=60)
+    # Signalled by PID alone, the outer process ignored it and the inner one was SIGKILLed
+    # after the grace period, its clean-up never run.
+    assert marker.is_file() and marker.read_text() == "cleaned up", "the inner process never saw the interrupt"
+    assert proc.returncode == 1, proc.returncode
