@@ -188,13 +188,16 @@ def approve(c, image_id=None, target="local", config_=None, json_=False):
     """Run the approval gate again on an image's stored verification report.
 
     Approves only when the report names this image id and its fingerprint, the build
-    directory still hashes to that fingerprint, and every control passed (or is
-    not-applicable with a reason); otherwise tags the image rejected.
+    directory still hashes to that fingerprint, and every control in force has one row that
+    passed (or is not-applicable with a reason, or waived by a waiver the waivers file holds
+    today); otherwise tags the image rejected.
     """
     from golden_ami import approve as gate
+    from golden_ami import waivers
 
     target_obj, image, build_dir = _image_and_build_dir(target, image_id, config_)
-    decision = gate.decide(image, gate.load_report(build_dir), build_dir)
+    waivers_file = gconfig.resolve(gconfig.available_os()[0], target, config_).waivers_file
+    decision = gate.decide(image, gate.load_report(build_dir), build_dir, waivers.load(waivers_file))
     image = gate.apply(target_obj, image, decision, build_dir)
     _emit(json_, {"image_id": image.id, "status": image.status, "failed_controls": decision.failed_controls,
                  "reasons": decision.reasons}, f"{image.id}: {decision.summary()}")

@@ -2,9 +2,10 @@
 
 The report must name the candidate's own image id and fingerprint, the build directory must
 still hash to that fingerprint (nobody changed controls.json or a script after the build),
-and every control in force must have a row: pass, or not-applicable with a reason. Anything
-else rejects the candidate, naming the failing control ids. Read, decide, write the tags,
-read them back.
+and every control in force must have exactly one row - pass, not-applicable with a reason, or
+waived under a waiver the waivers file holds *now* - and no row may name a control the build
+does not have. Anything else rejects the candidate, naming the failing control ids. Read,
+decide, write the tags, read them back.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from . import waivers
 from .render import CONTROLS_FILE, load_render
@@ -40,11 +41,41 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path) -> Decision:
-    """Judge a candidate by its report; pure (reads files, changes nothing)."""
+def _rows_problem(report: dict[str, Any], in_force: list[dict[str, Any]]) -> Optional[str]:
+    """What makes the report's rows unusable as a verdict, or None. A row can only be trusted
+    as the one verdict on a control in force: not a second row for the same id (which of the
+    two would count?), not a row for an id the build does not have."""
+    rows = report.get("controls")
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("outcome"), str) for r in rows):
+        return "the report's controls are not a list of rows, each with an id and an outcome"
+    ids = [row["id"] for row in rows]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        return f"the report has more than one row for {', '.join(twice)}"
+    unknown = sorted(set(ids) - {c["id"] for c in in_force})
+    if unknown and in_force:
+        return f"the report has rows for controls this build does not have in force: {', '.join(unknown)}"
+    return None
+
+
+def _waiver_holds(control_id: str, in_force: Sequence[waivers.Waiver], os_name: str, target: str) -> bool:
+    today = datetime.now(timezone.utc).date()
+    return any(w.covers(control_id, os_name, target) and not w.expired(today) for w in in_force)
+
+
+def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
+           waivers_in_force: Sequence[waivers.Waiver] = ()) -> Decision:
+    """Judge a candidate by its report; pure (reads files, changes nothing).
+
+    A "waived" row counts only while a waiver in waivers_in_force (the waivers file, read
+    again now) covers that control for the build's OS and target: what a row says about its
+    own waiver is never believed."""
     reasons: list[str] = []
     if report is None:
         return Decision(False, [], ["no verification report"])
+    if not isinstance(report, dict):
+        return Decision(False, [], ["the verification report is not a JSON object"])
     if report.get("image_id") != image.id:
         reasons.append(f"the report names image {report.get('image_id')!r}, not {image.id}")
     fingerprint = image.tags.get("Fingerprint", "")
@@ -58,27 +89,28 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path) -> D
     if on_disk is not None and on_disk != fingerprint:
         reasons.append("the build directory no longer hashes to the image's fingerprint (edited after the build)")
 
-    in_force = json.loads((build_dir / CONTROLS_FILE).read_text())["controls"] if (build_dir / CONTROLS_FILE).is_file() else []
-    rows = {row["id"]: row for row in report.get("controls", [])}
+    document = json.loads((build_dir / CONTROLS_FILE).read_text()) if (build_dir / CONTROLS_FILE).is_file() else {}
+    in_force = document.get("controls", [])
+    problem = _rows_problem(report, in_force)
+    if problem:
+        return Decision(False, [], reasons + [problem])
+    rows = {row["id"]: row for row in report["controls"]}
     failed: list[str] = []
-    for control in in_force:
+    for control in in_force:  # (controls checked from outside the instance, the AWS API, included)
         row = rows.get(control["id"])
         if row is None:
             failed.append(control["id"])
             reasons.append(f"{control['id']} has no row in the report")
         elif control["applicable"] and row["outcome"] == "waived":
-            if not waivers.still_valid(row):
+            if not _waiver_holds(control["id"], waivers_in_force, document.get("os", ""), document.get("target", "")):
                 failed.append(control["id"])
-                reasons.append(f"{control['id']}: its waiver has expired since verification")
+                reasons.append(f"{control['id']} is waived in the report, but no waiver in force in the waivers file"
+                               " covers it")
         elif control["applicable"] and row["outcome"] != "pass":
             failed.append(control["id"])
         elif not control["applicable"] and not (row["outcome"] == "not-applicable" and row.get("message")):
             failed.append(control["id"])
             reasons.append(f"{control['id']} is not applicable but the report does not say why")
-    # Rows for controls checked from outside the instance (the AWS API) count the same way.
-    for row_id, row in rows.items():
-        if row_id not in {c["id"] for c in in_force} and row["outcome"] not in ("pass", "not-applicable"):
-            failed.append(row_id)
     if not in_force:
         reasons.append("the build directory lists no controls")
     return Decision(approved=not failed and not reasons, failed_controls=sorted(set(failed)), reasons=reasons)

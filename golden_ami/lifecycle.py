@@ -31,6 +31,7 @@ import botocore.exceptions
 
 from .config import Settings, available_os
 from .errors import UserError
+from .targets.base import age_order
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 SSM_REFERENCE = "resolve:ssm:"
@@ -259,8 +260,8 @@ def deregister_with_snapshots(ec2: Any, image_id: str, snapshots: Iterable[str])
 
 # --- planning ----------------------------------------------------------------------------------
 def _newest_first(images: list[tuple[str, dict[str, str], str]]) -> list[tuple[str, dict[str, str], str]]:
-    """(id, tags, created) tuples, newest approval first; ties broken by id for a stable order."""
-    return sorted(images, key=lambda i: (i[1].get("ApprovedAt") or i[1].get("CreatedAt") or i[2], i[0]), reverse=True)
+    """(id, tags, created) tuples, newest first in the order `latest` uses (targets.base.age_order)."""
+    return sorted(images, key=lambda i: age_order(i[0], i[1], i[2]), reverse=True)
 
 
 def plan_aws(settings: Settings, os_name: str, region: Optional[str] = None, *, ec2: Any = None, ssm: Any = None,

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import approve, lifecycle, packer, paths, render, verify_runner
+from . import approve, lifecycle, packer, paths, render, verify_runner, waivers
 from .config import Resolved
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
@@ -189,7 +189,7 @@ def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Pa
     except (VerificationError, UserError) as exc:
         error = str(exc)
         progress.say(f"verification refused: {error}")
-    decision = approve.decide(image, report, build_dir)
+    decision = approve.decide(image, report, build_dir, waivers.load(cfg.waivers_file))
     if error:
         decision.approved = False
         decision.reasons.insert(0, f"verification did not complete: {error}")

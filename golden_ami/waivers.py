@@ -101,11 +101,3 @@ def apply(rows: list[dict[str, Any]], waivers: list[Waiver], os_name: str, targe
         listing.append({**waiver.as_dict(), "state": state})
     return listing
 
-
-def still_valid(row: dict[str, Any], today: Optional[dt.date] = None) -> bool:
-    """At approval time: is the waiver recorded on a waived row still in force?"""
-    waiver = row.get("waiver") or {}
-    try:
-        return dt.date.fromisoformat(waiver["expires"]) >= (today or dt.date.today())
-    except (KeyError, ValueError):
-        return False

@@ -14,7 +14,7 @@ import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ..config import Resolved, Settings
 from ..progress import Progress
@@ -31,6 +31,20 @@ class Image:
     @property
     def status(self) -> str:
         return self.tags.get("Status", "")
+
+
+def age_order(image_id: str, tags: Mapping[str, str], created: str = "") -> tuple[str, str]:
+    """The one meaning of "newer" between two images, for `latest`, `list`, rebuild and prune
+    alike: when the image was built (its CreatedAt tag; the registry's own creation time for an
+    image without one), then its id, so that equal times sort the same way every time.
+    Not ApprovedAt: approving an older image again must not make it the image teams launch, nor
+    let prune remove the one `latest` prints. (Both stamps are UTC ISO 8601: text order is
+    time order.)"""
+    return (tags.get("CreatedAt") or created, image_id)
+
+
+def oldest_first(images: Iterable[Image]) -> list[Image]:
+    return sorted(images, key=lambda image: age_order(image.id, image.tags))
 
 
 @dataclass(frozen=True)

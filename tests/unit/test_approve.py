@@ -79,3 +79,29 @@ def test_a_build_directory_edited_after_the_build_is_refused(built):
                                                          "controls": []}))
     decision = approve.decide(image, report, build_dir)
     assert not decision.approved and "no longer hashes" in decision.summary()
+
+
+def _first_passing(report):
+    return next(row for row in report["controls"] if row["outcome"] == "pass")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # A failing row, then a passing one for the same control: which would count?
+    (lambda r: r["controls"].insert(0, {**_first_passing(r), "outcome": "fail"}), "more than one row for"),
+    (lambda r: r["controls"].append({"id": "9.9.9", "outcome": "pass", "message": ""}),
+     "controls this build does not have in force: 9.9.9"),
+    (lambda r: r["controls"].append({"id": "4.2.7"}), "each with an id and an outcome"),
+    (lambda r: r.update(controls={"4.2.7": "pass"}), "each with an id and an outcome"),
+])
+def test_a_report_whose_rows_cannot_be_one_verdict_per_control_is_refused(built, edit, needle):
+    _, image, build_dir, report = built
+    doctored = json.loads(json.dumps(report))
+    edit(doctored)
+    decision = approve.decide(image, doctored, build_dir)
+    assert not decision.approved and needle in decision.summary(), decision.summary()
+
+
+def test_a_report_that_is_not_an_object_is_refused(built):
+    _, image, build_dir, report = built
+    decision = approve.decide(image, [report], build_dir)
+    assert not decision.approved and "not a JSON object" in decision.summary()

@@ -325,3 +325,35 @@ def test_lifecycle_settings_are_validated(tmp_path):
     good.write_text("lifecycle: {keep_approved: 5, deprecate_after_days: 7}\n")
     settings = config.resolve("debian12", "local", str(good)).settings
     assert (settings.lifecycle.keep_approved, settings.lifecycle.deprecate_after_days) == (5, 7)
+
+
+# --- one meaning of "newest" ------------------------------------------------------------------
+def test_latest_and_prune_agree_on_the_newest_when_an_older_build_is_approved_again(state_dir, tmp_path):
+    """Built first but approved last (a re-verification of an older image): the newest is still
+    the later build, for `latest` and prune alike - prune never removes what `latest` prints."""
+    from golden_ami import config
+    from golden_ami.targets.local.target import LocalTarget
+
+    store = Store(state_dir / "store")
+    older = _stored(store, tmp_path, 1)
+    newer = _stored(store, tmp_path, 2)
+    store.set_tags(older.id, {"ApprovedAt": "2026-11-20T00:00:00Z"})
+    cfg = config.resolve("debian12", "local")
+    latest = LocalTarget(cfg.settings, cfg.state_dir).list_images("debian12", "approved")[-1]
+    plan = lifecycle.plan_local(_settings(keep_approved=1), state_dir, "debian12", processes={})
+    assert latest.id == newer.id
+    assert plan.protected[0].image_id == newer.id and [a.image_id for a in plan.actions] == [older.id]
+
+
+def test_latest_and_prune_agree_on_the_newest_on_aws(aws, state_dir):
+    from golden_ami import config
+    from golden_ami.targets.aws.target import AwsTarget
+
+    ec2, ssm = aws
+    older, newer = _approved(ec2, 1), _approved(ec2, 2)
+    ec2.create_tags(Resources=[older], Tags=[{"Key": "ApprovedAt", "Value": "2026-11-20T00:00:00Z"}])
+    cfg = config.resolve("debian12", "aws")
+    latest = AwsTarget(cfg.settings, cfg.state_dir).list_images("debian12", "approved")[-1]
+    plan = lifecycle.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    assert latest.id == newer
+    assert plan.protected[0].image_id == newer and older in {a.image_id for a in plan.actions}

@@ -46,3 +46,23 @@ def test_unknown_and_malformed_ids(tmp_path):
         store.get("li-0000000000000000a")
     with pytest.raises(UserError, match="not a local image id"):
         store.get("../../etc")
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda d: (d / "tags.json").write_text('{"Status": "appr'), "is not JSON"),
+    (lambda d: (d / "tags.json").write_text('["approved"]'), "not an object of string tags"),
+    (lambda d: (d / "tags.json").write_text('{"Status": "approved", "OS": 12}'), "not an object of string tags"),
+    (lambda d: (d / "tags.json").write_text('{"Status": "approved"}'), "has no OS"),
+    (lambda d: (d / "tags.json").write_bytes(b'{"Status": "\xff"}'), "cannot be read"),
+    (lambda d: (d / "disk.qcow2").unlink(), "has no disk.qcow2"),
+])
+def test_a_damaged_image_is_skipped_with_one_warning_and_refused_by_name(tmp_path, capsys, damage, named):
+    store = Store(tmp_path / "store")
+    good = store.add(_disk(tmp_path), {"Status": "approved", "OS": "debian12", "CreatedAt": "2026-01-01T00:00:00Z"})
+    bad = store.add(_disk(tmp_path, "d2"), {"Status": "approved", "OS": "debian12", "CreatedAt": "2026-02-01T00:00:00Z"})
+    damage(store.root / bad.id)
+    assert [i.id for i in store.list(status="approved")] == [good.id]
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and bad.id in warnings[0] and named in warnings[0], warnings
+    with pytest.raises(UserError, match=named):
+        store.get(bad.id)

@@ -58,7 +58,7 @@ def test_bad_waivers_are_refused(tmp_path, entry, needle):
         waivers.load(_write(tmp_path, [entry]))
 
 
-def test_the_gate_accepts_a_waived_row_only_while_its_waiver_holds(state_dir, tmp_path):
+def test_the_gate_believes_a_waived_row_only_while_the_waivers_file_holds_a_waiver_for_it(state_dir, tmp_path):
     cfg = config.resolve("debian12", "local")
     source = render.SourceImage(id="sha256:" + "5" * 64, name="b", location="/x", checksum="sha256:" + "5" * 64)
     result = render.render(cfg, source, tmp_path / "build")
@@ -66,12 +66,22 @@ def test_the_gate_accepts_a_waived_row_only_while_its_waiver_holds(state_dir, tm
     controls = json.loads((result.directory / "controls.json").read_text())["controls"]
     rows = [{"id": c["id"], "outcome": "pass" if c["applicable"] else "not-applicable",
              "message": "" if c["applicable"] else c["reason"]} for c in controls]
-    rows[0].update({"outcome": "waived", "waiver": {"expires": "2999-01-01", "justification": "long enough text"}})
+    waived = next(row for row in rows if row["outcome"] == "pass")
+    # The row's own account of its waiver (as an edited report would give it) counts for nothing.
+    waived.update({"outcome": "waived", "waiver": {"expires": "2999-12-31", "justification": "in no waivers file"}})
     doc = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
-    assert approve.decide(image, doc, result.directory).approved
-    rows[0]["waiver"]["expires"] = "2000-01-01"
-    decision = approve.decide(image, doc, result.directory)
-    assert not decision.approved and decision.failed_controls == [rows[0]["id"]]
+
+    def gate(entries):
+        return approve.decide(image, doc, result.directory, waivers.load(_write(tmp_path, entries)) if entries else ())
+
+    entry = {"control": waived["id"], "justification": "legacy bastion needs six tries", "expires": "2999-01-01"}
+    assert gate([entry]).approved
+    assert gate([{**entry, "os": ["debian12"], "target": ["local"]}]).approved
+    for entries in ([], [{**entry, "expires": "2000-01-01"}], [{**entry, "os": ["al2023"]}],
+                    [{**entry, "target": ["aws"]}], [{**entry, "control": "4.2.7"}]):
+        decision = gate(entries)
+        assert not decision.approved and decision.failed_controls == [waived["id"]], entries
+        assert "no waiver in force in the waivers file covers it" in decision.summary()
 
 
 def test_markdown_report_lists_rows_and_waivers():

@@ -23,7 +23,7 @@ from ...errors import UserError, VerificationError
 from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
-from ..base import BuildContext, Image, Problem, Target, TestInstance
+from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order
 from . import checks, clients, source
 
 MANAGED_BY = "golden-ami"
@@ -234,8 +234,9 @@ class AwsTarget(Target):
             raw = self._ec2().describe_images(Owners=["self"], Filters=filters)["Images"]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise clients.describe_error(exc, "list the pipeline's AMIs") from None
+        created = {r["ImageId"]: r.get("CreationDate", "") for r in raw}
         images = [_image(r, self.region) for r in raw]
-        return sorted(images, key=lambda i: (i.tags.get("ApprovedAt") or i.tags.get("CreatedAt", ""), i.id))
+        return sorted(images, key=lambda i: age_order(i.id, i.tags, created[i.id]))
 
     def _snapshots_of(self, ec2: Any, image_id: str) -> list[str]:
         image = ec2.describe_images(ImageIds=[image_id])["Images"][0]

@@ -16,14 +16,17 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ...errors import UserError
+from ..base import age_order
 
 DISK_FILE = "disk.qcow2"
 TAGS_FILE = "tags.json"
+REQUIRED_TAGS = ("Status", "OS")  # without them an image can be neither filtered nor judged
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,20 @@ class StoredImage:
     @property
     def status(self) -> str:
         return self.tags.get("Status", "")
+
+
+def _tags_problem(text: str) -> Optional[str]:
+    """What is wrong with a tags.json's text, or None: an object of strings naming Status and OS."""
+    try:
+        tags = json.loads(text)
+    except ValueError as exc:
+        return f"its {TAGS_FILE} is not JSON ({exc})"
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        return f"its {TAGS_FILE} is not an object of string tags"
+    missing = [key for key in REQUIRED_TAGS if not tags.get(key)]
+    if missing:
+        return f"its {TAGS_FILE} has no {', '.join(missing)}"
+    return None
 
 
 def new_image_id() -> str:
@@ -87,10 +104,17 @@ class Store:
     def get(self, image_id: str) -> StoredImage:
         directory = self._dir(image_id)
         try:
-            tags = json.loads((directory / TAGS_FILE).read_text())
+            text = (directory / TAGS_FILE).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UserError(f"no local image {image_id}: see invoke list --target=local") from None
-        return StoredImage(id=image_id, path=directory / DISK_FILE, tags=tags)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"image {image_id} is damaged: its {TAGS_FILE} cannot be read ({exc})") from None
+        problem = _tags_problem(text)
+        if problem is None and not (directory / DISK_FILE).is_file():
+            problem = f"it has no {DISK_FILE}"
+        if problem:
+            raise UserError(f"image {image_id} is damaged: {problem}")
+        return StoredImage(id=image_id, path=directory / DISK_FILE, tags=json.loads(text))
 
     def set_tags(self, image_id: str, updates: dict[str, Optional[str]]) -> StoredImage:
         """Merge tag updates (a None value removes the tag); re-read to prove they landed."""
@@ -116,13 +140,18 @@ class Store:
         for directory in sorted(self.root.iterdir()):
             if directory.name.startswith(".") or not (directory / TAGS_FILE).is_file():
                 continue
-            image = self.get(directory.name)
+            try:
+                image = self.get(directory.name)
+            except UserError as exc:
+                # One damaged image must not take `latest`, `list`, prune and reap down for all.
+                print(f"[golden-ami] warning: skipped {directory.name}: {exc}", file=sys.stderr, flush=True)
+                continue
             if os_name and image.tags.get("OS") != os_name:
                 continue
             if status and image.status != status:
                 continue
             images.append(image)
-        return sorted(images, key=lambda i: (i.tags.get("CreatedAt", ""), i.id))
+        return sorted(images, key=lambda i: age_order(i.id, i.tags))
 
     def delete(self, image_id: str) -> None:
         with self._locked():
