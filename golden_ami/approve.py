@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 from . import waivers
 from .render import CONTROLS_FILE, load_render
 from .targets.base import Image, Target
-from .verify_runner import REPORT_FILE, report_digest
+from .verify_runner import REPORT_FILE, seal_problems
 
 
 @dataclass
@@ -76,6 +76,7 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
         return Decision(False, [], ["no verification report"])
     if not isinstance(report, dict):
         return Decision(False, [], ["the verification report is not a JSON object"])
+    reasons.extend(seal_problems(image, build_dir / "verify"))
     if report.get("image_id") != image.id:
         reasons.append(f"the report names image {report.get('image_id')!r}, not {image.id}")
     fingerprint = image.tags.get("Fingerprint", "")
@@ -128,13 +129,12 @@ def load_report(build_dir: Path) -> Optional[dict[str, Any]]:
 
 def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> Image:
     """Write the decision as tags and read them back (Target.set_tags checks they landed)."""
-    report_path = build_dir / "verify" / REPORT_FILE
-    digest = report_digest(report_path) if report_path.is_file() else None
+    # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
     if decision.approved:
-        tags = {"Status": "approved", "ApprovedAt": now(), "ReportDigest": digest,
+        tags = {"Status": "approved", "ApprovedAt": now(),
                 "FailedControls": None, "RejectedAt": None, "RejectReason": None}
     else:
-        tags = {"Status": "rejected", "RejectedAt": now(), "ReportDigest": digest,
+        tags = {"Status": "rejected", "RejectedAt": now(),
                 "FailedControls": ",".join(decision.failed_controls) or None,
                 "RejectReason": "; ".join(decision.reasons)[:250] or None, "ApprovedAt": None}
     return target.set_tags(image.id, tags)

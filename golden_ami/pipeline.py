@@ -186,6 +186,7 @@ def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Pa
     try:
         with progress.step(f"verify {image.id}"):
             report = verify_runner.run(cfg, target, image, build_dir, build_id, progress)
+        image = target.get_image(image.id)  # with the seal the run just set
     except (VerificationError, UserError) as exc:
         error = str(exc)
         progress.say(f"verification refused: {error}")

@@ -31,8 +31,32 @@ JUNIT_FILE = "junit.xml"
 FACTS_FILE = "facts.json"  # the raw snapshot the verdicts were made on (written by verify/)
 
 
+# The verify run seals what it wrote: these tags on the image hold the files' digests, and the
+# approval gate judges a report only while it still hashes to its seal.
+SEAL_TAGS = {"ReportDigest": REPORT_FILE, "FactsDigest": FACTS_FILE, "JunitDigest": JUNIT_FILE}
+
+
 def report_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def seal(target: Target, image: Image, verify_dir: Path) -> Image:
+    """Record the digests of the files this verify run wrote in the image's tags (a file it did
+    not write - facts.json of a run that never reached the instance - removes its tag)."""
+    return target.set_tags(image.id, {tag: report_digest(verify_dir / name) if (verify_dir / name).is_file() else None
+                                      for tag, name in SEAL_TAGS.items()})
+
+
+def seal_problems(image: Image, verify_dir: Path) -> list[str]:
+    """Why the files in verify_dir are not the ones the verify run sealed; [] when they are."""
+    if not image.tags.get("ReportDigest"):
+        return ["the report was never sealed by a verify run (the image has no ReportDigest tag)"]
+    problems = []
+    for tag, name in SEAL_TAGS.items():
+        sealed, path = image.tags.get(tag), verify_dir / name
+        if sealed and (not path.is_file() or report_digest(path) != sealed):
+            problems.append(f"{name} is not the file the verify run sealed (its digest differs from the {tag} tag)")
+    return problems
 
 
 def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str, progress: Progress) -> dict[str, Any]:
@@ -62,6 +86,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report["summary"] = summarise(report["controls"])
             _write_report(verify_dir / REPORT_FILE, report)
             (verify_dir / MARKDOWN_FILE).write_text(markdown(report))
+            seal(target, image, verify_dir)
     finally:
         # The private key dies with the instance.
         key.private_key_path.unlink(missing_ok=True)

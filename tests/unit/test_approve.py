@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from golden_ami import approve, config, render
+from golden_ami import approve, config, render, verify_runner
 from golden_ami.targets.base import Image
 from golden_ami.targets.local.store import Store
 from golden_ami.targets.local.target import LocalTarget
@@ -27,6 +27,9 @@ def built(state_dir, tmp_path):
     report = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
     (result.directory / "verify").mkdir()
     (result.directory / "verify" / "report.json").write_text(json.dumps(report))
+    (result.directory / "verify" / "facts.json").write_text('{"collected": {}}')
+    # What the verify run does last: seal the files it wrote in the image's tags.
+    image = verify_runner.seal(LocalTarget(cfg.settings, cfg.state_dir), image, result.directory / "verify")
     return cfg, image, result.directory, report
 
 
@@ -36,7 +39,8 @@ def test_a_passing_report_about_this_image_approves(built):
     assert decision.approved, decision.summary()
     target = LocalTarget(cfg.settings, cfg.state_dir)
     after = approve.apply(target, image, decision, build_dir)
-    assert after.status == "approved" and after.tags["ReportDigest"].startswith("sha256:")
+    assert after.status == "approved" and after.tags["ReportDigest"] == image.tags["ReportDigest"]
+    assert image.tags["FactsDigest"].startswith("sha256:") and "JunitDigest" not in image.tags
     assert after.tags["ApprovedAt"]
 
 
@@ -105,3 +109,23 @@ def test_a_report_that_is_not_an_object_is_refused(built):
     _, image, build_dir, report = built
     decision = approve.decide(image, [report], build_dir)
     assert not decision.approved and "not a JSON object" in decision.summary()
+
+
+@pytest.mark.parametrize("tamper, needle", [
+    (lambda d, i: ((d / "verify" / "report.json").write_text(" " + (d / "verify" / "report.json").read_text()), i)[1],
+     "report.json is not the file the verify run sealed"),
+    (lambda d, i: ((d / "verify" / "facts.json").write_text('{"collected": {"forged": 1}}'), i)[1],
+     "facts.json is not the file the verify run sealed"),
+    (lambda d, i: ((d / "verify" / "facts.json").unlink(), i)[1], "facts.json is not the file the verify run sealed"),
+    (lambda d, i: Image(i.id, {k: v for k, v in i.tags.items() if k != "ReportDigest"}, i.location),
+     "never sealed by a verify run"),
+])
+def test_a_report_or_snapshot_changed_after_its_verify_run_is_refused(built, tamper, needle):
+    cfg, image, build_dir, _ = built
+    sealed = image.tags["ReportDigest"]
+    image = tamper(build_dir, image)
+    decision = approve.decide(image, approve.load_report(build_dir), build_dir)
+    assert not decision.approved and needle in decision.summary(), decision.summary()
+    # Rejecting does not re-seal: the tag still holds what the verify run wrote.
+    after = approve.apply(LocalTarget(cfg.settings, cfg.state_dir), image, decision, build_dir)
+    assert after.status == "rejected" and after.tags["ReportDigest"] == sealed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from golden_ami import approve, config, render, report, waivers
+from golden_ami import approve, config, render, report, verify_runner, waivers
 from golden_ami.errors import UserError
 from golden_ami.targets.base import Image
 
@@ -70,6 +70,10 @@ def test_the_gate_believes_a_waived_row_only_while_the_waivers_file_holds_a_waiv
     # The row's own account of its waiver (as an edited report would give it) counts for nothing.
     waived.update({"outcome": "waived", "waiver": {"expires": "2999-12-31", "justification": "in no waivers file"}})
     doc = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
+    (result.directory / "verify").mkdir()
+    (result.directory / "verify" / "report.json").write_text(json.dumps(doc))
+    image = Image(image.id, {**image.tags, "ReportDigest": verify_runner.report_digest(
+        result.directory / "verify" / "report.json")})
 
     def gate(entries):
         return approve.decide(image, doc, result.directory, waivers.load(_write(tmp_path, entries)) if entries else ())
