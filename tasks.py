@@ -223,6 +223,32 @@ def verify(c, image_id=None, target="local", config_=None, accept_unpinned_host_
         raise Exit(code=1)
 
 
+@task(help={"image_id": "the image whose SBOM to write (li-… or ami-…)", "target": TARGET_HELP,
+            "out": "the file to write (default: standard output); an existing file is never overwritten",
+            "config_": CONFIG_HELP})
+@_user_errors
+def sbom(c, image_id=None, target="local", out=None, config_=None):
+    """Write an image's SBOM: CycloneDX JSON of the packages on the instance it was verified on.
+
+    Exactly the file its verify run wrote and sealed (the SbomDigest tag); refused when the
+    file in the build directory no longer hashes to that seal.
+    """
+    from golden_ami import verify_runner
+
+    _, image, build_dir = _image_and_build_dir(target, image_id, config_)
+    text = verify_runner.sealed_text(image, build_dir / "verify", "SbomDigest")
+    if out is None:
+        sys.stdout.write(text)
+        return
+    destination = Path(out)
+    if destination.exists() or not destination.parent.is_dir():
+        raise UserError(f"--out {out}: " + ("exists already" if destination.exists() else "its directory does not exist"))
+    partial = destination.with_name(f".{destination.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.rename(destination)
+    print(f"{image.id}: SBOM written to {destination}", file=sys.stderr)
+
+
 def _image_row(image) -> dict:
     keys = ("Status", "OS", "CreatedAt", "ApprovedAt", "Fingerprint", "SourceImage", "BuildId", "PipelineCommit",
             "FailedControls")

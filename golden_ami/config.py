@@ -108,6 +108,15 @@ class TargetOsData(_Strict):
     agents: dict[Literal["ssm", "cloudwatch"], AgentSpec]
 
 
+class OsSbom(_Strict):
+    """How the image's packages are named in its SBOM: package URLs (purl) of this type and
+    namespace, with this distro qualifier."""
+
+    purl_type: Literal["deb", "rpm"]
+    purl_namespace: Identifier
+    distro: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,39}$")
+
+
 class OsData(_Strict):
     name: Identifier
     display_name: str
@@ -117,6 +126,7 @@ class OsData(_Strict):
     services: OsServices
     conflicting_firewalls: list[Identifier]
     paths: OsPaths
+    sbom: OsSbom
     targets: dict[Literal["aws", "local"], TargetOsData]
     settings: dict[str, Any] = Field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from . import hostkeys, paths, sshkeys, waivers
 from .report import markdown, summarise
 from .config import Resolved
-from .errors import VerificationError
+from .errors import UserError, VerificationError
 from .procs import run_streaming
 from .progress import Progress
 from .render import CONTROLS_FILE
@@ -29,11 +29,12 @@ REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 JUNIT_FILE = "junit.xml"
 FACTS_FILE = "facts.json"  # the raw snapshot the verdicts were made on (written by verify/)
+SBOM_FILE = "sbom.cdx.json"  # CycloneDX, from that snapshot's package list (written by verify/)
 
 
 # The verify run seals what it wrote: these tags on the image hold the files' digests, and the
 # approval gate judges a report only while it still hashes to its seal.
-SEAL_TAGS = {"ReportDigest": REPORT_FILE, "FactsDigest": FACTS_FILE, "JunitDigest": JUNIT_FILE}
+SEAL_TAGS = {"ReportDigest": REPORT_FILE, "FactsDigest": FACTS_FILE, "JunitDigest": JUNIT_FILE, "SbomDigest": SBOM_FILE}
 
 
 def report_digest(path: Path) -> str:
@@ -45,6 +46,17 @@ def seal(target: Target, image: Image, verify_dir: Path) -> Image:
     not write - facts.json of a run that never reached the instance - removes its tag)."""
     return target.set_tags(image.id, {tag: report_digest(verify_dir / name) if (verify_dir / name).is_file() else None
                                       for tag, name in SEAL_TAGS.items()})
+
+
+def sealed_text(image: Image, verify_dir: Path, tag: str) -> str:
+    """A file of the verify run, read only while it still hashes to its seal."""
+    name, sealed = SEAL_TAGS[tag], image.tags.get(tag)
+    path = verify_dir / name
+    if not sealed:
+        raise UserError(f"{image.id} has no {tag} tag: no verify run of this version sealed a {name} (invoke verify)")
+    if not path.is_file() or report_digest(path) != sealed:
+        raise UserError(f"{path} is not the file {image.id}'s verify run sealed (its digest differs from the {tag} tag)")
+    return path.read_text(encoding="utf-8")
 
 
 def seal_problems(image: Image, verify_dir: Path) -> list[str]:
@@ -63,7 +75,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
     verify_dir = build_dir / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, "known_hosts"):
+    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts"):
         (verify_dir / stale).unlink(missing_ok=True)
     key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
     try:

@@ -420,10 +420,11 @@ def commands_for(request, connection):
         commands["nft_check_conf"] = ["nft", "--check", "--file", request["nftables_conf"]]
     manager = request.get("package_manager")
     if manager == "apt":
-        commands["packages"] = ["dpkg-query", "-W", "-f", "${Package}\\t${Status}\\t${Version}\\n"]
+        commands["packages"] = ["dpkg-query", "-W", "-f", "${Package}\\t${Status}\\t${Version}\\t${Architecture}\\n"]
         commands["apt_config"] = ["apt-config", "dump"]
     elif manager == "dnf":
-        commands["packages"] = ["rpm", "-qa", "--qf", "%{NAME}\\tinstall ok installed\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n"]
+        commands["packages"] = ["rpm", "-qa", "--qf",
+                                "%{NAME}\\tinstall ok installed\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\t%{ARCH}\\n"]
         commands["kernels"] = ["rpm", "-q", "kernel", "--qf", "%{VERSION}-%{RELEASE}.%{ARCH}\\n"]
     # Present on some OS only: run when installed, recorded as absent otherwise.
     for name, argv in (("authselect_current", ["authselect", "current", "--raw"]),

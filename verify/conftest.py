@@ -149,6 +149,22 @@ class FactSession:
         tmp.rename(directory / FACTS_FILE)
         return {"file": FACTS_FILE, "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
 
+    def save_sbom(self, directory: Path, image: dict[str, str]) -> dict[str, Any]:
+        """sbom.cdx.json beside the report (live runs), from the snapshot's package list."""
+        if self.snapshot is None or self.offline:
+            return {}
+        import ga_sbom  # (not at start-up: offline runs never write one, and cyclonedx takes a while to import)
+
+        try:
+            text = ga_sbom.document(self.snapshot, self.os_data()["sbom"], image)
+        except Exception as exc:  # noqa: BLE001 - an SBOM that cannot be made is said in the report, never a lost report
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        data = text.encode()
+        tmp = directory / (ga_sbom.SBOM_FILE + ".tmp")
+        tmp.write_bytes(data)
+        tmp.rename(directory / ga_sbom.SBOM_FILE)
+        return {"file": ga_sbom.SBOM_FILE, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), **ga_sbom.summary(text)}
+
     def transport(self) -> dict[str, Any]:
         counters = getattr(self.backend, "counters", None)
         return {**self.timings, **(self.snapshot.timings if self.snapshot else {}), **(counters or {}),

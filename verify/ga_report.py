@@ -121,10 +121,13 @@ class ControlReport:
         summary: dict[str, int] = {}
         for row in rows:
             summary[row["outcome"]] = summary.get(row["outcome"], 0) + 1
-        facts, transport = {}, {}
+        facts, transport, sbom = {}, {}, {}
         if self.facts is not None:
             facts = self.facts.save(self.path.parent)
             transport = self.facts.transport()
+            sbom = self.facts.save_sbom(self.path.parent, {
+                "id": self.header["image_id"], "os": self.header["os"], "fingerprint": self.header["fingerprint"],
+                "build_id": self.header["build_id"]})
         # Time spent judging, without gathering: the loop over every check (pytest's own work
         # per check included), less connecting, the collector run and the dynamic commands
         # (each paid inside the first check that needed it).
@@ -134,6 +137,7 @@ class ControlReport:
             "schema": 1,
             **self.header,
             "facts": facts,
+            "sbom": sbom,
             "transport": transport,
             "evaluation": {"checks": self.checks_run, "seconds": round(evaluation, 4),
                            "check_phases_seconds": round(sum(self.seconds.values()), 4),

@@ -154,23 +154,35 @@ def newest_version(versions: list[str], package_manager: str) -> str:
 
 
 # --- packages and units ------------------------------------------------------------------------
-def packages(facts: Snapshot) -> dict[str, str]:
-    """Installed packages: name -> version."""
-    def parse() -> dict[str, str]:
-        installed = {}
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    arch: str  # "" in a snapshot from before the collector recorded it
+
+
+def package_list(facts: Snapshot) -> list[Package]:
+    """Installed packages, in the package manager's order."""
+    def parse() -> list[Package]:
+        found = []
         for line in facts.output("packages").splitlines():
             fields = line.split("\t")
-            if len(fields) != 3:
+            if len(fields) not in (3, 4):
                 continue
-            name, status, version = fields
+            name, status, version = fields[:3]
             words = status.split()
             # dpkg's "install ok installed" (or "hold ok installed"); rpm lists installed ones only.
             if len(words) == 3 and words[0] in ("install", "hold") and words[1:] == ["ok", "installed"]:
-                installed[name] = version
-        if not installed:
+                found.append(Package(name, version, fields[3] if len(fields) == 4 else ""))
+        if not found:
             raise FactUnavailable("the package list is empty")
-        return installed
-    return facts.cached("packages", parse)
+        return found
+    return facts.cached("package_list", parse)
+
+
+def packages(facts: Snapshot) -> dict[str, str]:
+    """Installed packages: name -> version."""
+    return {package.name: package.version for package in package_list(facts)}
 
 
 def installed(facts: Snapshot, names: Iterable[str]) -> list[str]:

@@ -127,7 +127,7 @@ def test_a_verify_run_seals_the_files_it_wrote_and_the_gate_holds_to_the_seal(tm
     import contextlib
     import hashlib
 
-    from golden_ami import approve, config, pipeline
+    from golden_ami import approve, config, pipeline, verify_runner
     from golden_ami.progress import Progress
     from golden_ami.targets.base import TestInstance
     from golden_ami.targets.local.target import LocalTarget
@@ -152,8 +152,13 @@ def test_a_verify_run_seals_the_files_it_wrote_and_the_gate_holds_to_the_seal(tm
     decision = pipeline.verify_and_decide(cfg, target, image, build_dir, "build-1", Progress(quiet=True))
 
     tags, verify_dir = target.get_image(image.id).tags, build_dir / "verify"
-    for tag, name in (("ReportDigest", "report.json"), ("FactsDigest", "facts.json"), ("JunitDigest", "junit.xml")):
+    for tag, name in (("ReportDigest", "report.json"), ("FactsDigest", "facts.json"), ("JunitDigest", "junit.xml"),
+                      ("SbomDigest", "sbom.cdx.json")):
         assert tags[tag] == "sha256:" + hashlib.sha256((verify_dir / name).read_bytes()).hexdigest(), tag
+    # The SBOM lists what dpkg says is installed here (this machine is the "instance").
+    sbom = json.loads(verify_runner.sealed_text(target.get_image(image.id), verify_dir, "SbomDigest"))
+    assert any(c["name"] == "openssh-server" for c in sbom["components"])
+    assert json.loads((verify_dir / "report.json").read_text())["sbom"]["components"] == len(sbom["components"])
     # (Rejected all the same - this build directory is no render, and 4.2.7 may fail here.)
     assert not any("sealed" in reason for reason in decision.reasons), decision.reasons
     report = verify_dir / "report.json"

@@ -113,3 +113,25 @@ def test_missing_tools_stop_a_build_before_anything_is_written(state_dir, monkey
         pipeline.build(config.resolve("debian12", "local"), Progress(quiet=True))
     assert "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86" in str(err.value)
     assert not (state_dir / "builds").exists() and not (state_dir / "store").exists()
+
+
+def test_sbom_writes_the_sealed_file_and_refuses_one_changed_since(state_dir, tmp_path):
+    from golden_ami.targets.local.store import Store
+    from golden_ami.verify_runner import report_digest
+
+    verify_dir = state_dir / "builds" / "debian12-b1" / "verify"
+    verify_dir.mkdir(parents=True)
+    sbom = verify_dir / "sbom.cdx.json"
+    sbom.write_text('{"bomFormat": "CycloneDX", "specVersion": "1.6", "components": []}\n')
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"QFI\xfb")
+    image = Store(state_dir / "store").add(disk, {"Status": "approved", "OS": "debian12", "BuildId": "debian12-b1",
+                                                  "SbomDigest": report_digest(sbom)})
+    out = tmp_path / "image.cdx.json"
+    proc = invoke_cmd("sbom", f"--image-id={image.id}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == sbom.read_bytes()
+    _one_line_error(invoke_cmd("sbom", f"--image-id={image.id}", f"--out={out}"), "exists already")
+    assert invoke_cmd("sbom", f"--image-id={image.id}").stdout == sbom.read_text()
+    sbom.write_text(sbom.read_text().replace("[]", '[{"name": "forged"}]'))
+    _one_line_error(invoke_cmd("sbom", f"--image-id={image.id}"), "is not the file", "SbomDigest")
