@@ -249,6 +249,66 @@ def sbom(c, image_id=None, target="local", out=None, config_=None):
     print(f"{image.id}: SBOM written to {destination}", file=sys.stderr)
 
 
+def _counted_approved(target_obj, os_name):
+    """Images tagged approved whose signed approval verifies; a warning line for each other."""
+    from golden_ami import attest as statements
+
+    approved, refused = statements.approved_images(target_obj, os_name)
+    for image_id, reasons in refused.items():
+        print(f"[golden-ami] warning: {image_id} is tagged approved but does not count: {'; '.join(reasons)}"
+              f" (invoke attest --image-id={image_id})", file=sys.stderr)
+    return approved
+
+
+@task(name="signing-key", help={"config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def signing_key(c, config_=None, json_=False):
+    """Print the public key local approvals are signed with, for consumers to pin.
+
+    The private half is made once in <state>/signing/ (0600) and never printed.
+    """
+    from golden_ami import attest as statements
+
+    key = _settings_target("local", config_).approval_signer().public_key
+    pem = statements.public_key_pem(key)
+    _emit(json_, {"keyid": key.keyid, "scheme": key.scheme, "public_key_pem": pem}, f"{pem.rstrip()}\n# keyid {key.keyid}")
+
+
+@task(help={"image_id": "the image whose approval to check (li-… or ami-…)", "target": TARGET_HELP,
+            "public_key": "a PEM public key file to check against (default: the key of this state dir)",
+            "config_": CONFIG_HELP, "json_": JSON_HELP})
+@_user_errors
+def attest(c, image_id=None, target="local", public_key=None, config_=None, json_=False):
+    """Print an image's signed approval statement and whether it verifies; exit 1 when not.
+
+    Verifies: the signature against the pinned key, that the statement is about this image and
+    this disk, that the image's tags agree with it, and that no waiver inside has expired.
+    """
+    from golden_ami import attest as statements
+
+    if not image_id:
+        raise UserError("--image-id is required (see invoke list)")
+    target_obj = _settings_target(target, config_)
+    image = target_obj.get_image(image_id)
+    if not target_obj.signs_approvals:
+        reasons, statement = [f"the {target} target does not sign approvals yet: its tags are all there is"], None
+    else:
+        if public_key:
+            try:
+                keys = [statements.key_from_pem(Path(public_key).read_text())]
+            except OSError as exc:
+                raise UserError(f"--public-key {public_key}: {exc.strerror}") from None
+        else:
+            keys = target_obj.approval_keys()
+        reasons, statement = statements.problems(image, target_obj.load_statement(image.id), keys,
+                                                 target_obj.subject_digest(image))
+    verdict = "verified" if not reasons else "NOT verified: " + "; ".join(reasons)
+    _emit(json_, {"image_id": image.id, "verified": not reasons, "problems": reasons, "statement": statement},
+          (json.dumps(statement, indent=2, sort_keys=True) + "\n" if statement else "") + f"{image.id}: {verdict}")
+    if reasons:
+        raise Exit(code=1)
+
+
 def _image_row(image) -> dict:
     keys = ("Status", "OS", "CreatedAt", "ApprovedAt", "Fingerprint", "SourceImage", "BuildId", "PipelineCommit",
             "FailedControls")
@@ -265,7 +325,7 @@ def latest(c, os_=None, target="local", region=None, config_=None, json_=False):
     cfg = _resolve(os_, target, config_, region=region)
     from golden_ami.pipeline import target_for
 
-    approved = target_for(cfg).list_images(cfg.os.name, "approved")
+    approved = _counted_approved(target_for(cfg), cfg.os.name)
     if not approved:
         raise UserError(f"no approved {cfg.os.name} image on the {cfg.target} target yet: run invoke build --os={cfg.os.name}"
                         f" --target={cfg.target}")
@@ -282,7 +342,9 @@ def list_(c, os_=None, target="local", status=None, region=None, config_=None, j
         raise UserError(f"unknown --os {os_!r}: {OS_HELP}")
     if status and status not in ("candidate", "approved", "rejected"):
         raise UserError(f"unknown --status {status!r}: candidate, approved or rejected")
-    rows = [_image_row(i) for i in _settings_target(target, config_, region).list_images(os_, status)]
+    target_obj = _settings_target(target, config_, region)
+    images = _counted_approved(target_obj, os_) if status == "approved" else target_obj.list_images(os_, status)
+    rows = [_image_row(i) for i in images]
     if json_:
         _emit(True, rows, "")
         return

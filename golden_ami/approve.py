@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import waivers
+from . import attest, waivers
 from .render import CONTROLS_FILE, load_render
 from .targets.base import Image, Target
 from .verify_runner import REPORT_FILE, seal_problems
@@ -130,11 +130,26 @@ def load_report(build_dir: Path) -> Optional[dict[str, Any]]:
 def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> Image:
     """Write the decision as tags and read them back (Target.set_tags checks they landed)."""
     # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
+    envelope = None
     if decision.approved:
         tags = {"Status": "approved", "ApprovedAt": now(),
                 "FailedControls": None, "RejectedAt": None, "RejectReason": None}
+        # Signed before anything changes: a key that cannot sign leaves the image as it was.
+        envelope = _signed_statement(target, image, tags, build_dir)
     else:
         tags = {"Status": "rejected", "RejectedAt": now(),
                 "FailedControls": ",".join(decision.failed_controls) or None,
                 "RejectReason": "; ".join(decision.reasons)[:250] or None, "ApprovedAt": None}
-    return target.set_tags(image.id, tags)
+    after = target.set_tags(image.id, tags)
+    target.save_statement(image.id, envelope)  # a rejection removes an earlier approval's statement
+    return after
+
+
+def _signed_statement(target: Target, image: Image, tags: dict[str, Optional[str]],
+                      build_dir: Path) -> Optional[dict[str, Any]]:
+    if not target.signs_approvals:
+        return None
+    merged = {k: v for k, v in {**image.tags, **tags}.items() if v is not None}
+    approved = Image(image.id, merged, image.location)
+    payload = attest.statement(approved, target.subject_digest(image), load_report(build_dir), merged["ApprovedAt"])
+    return attest.sign(target.approval_signer(), payload)

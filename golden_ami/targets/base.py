@@ -131,6 +131,30 @@ class Target(abc.ABC):
     def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
         """Change tags, then read them back; raise if the change did not land."""
 
+    # --- approval statements (golden_ami/attest.py) ---
+    signs_approvals = False  # True: an image counts as approved only with a statement that verifies
+
+    def approval_signer(self) -> Any:
+        """The securesystemslib Signer approvals are signed with; None: this target does not
+        sign approvals (yet)."""
+        return None
+
+    def approval_keys(self) -> list[Any]:
+        """The public keys (securesystemslib Keys) an approval statement must verify against."""
+        return []
+
+    def subject_digest(self, image: Image) -> dict[str, str]:
+        """The digest that names the image's content in its statement."""
+        return {}
+
+    def save_statement(self, image_id: str, envelope: Optional[dict[str, Any]]) -> None:
+        """Keep an image's signed approval statement beside it (None: remove it)."""
+        if envelope is not None:
+            raise NotImplementedError(f"the {self.name} target does not keep approval statements")
+
+    def load_statement(self, image_id: str) -> Optional[dict[str, Any]]:
+        return None
+
     def publish(self, cfg: Resolved, image: Image, progress: Progress) -> dict[str, str]:
         """After approval: make the image findable (aws: the SSM pointer). Returns what it did."""
         return {}

@@ -153,6 +153,26 @@ class Store:
             images.append(image)
         return sorted(images, key=lambda i: age_order(i.id, i.tags))
 
+    def _attachment(self, image_id: str, name: str) -> Path:
+        if name in (DISK_FILE, TAGS_FILE) or "/" in name or name.startswith("."):
+            raise ValueError(f"{name!r} is not an attachment name")
+        return self._dir(image_id) / name
+
+    def put_attachment(self, image_id: str, name: str, data: Optional[bytes]) -> None:
+        """Write (None: remove) a file beside an image, whole or not at all."""
+        with self._locked():
+            path = self._attachment(image_id, name)
+            if data is None:
+                path.unlink(missing_ok=True)
+                return
+            partial = path.with_name(f".{name}.{os.getpid()}")
+            partial.write_bytes(data)
+            partial.rename(path)
+
+    def attachment(self, image_id: str, name: str) -> Optional[bytes]:
+        path = self._attachment(image_id, name)
+        return path.read_bytes() if path.is_file() else None
+
     def delete(self, image_id: str) -> None:
         with self._locked():
             directory = self._dir(image_id)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -23,6 +25,9 @@ REQUIRED_TOOLS = {
     "qemu-img": "apt-get install qemu-utils",
     "xorriso": "apt-get install xorriso",
 }
+
+
+STATEMENT_FILE = "approval.dsse.json"  # the signed approval statement, beside disk and tags
 
 
 def _image(stored: StoredImage) -> Image:
@@ -123,3 +128,38 @@ class LocalTarget(Target):
 
     def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
         return _image(self.store.set_tags(image_id, tags))
+
+    # --- approval statements: signed with the state dir's own key ---
+    signs_approvals = True
+
+    def approval_signer(self) -> Any:
+        from ... import attest
+
+        return attest.local_signer(self.state_dir)
+
+    def approval_keys(self) -> list[Any]:
+        from ... import attest
+
+        # Never made here: without the key there is no statement to check either.
+        return [attest.local_signer(self.state_dir).public_key] if (self.state_dir / attest.KEY_FILE).exists() else []
+
+    def subject_digest(self, image: Image) -> dict[str, str]:
+        digest = hashlib.sha256()
+        with open(image.location, "rb") as disk:
+            for block in iter(lambda: disk.read(1 << 20), b""):
+                digest.update(block)
+        return {"sha256": digest.hexdigest()}
+
+    def save_statement(self, image_id: str, envelope: Optional[dict[str, Any]]) -> None:
+        data = None if envelope is None else (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode()
+        self.store.put_attachment(image_id, STATEMENT_FILE, data)
+
+    def load_statement(self, image_id: str) -> Optional[dict[str, Any]]:
+        data = self.store.attachment(image_id, STATEMENT_FILE)
+        if data is None:
+            return None
+        try:
+            loaded = json.loads(data)
+        except ValueError:
+            return {}  # (checked as "not a DSSE envelope")
+        return loaded if isinstance(loaded, dict) else {}
