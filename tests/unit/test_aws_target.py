@@ -71,12 +71,12 @@ def test_a_filter_always_names_its_owners(aws_env):
     stub.assert_no_pending_responses()
 
 
-def _candidate(ec2, build_id="debian12-test-1"):
+def _candidate(ec2, build_id="debian12-test-1", created="2026-11-29T00:00:00Z"):
     instance = ec2.run_instances(ImageId="ami-0deb1000000000001", MinCount=1, MaxCount=1)["Instances"][0]
     image_id = ec2.create_image(InstanceId=instance["InstanceId"], Name=f"golden-{build_id}")["ImageId"]
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in {
         "ManagedBy": "golden-ami", "BuildId": build_id, "OS": "debian12", "Status": "candidate",
-        "Fingerprint": "sha256:abc", "CreatedAt": "2026-11-29T00:00:00Z"}.items()])
+        "Fingerprint": "sha256:abc", "CreatedAt": created}.items()])
     ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
     return image_id
 
@@ -85,9 +85,10 @@ def test_tags_list_and_the_ssm_pointer(aws_env):
     cfg = _cfg()
     target = _target(cfg)
     ec2 = boto3.client("ec2", REGION)
-    first, second = _candidate(ec2, "b1"), _candidate(ec2, "b2")
-    target.set_tags(first, {"Status": "approved", "ApprovedAt": "2026-11-29T01:00:00Z"})
-    target.set_tags(second, {"Status": "approved", "ApprovedAt": "2026-11-29T02:00:00Z"})
+    first, second = _candidate(ec2, "b1"), _candidate(ec2, "b2", created="2026-11-29T00:30:00Z")
+    # Approved in the other order: the later build is still the newer image (targets.base.age_order).
+    target.set_tags(second, {"Status": "approved", "ApprovedAt": "2026-11-29T01:00:00Z"})
+    target.set_tags(first, {"Status": "approved", "ApprovedAt": "2026-11-29T02:00:00Z"})
     approved = target.list_images("debian12", "approved")
     assert [i.id for i in approved] == [first, second]
     assert target.set_tags(first, {"Status": "rejected", "ApprovedAt": None}).tags.get("ApprovedAt") is None
