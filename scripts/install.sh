@@ -25,8 +25,9 @@ apt-get install -y -q --no-install-recommends \
   python3 python3-venv python3-pip
 
 if [ "$requirements" = requirements-test.txt ]; then
-  # systemd-analyze: the tests verify the shipped systemd units.
-  apt-get install -y -q --no-install-recommends systemd
+  # systemd-analyze: the tests verify the shipped systemd units; jq, openssl: the tests run
+  # docs/consumers.md's signature check.
+  apt-get install -y -q --no-install-recommends systemd jq openssl
 fi
 
 if [ ! -x .venv/bin/python ]; then
