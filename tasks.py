@@ -85,10 +85,16 @@ def _emit(as_json: bool, data, text: str) -> None:
         print(text)
 
 
+def _settings(target: str, config_file, region=None):
+    """The settings of commands that span every OS (list, approve): defaults + the user's
+    config file, resolved for any one OS (the OS-specific part goes unused)."""
+    return gconfig.resolve(gconfig.available_os()[0], target, config_file,
+                           overrides={"aws": {"region": region}} if region else None)
+
+
 def _settings_target(target: str, config_file, region=None):
-    """A target for commands that span every OS (list): defaults + the user's config file."""
-    cfg = gconfig.resolve(gconfig.available_os()[0], target, config_file,
-                          overrides={"aws": {"region": region}} if region else None)
+    """A target for commands that span every OS (list)."""
+    cfg = _settings(target, config_file, region)
     from golden_ami.targets import get_target
 
     return get_target(target, cfg.settings, cfg.state_dir)
@@ -196,7 +202,7 @@ def approve(c, image_id=None, target="local", config_=None, json_=False):
     from golden_ami import waivers
 
     target_obj, image, build_dir = _image_and_build_dir(target, image_id, config_)
-    waivers_file = gconfig.resolve(gconfig.available_os()[0], target, config_).waivers_file
+    waivers_file = _settings(target, config_).waivers_file
     decision = gate.decide(image, gate.load_report(build_dir), build_dir, waivers.load(waivers_file))
     image = gate.apply(target_obj, image, decision, build_dir)
     _emit(json_, {"image_id": image.id, "status": image.status, "failed_controls": decision.failed_controls,
@@ -244,8 +250,12 @@ def sbom(c, image_id=None, target="local", out=None, config_=None):
     if destination.exists() or not destination.parent.is_dir():
         raise UserError(f"--out {out}: " + ("exists already" if destination.exists() else "its directory does not exist"))
     partial = destination.with_name(f".{destination.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.rename(destination)
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.rename(destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # nothing half-written left behind
+        raise
     print(f"{image.id}: SBOM written to {destination}", file=sys.stderr)
 
 
@@ -290,18 +300,13 @@ def attest(c, image_id=None, target="local", public_key=None, config_=None, json
         raise UserError("--image-id is required (see invoke list)")
     target_obj = _settings_target(target, config_)
     image = target_obj.get_image(image_id)
-    if not target_obj.signs_approvals:
-        reasons, statement = [f"the {target} target does not sign approvals yet: its tags are all there is"], None
-    else:
-        if public_key:
-            try:
-                keys = [statements.key_from_pem(Path(public_key).read_text())]
-            except OSError as exc:
-                raise UserError(f"--public-key {public_key}: {exc.strerror}") from None
-        else:
-            keys = target_obj.approval_keys()
-        reasons, statement = statements.problems(image, target_obj.load_statement(image.id), keys,
-                                                 target_obj.subject_digest(image))
+    keys = None
+    if public_key:
+        try:
+            keys = [statements.key_from_pem(Path(public_key).read_text())]
+        except OSError as exc:
+            raise UserError(f"--public-key {public_key}: {exc.strerror}") from None
+    reasons, statement = statements.check(target_obj, image, keys)
     verdict = "verified" if not reasons else "NOT verified: " + "; ".join(reasons)
     _emit(json_, {"image_id": image.id, "verified": not reasons, "problems": reasons, "statement": statement},
           (json.dumps(statement, indent=2, sort_keys=True) + "\n" if statement else "") + f"{image.id}: {verdict}")

@@ -174,6 +174,14 @@ def problems(image: Image, envelope: Optional[dict[str, Any]], keys: list[Key], 
     return found, document
 
 
+def check(target: Any, image: Image, keys: Optional[list[Key]] = None) -> tuple[list[str], Optional[dict[str, Any]]]:
+    """problems() for an image of target, against keys (default: the target's own)."""
+    if not target.signs_approvals:
+        return [f"the {target.name} target does not sign approvals yet: its tags are all there is"], None
+    keys = target.approval_keys() if keys is None else keys
+    return problems(image, target.load_statement(image.id), keys, target.subject_digest(image))
+
+
 def approved_images(target: Any, os_name: Optional[str] = None,
                     keys: Optional[list[Key]] = None) -> tuple[list[Image], dict[str, list[str]]]:
     """The target's images that count as approved, oldest first, and why each other image that
@@ -185,7 +193,7 @@ def approved_images(target: Any, os_name: Optional[str] = None,
     keys = target.approval_keys() if keys is None else keys
     trusted, refused = [], {}
     for image in tagged:
-        found, _ = problems(image, target.load_statement(image.id), keys, target.subject_digest(image))
+        found, _ = check(target, image, keys)
         if found:
             refused[image.id] = found
         else:

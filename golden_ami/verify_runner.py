@@ -48,27 +48,32 @@ def seal(target: Target, image: Image, verify_dir: Path) -> Image:
                                       for tag, name in SEAL_TAGS.items()})
 
 
-def sealed_text(image: Image, verify_dir: Path, tag: str) -> str:
-    """A file of the verify run, read only while it still hashes to its seal."""
+def _unsealed(image: Image, verify_dir: Path, tag: str) -> Optional[str]:
+    """Why the file behind a seal tag is not the one the verify run sealed; None when it is (or
+    the tag is absent: the run wrote no such file)."""
     name, sealed = SEAL_TAGS[tag], image.tags.get(tag)
     path = verify_dir / name
-    if not sealed:
+    if sealed and (not path.is_file() or report_digest(path) != sealed):
+        return f"{name} is not the file the verify run sealed (its digest differs from the {tag} tag)"
+    return None
+
+
+def sealed_text(image: Image, verify_dir: Path, tag: str) -> str:
+    """A file of the verify run, read only while it still hashes to its seal."""
+    name = SEAL_TAGS[tag]
+    if not image.tags.get(tag):
         raise UserError(f"{image.id} has no {tag} tag: no verify run of this version sealed a {name} (invoke verify)")
-    if not path.is_file() or report_digest(path) != sealed:
-        raise UserError(f"{path} is not the file {image.id}'s verify run sealed (its digest differs from the {tag} tag)")
-    return path.read_text(encoding="utf-8")
+    problem = _unsealed(image, verify_dir, tag)
+    if problem:
+        raise UserError(f"{image.id}: {problem} (in {verify_dir})")
+    return (verify_dir / name).read_text(encoding="utf-8")
 
 
 def seal_problems(image: Image, verify_dir: Path) -> list[str]:
     """Why the files in verify_dir are not the ones the verify run sealed; [] when they are."""
     if not image.tags.get("ReportDigest"):
         return ["the report was never sealed by a verify run (the image has no ReportDigest tag)"]
-    problems = []
-    for tag, name in SEAL_TAGS.items():
-        sealed, path = image.tags.get(tag), verify_dir / name
-        if sealed and (not path.is_file() or report_digest(path) != sealed):
-            problems.append(f"{name} is not the file the verify run sealed (its digest differs from the {tag} tag)")
-    return problems
+    return [problem for problem in (_unsealed(image, verify_dir, tag) for tag in SEAL_TAGS) if problem]
 
 
 def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str, progress: Progress) -> dict[str, Any]:

@@ -143,11 +143,7 @@ class FactSession:
             return {"file": str(self.config.getoption("--ga-facts")),
                     "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
         directory.mkdir(parents=True, exist_ok=True)
-        data = self.snapshot.dump()
-        tmp = directory / (FACTS_FILE + ".tmp")
-        tmp.write_bytes(data)
-        tmp.rename(directory / FACTS_FILE)
-        return {"file": FACTS_FILE, "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        return _write_beside(directory, FACTS_FILE, self.snapshot.dump())
 
     def save_sbom(self, directory: Path, image: dict[str, str]) -> dict[str, Any]:
         """sbom.cdx.json beside the report (live runs), from the snapshot's package list."""
@@ -159,16 +155,20 @@ class FactSession:
             text = ga_sbom.document(self.snapshot, self.os_data()["sbom"], image)
         except Exception as exc:  # noqa: BLE001 - an SBOM that cannot be made is said in the report, never a lost report
             return {"error": f"{type(exc).__name__}: {exc}"}
-        data = text.encode()
-        tmp = directory / (ga_sbom.SBOM_FILE + ".tmp")
-        tmp.write_bytes(data)
-        tmp.rename(directory / ga_sbom.SBOM_FILE)
-        return {"file": ga_sbom.SBOM_FILE, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), **ga_sbom.summary(text)}
+        return {**_write_beside(directory, ga_sbom.SBOM_FILE, text.encode()), **ga_sbom.summary(text)}
 
     def transport(self) -> dict[str, Any]:
         counters = getattr(self.backend, "counters", None)
         return {**self.timings, **(self.snapshot.timings if self.snapshot else {}), **(counters or {}),
                 "dynamic_seconds": round(self.snapshot.dynamic_seconds if self.snapshot else 0.0, 3)}
+
+
+def _write_beside(directory: Path, name: str, data: bytes) -> dict[str, str]:
+    """A file beside the report, whole or not at all; its name and digest for the report."""
+    tmp = directory / (name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(directory / name)
+    return {"file": name, "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
 
 
 def _progress(line: str) -> None:

@@ -6,6 +6,7 @@ named by its package URL (`os/<os>.yaml: sbom`); the image itself is the BOM's s
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cyclonedx.model import Property
@@ -47,7 +48,5 @@ def document(facts: Snapshot, sbom_naming: dict[str, str], image: dict[str, str]
 
 
 def summary(text: str) -> dict[str, Any]:
-    import json
-
     data = json.loads(text)
     return {"format": f"CycloneDX {data['specVersion']}", "components": len(data.get("components", []))}

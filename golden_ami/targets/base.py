@@ -14,7 +14,7 @@ import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ..config import Resolved, Settings
 from ..progress import Progress
@@ -41,10 +41,6 @@ def age_order(image_id: str, tags: Mapping[str, str], created: str = "") -> tupl
     let prune remove the one `latest` prints. (Both stamps are UTC ISO 8601: text order is
     time order.)"""
     return (tags.get("CreatedAt") or created, image_id)
-
-
-def oldest_first(images: Iterable[Image]) -> list[Image]:
-    return sorted(images, key=lambda image: age_order(image.id, image.tags))
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,17 @@ class Store:
         return self.root / image_id
 
     @staticmethod
-    def _write_tags(directory: Path, tags: dict[str, str]) -> None:
-        tmp = directory / f".{TAGS_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(tags, sort_keys=True, indent=2) + "\n")
+    def _replace(path: Path, data: bytes) -> None:
+        """Write a file whole or not at all: a synced partial file renamed over the old one."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(data)
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
-        tmp.rename(directory / TAGS_FILE)
+        tmp.rename(path)
+
+    @staticmethod
+    def _write_tags(directory: Path, tags: dict[str, str]) -> None:
+        Store._replace(directory / TAGS_FILE, (json.dumps(tags, sort_keys=True, indent=2) + "\n").encode())
 
     def add(self, disk: Path, tags: dict[str, str]) -> StoredImage:
         """Move a finished disk into the store with its first tags; returns the new image."""
@@ -164,10 +169,8 @@ class Store:
             path = self._attachment(image_id, name)
             if data is None:
                 path.unlink(missing_ok=True)
-                return
-            partial = path.with_name(f".{name}.{os.getpid()}")
-            partial.write_bytes(data)
-            partial.rename(path)
+            else:
+                self._replace(path, data)
 
     def attachment(self, image_id: str, name: str) -> Optional[bytes]:
         path = self._attachment(image_id, name)
