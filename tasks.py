@@ -264,22 +264,30 @@ def _counted_approved(target_obj, os_name):
     from golden_ami import attest as statements
 
     approved, refused = statements.approved_images(target_obj, os_name)
+    if not target_obj.signs_approvals:
+        print(f"[golden-ami] warning: approvals on the {target_obj.name} target are not signed (set "
+              "aws.signing_kms_key_id): anyone allowed ec2:CreateTags can make an image look approved", file=sys.stderr)
     for image_id, reasons in refused.items():
         print(f"[golden-ami] warning: {image_id} is tagged approved but does not count: {'; '.join(reasons)}"
               f" (invoke attest --image-id={image_id})", file=sys.stderr)
     return approved
 
 
-@task(name="signing-key", help={"config_": CONFIG_HELP, "json_": JSON_HELP})
+@task(name="signing-key", help={"target": TARGET_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
-def signing_key(c, config_=None, json_=False):
-    """Print the public key local approvals are signed with, for consumers to pin.
+def signing_key(c, target="local", config_=None, json_=False):
+    """Print the public key approvals are signed with, for consumers to pin.
 
-    The private half is made once in <state>/signing/ (0600) and never printed.
+    local: the private half is made once in <state>/signing/ (0600) and never printed.
+    aws: the public half of aws.signing_kms_key_id, read from KMS (the private half never
+    leaves KMS); save it and set aws.signing_public_key to pin it.
     """
     from golden_ami import attest as statements
 
-    key = _settings_target("local", config_).approval_signer().public_key
+    target_obj = _settings_target(target, config_)
+    if not target_obj.signs_approvals:
+        raise UserError(f"approvals on the {target} target are not signed: set aws.signing_kms_key_id")
+    key = target_obj.approval_signer().public_key
     pem = statements.public_key_pem(key)
     _emit(json_, {"keyid": key.keyid, "scheme": key.scheme, "public_key_pem": pem}, f"{pem.rstrip()}\n# keyid {key.keyid}")
 

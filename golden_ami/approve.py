@@ -140,9 +140,9 @@ def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> 
         tags = {"Status": "rejected", "RejectedAt": now(),
                 "FailedControls": ",".join(decision.failed_controls) or None,
                 "RejectReason": "; ".join(decision.reasons)[:250] or None, "ApprovedAt": None}
-    after = target.set_tags(image.id, tags)
+    target.set_tags(image.id, tags)
     target.save_statement(image.id, envelope)  # a rejection removes an earlier approval's statement
-    return after
+    return target.get_image(image.id)  # (aws: saving the statement tags the image with it)
 
 
 def _signed_statement(target: Target, image: Image, tags: dict[str, Optional[str]],

@@ -11,12 +11,16 @@ very disk), the image's tags agree with it, and no waiver inside has expired.
 
     local  an ed25519 key made once in <state>/signing/ed25519.pem (0600, never printed or
            logged); `invoke signing-key` prints its public half for consumers to pin.
-    aws    not signed yet: an asymmetric KMS key (aws.signing_kms_key_id) is the plan; until
-           then an AWS image has no statement and `invoke attest` says so.
+    aws    an asymmetric KMS key (aws.signing_kms_key_id, ECC_NIST_P256) signs; the statement is
+           an SSM parameter per image (<aws.ssm_parameter_prefix>/approvals/<ami>), and the
+           image's tags carry its digest and signature. Consumers pin the public half
+           (aws.signing_public_key) or read it from KMS. Without a key an AWS approval is its
+           tags alone, and `invoke latest`/`list` say so on every run.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import os
@@ -132,7 +136,7 @@ def problems(image: Image, envelope: Optional[dict[str, Any]], keys: list[Key], 
     if envelope is None:
         return ["it has no signed approval statement"], None
     try:
-        parsed = Envelope.from_dict(envelope)
+        parsed = Envelope.from_dict(copy.deepcopy(envelope))  # (from_dict takes the dict apart)
     except (KeyError, TypeError, ValueError) as exc:
         return [f"its approval statement is not a DSSE envelope ({type(exc).__name__})"], None
     if parsed.payload_type != PAYLOAD_TYPE:
@@ -177,9 +181,14 @@ def problems(image: Image, envelope: Optional[dict[str, Any]], keys: list[Key], 
 def check(target: Any, image: Image, keys: Optional[list[Key]] = None) -> tuple[list[str], Optional[dict[str, Any]]]:
     """problems() for an image of target, against keys (default: the target's own)."""
     if not target.signs_approvals:
-        return [f"the {target.name} target does not sign approvals yet: its tags are all there is"], None
+        return [f"approvals on the {target.name} target are not signed (set aws.signing_kms_key_id): "
+                "its tags are all there is"], None
     keys = target.approval_keys() if keys is None else keys
-    return problems(image, target.load_statement(image.id), keys, target.subject_digest(image))
+    envelope = target.load_statement(image.id)
+    found, document = problems(image, envelope, keys, target.subject_digest(image))
+    if envelope and image.tags.get("Status") == "approved":
+        found += target.statement_problems(image, envelope)
+    return found, document
 
 
 def approved_images(target: Any, os_name: Optional[str] = None,

@@ -171,6 +171,13 @@ class AwsSettings(_Strict):
     verify_instance_profile: ProfileName = ""
     # Encrypt the image with this KMS key (empty: the account's AWS-managed EBS key).
     kms_key_id: KmsKey = ""
+    # Sign approvals with this asymmetric KMS key (ECC_NIST_P256, SIGN_VERIFY; the pipeline needs
+    # kms:Sign and kms:GetPublicKey on it). Empty: an approval is its tags alone, which anyone
+    # allowed ec2:CreateTags can forge; latest/list warn about it on every run.
+    signing_kms_key_id: KmsKey = ""
+    # The signing key's public half as a PEM file, pinned by consumers (invoke signing-key
+    # --target=aws prints it). Empty: read from KMS each time.
+    signing_public_key: str = ""
     # Where SSH to build and test instances may come from. Empty: this runner's own public
     # address (/32), looked up at build time. 0.0.0.0/0 only if you write it here yourself.
     ssh_cidrs: list[Cidr] = Field(default_factory=list)

@@ -22,16 +22,18 @@ raises NotApplied if any change did not land.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Optional
 
 import botocore.exceptions
 
 from .config import Settings, available_os
 from .errors import UserError
-from .targets.base import age_order
+from .targets.base import age_order, statement_parameter
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 SSM_REFERENCE = "resolve:ssm:"
@@ -120,6 +122,7 @@ class Plan:
     keep_approved: int
     deprecate_after_days: int
     pointer: str = ""  # aws: the SSM parameter that publishes the newest approved image
+    statements: str = ""  # aws: the SSM path of approval statements (<path>/<ami>), removed with the image
     actions: list[Action] = field(default_factory=list)
     protected: list[Protected] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -264,8 +267,18 @@ def _newest_first(images: list[tuple[str, dict[str, str], str]]) -> list[tuple[s
     return sorted(images, key=lambda i: age_order(i[0], i[1], i[2]), reverse=True)
 
 
+def _not_counted(plan: Plan, refused: Mapping[str, list[str]], image_ids: Iterable[str]) -> set[str]:
+    """The images tagged approved whose signed approval does not verify: a note each; they are
+    neither the newest nor counted in keep_approved, and never removed here (a person decides)."""
+    found = {image_id for image_id in image_ids if image_id in refused}
+    for image_id in sorted(found):
+        plan.notes.append(f"{image_id} is tagged approved but its approval does not verify ({'; '.join(refused[image_id])}): "
+                          f"not counted, not removed (invoke attest --image-id={image_id})")
+    return found
+
+
 def plan_aws(settings: Settings, os_name: str, region: Optional[str] = None, *, ec2: Any = None, ssm: Any = None,
-             now: Optional[datetime] = None) -> Plan:
+             now: Optional[datetime] = None, refused: Mapping[str, list[str]] = MappingProxyType({})) -> Plan:
     from .targets.aws import clients
     from .targets.aws.target import MANAGED_BY
 
@@ -275,7 +288,8 @@ def plan_aws(settings: Settings, os_name: str, region: Optional[str] = None, *, 
     now = now or utcnow()
     keep = settings.lifecycle.keep_approved
     days = settings.lifecycle.deprecate_after_days
-    plan = Plan("aws", os_name, region, keep, days, pointer=pointer_name(settings, os_name))
+    plan = Plan("aws", os_name, region, keep, days, pointer=pointer_name(settings, os_name),
+                statements=statement_parameter(settings.aws.ssm_parameter_prefix, ""))
     try:
         raw = [image for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=[
             {"Name": "tag:ManagedBy", "Values": [MANAGED_BY]}, {"Name": "tag:OS", "Values": [os_name]},
@@ -283,6 +297,8 @@ def plan_aws(settings: Settings, os_name: str, region: Optional[str] = None, *, 
         users = snapshot_users(ec2) if len(raw) > keep else {}
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         raise _aws_error(exc, f"list the approved {os_name} AMIs in {region}") from None
+    uncounted = _not_counted(plan, refused, [r["ImageId"] for r in raw])
+    raw = [r for r in raw if r["ImageId"] not in uncounted]
     by_id = {r["ImageId"]: r for r in raw}
     ordered = _newest_first([(r["ImageId"], tags_of(r), r.get("CreationDate", "")) for r in raw])
     if not ordered:
@@ -326,13 +342,16 @@ def _stored_approved(state_dir: Path, os_name: str):
     return store, store.list(os_name, "approved")
 
 
-def plan_local(settings: Settings, state_dir: Path, os_name: str, processes: Optional[dict] = None) -> Plan:
+def plan_local(settings: Settings, state_dir: Path, os_name: str, processes: Optional[dict] = None,
+               refused: Mapping[str, list[str]] = MappingProxyType({})) -> Plan:
     from .reaper import paths_in_use
 
     store, approved = _stored_approved(state_dir, os_name)
     keep = settings.lifecycle.keep_approved
     plan = Plan("local", os_name, str(store.root), keep, settings.lifecycle.deprecate_after_days)
     plan.notes.append("the local store has no deprecation: older approved images are only deleted beyond keep_approved")
+    uncounted = _not_counted(plan, refused, [i.id for i in approved])
+    approved = [i for i in approved if i.id not in uncounted]
     by_id = {image.id: image for image in approved}
     ordered = _newest_first([(i.id, i.tags, "") for i in approved])
     if not ordered:
@@ -351,14 +370,24 @@ def plan_local(settings: Settings, state_dir: Path, os_name: str, processes: Opt
 
 def plan(settings: Settings, target: str, state_dir: Path, os_names: Optional[list[str]] = None, *,
          now: Optional[datetime] = None) -> list[Plan]:
-    """One plan per OS (and, on aws, per region: aws.region and every copy region)."""
+    """One plan per OS (and, on aws, per region: aws.region and every copy region).
+
+    Only approvals that verify are counted (as `invoke latest` counts them), so the image prune
+    keeps as the newest is the one latest prints. Copies in other regions carry the tags but
+    not a statement of their own: they are counted by their tags."""
+    from . import attest
+    from .targets import get_target
+
     names = os_names or available_os()
-    if target == "local":
-        return [plan_local(settings, state_dir, name) for name in names]
-    if target != "aws":
+    if target not in ("aws", "local"):
         raise UserError(f"unknown --target {target!r}: choose aws or local")
+    signer = get_target(target, settings, state_dir or Path("."))
+    refused = {name: attest.approved_images(signer, name)[1] for name in names}
+    if target == "local":
+        return [plan_local(settings, state_dir, name, refused=refused[name]) for name in names]
     regions = list(dict.fromkeys([settings.aws.region, *settings.aws.copy_regions]))
-    return [plan_aws(settings, name, region, now=now) for region in regions for name in names]
+    return [plan_aws(settings, name, region, now=now, refused=refused[name] if region == settings.aws.region else {})
+            for region in regions for name in names]
 
 
 # --- acting --------------------------------------------------------------------------------------
@@ -417,6 +446,9 @@ def _apply_aws(plan: Plan, ec2: Any, ssm: Any) -> list[Outcome]:
                     outcomes.append(Outcome(label, "skipped", "in use since the plan: " + "; ".join(r.text for r in refs)))
                     continue
                 deregister_with_snapshots(ec2, action.image_id, action.snapshots)
+                if plan.statements:  # its signed approval goes with it (a copy has none: not found)
+                    with contextlib.suppress(ssm.exceptions.ParameterNotFound):
+                        ssm.delete_parameter(Name=plan.statements + action.image_id)
                 left = ([action.image_id] if not image_gone(ec2, action.image_id) else []) + [
                     s for s in action.snapshots if not snapshot_gone(ec2, s)]
                 if left:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import paths, render
+from . import attest, paths, render
 from .config import Resolved
 from .errors import UserError
 from .procs import stop_process
@@ -90,7 +90,7 @@ def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
     name = cfg.os.name
     try:
         source = target.resolve_source(cfg)  # first: a source that cannot be resolved is an error
-        approved = target.list_images(name, "approved")
+        approved, _ = attest.approved_images(target, name)  # a forged approval does not stop a rebuild
         if not approved:
             return Decision(name, True, [f"no approved image yet (source {source.id})"])
         current = approved[-1]

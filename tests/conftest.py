@@ -87,6 +87,38 @@ def seed_moto_amis(monkeypatch, tmp_path: Path, amis: list[dict]) -> None:
     monkeypatch.setattr(moto_amis, "AMIS", json.loads(seed.read_text()))
 
 
+def kms_signs_digests(monkeypatch) -> None:
+    """Make moto's KMS honour Sign's MessageType=DIGEST, as KMS does.
+
+    moto 5.2.5 reads MessageType and then ignores it: it hashes a digest again, so a signature it
+    returns for a digest verifies for no one. KMS signs the given SHA-256 as the message's digest;
+    this does the same with the key moto holds. RAW requests are moto's own.
+    """
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from moto.kms.exceptions import ValidationException
+    from moto.kms.responses import KmsResponse
+
+    sign = KmsResponse.sign
+
+    def sign_honouring_digest(self):
+        if self._get_param("MessageType") != "DIGEST":
+            return sign(self)
+        key = self.kms_backend.describe_key(self._get_param("KeyId"))
+        digest = self._get_param("Message")
+        digest = digest.encode() if isinstance(digest, str) else digest
+        if self._get_param("SigningAlgorithm") != "ECDSA_SHA_256" or len(digest) != 32:
+            raise ValidationException("this test double signs only ECDSA_SHA_256 digests of 32 bytes")
+        signature = key.private_key.private_key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        return json.dumps({"KeyId": key.arn, "Signature": base64.b64encode(signature).decode(),
+                           "SigningAlgorithm": "ECDSA_SHA_256"})
+
+    monkeypatch.setattr(KmsResponse, "sign", sign_honouring_digest)
+
+
 # ==============================================================================================
 # IAM action recording -- a self-contained block (see iam/README.md, "How the policy is tested").
 #

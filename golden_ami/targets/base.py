@@ -33,6 +33,11 @@ class Image:
         return self.tags.get("Status", "")
 
 
+def statement_parameter(prefix: str, image_id: str) -> str:
+    """aws: the SSM parameter that holds an image's signed approval statement."""
+    return f"{prefix.rstrip('/')}/approvals/{image_id}"
+
+
 def age_order(image_id: str, tags: Mapping[str, str], created: str = "") -> tuple[str, str]:
     """The one meaning of "newer" between two images, for `latest`, `list`, rebuild and prune
     alike: when the image was built (its CreatedAt tag; the registry's own creation time for an
@@ -150,6 +155,11 @@ class Target(abc.ABC):
 
     def load_statement(self, image_id: str) -> Optional[dict[str, Any]]:
         return None
+
+    def statement_problems(self, image: Image, envelope: dict[str, Any]) -> list[str]:
+        """What the target itself sees wrong between an image and its statement (aws: the tags
+        that name the statement)."""
+        return []
 
     def publish(self, cfg: Resolved, image: Image, progress: Progress) -> dict[str, str]:
         """After approval: make the image findable (aws: the SSM pointer). Returns what it did."""

@@ -29,7 +29,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, free_port, record_packer_requests_on_moto, seed_moto_amis
+from tests.conftest import PROJECT_ROOT, free_port, kms_signs_digests, record_packer_requests_on_moto, seed_moto_amis
 from tests.e2e.ec2_on_qemu import QemuEc2
 from tests.unit.conftest import DEBIAN_OWNER, add_moto_ami
 
@@ -77,6 +77,7 @@ def ec2(tmp_path_factory, golden_disk):
         mp.delenv("AWS_PROFILE", raising=False)
         # Packer's calls reach EC2 only through this server: the IAM policy check needs them.
         record_packer_requests_on_moto(mp)
+        kms_signs_digests(mp)  # moto's Sign ignores MessageType=DIGEST; KMS does not
         port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
@@ -87,13 +88,16 @@ def ec2(tmp_path_factory, golden_disk):
         harness.disks[SOURCE_AMI] = golden_disk
         harness.start_imds()
         harness.install(mp)
+        signing_key = boto3.client("kms", region_name=REGION).create_key(
+            KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256", Description="golden-ami approvals")["KeyMetadata"]["KeyId"]
         config = work / "golden-ami.yaml"
         config.write_text(yaml.safe_dump({
             # The AWS path is under test here, not the CIS set (the local end-to-end proves that):
             # the baseline profile keeps this build and its verification short.
             "profile": "baseline",
             "rebuild": {"os": ["debian12"]},  # the one OS this double has a source image for
-            "aws": {"region": REGION, "ssh_cidrs": ["127.0.0.1/32"], "ssh_port": harness.ssh_port},
+            "aws": {"region": REGION, "ssh_cidrs": ["127.0.0.1/32"], "ssh_port": harness.ssh_port,
+                    "signing_kms_key_id": signing_key},
             # The agents' packages come from S3, which these machines cannot reach: their
             # scripts are rendered and linted, but not run here. 1.8 (apply every update, and
             # verify none is pending) is off: the source disk is the local build's approved
@@ -147,6 +151,32 @@ def test_build_on_aws_is_approved_published_and_latest(ec2, aws_build):
     assert code == 0 and json.loads(out)["id"] == image_id
     assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
     assert harness.running() == []
+
+
+def test_the_aws_approval_is_signed_by_kms_and_a_retagged_image_stops_counting(ec2, aws_build, tmp_path):
+    """The approval's statement, signed with the KMS key, verifies against the public half a
+    consumer pins; a tag changed afterwards is named and the image stops counting until restored."""
+    _, config, client, _ = ec2
+    image_id = aws_build["image_id"]
+    code, out = run_invoke("signing-key", "--target=aws", f"--config={config}", "--json")
+    assert code == 0 and json.loads(out)["scheme"] == "ecdsa-sha2-nistp256"
+    pinned = tmp_path / "approvals.pem"
+    pinned.write_text(json.loads(out)["public_key_pem"])
+    attest = ("attest", f"--image-id={image_id}", "--target=aws", f"--config={config}", f"--public-key={pinned}", "--json")
+    code, out = run_invoke(*attest)
+    verdict = json.loads(out)
+    assert code == 0 and verdict["verified"], verdict["problems"]
+    assert verdict["statement"]["predicate"]["fingerprint"] == aws_build["fingerprint"]
+    fingerprint = [t for t in client.describe_images(ImageIds=[image_id])["Images"][0]["Tags"] if t["Key"] == "Fingerprint"]
+    client.create_tags(Resources=[image_id], Tags=[{"Key": "Fingerprint", "Value": "sha256:" + "0" * 64}])
+    try:
+        code, out = run_invoke(*attest)
+        assert code == 1 and any("its Fingerprint tag" in p for p in json.loads(out)["problems"]), out
+        code, _ = run_invoke("latest", "--os=debian12", "--target=aws", f"--config={config}", "--json")
+        assert code != 0  # the only approved image no longer counts
+    finally:
+        client.create_tags(Resources=[image_id], Tags=fingerprint)
+    assert run_invoke(*attest)[0] == 0
 
 
 def _launched(client) -> int:

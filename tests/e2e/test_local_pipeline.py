@@ -1,7 +1,8 @@
 """The local target end to end, on real VMs under QEMU: the only proof the scripts work.
 
   1. a build from Debian's archive must end approved and be what `invoke latest` prints;
-  2. a report edited to name another image must be refused by the gate;
+  2. a report edited to name another image must be refused by the gate, and the signed approval
+     of the real image verifies while a tag or the disk changed after approval is named;
   3. SIGTERM during a build (from a rendered directory) or a verification must leave no VM,
      key or half-stored image;
   4. the build's hardening sections re-run on a fresh instance change nothing;
@@ -82,6 +83,44 @@ def test_a_report_naming_another_image_is_refused(local_state, approved_build):
     # The untouched report approves again: the gate judges what it is shown, nothing else.
     proc = invoke_cmd("approve", f"--image-id={approved_build['image_id']}", "--json", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_signed_approval_verifies_and_a_tampered_tag_or_disk_is_named(local_state, approved_build, tmp_path):
+    """The real image's statement verifies against the key consumers pin; a tag edited in the
+    store, or a disk changed after approval, is refused by name. (Seconds: hashing the disk.)"""
+    state, env = local_state
+    image_id = approved_build["image_id"]
+    key = invoke_cmd("signing-key", "--json", env=env)
+    assert key.returncode == 0, key.stderr
+    pinned = tmp_path / "approvals.pem"
+    pinned.write_text(json.loads(key.stdout)["public_key_pem"])
+
+    def attest() -> tuple[int, dict]:
+        proc = invoke_cmd("attest", f"--image-id={image_id}", f"--public-key={pinned}", "--json", env=env)
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, verdict = attest()
+    disk = state / "store" / image_id / "disk.qcow2"
+    assert code == 0 and verdict["verified"], verdict["problems"]
+    assert verdict["statement"]["subject"][0]["digest"]["sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+
+    tags_file = state / "store" / image_id / "tags.json"
+    original = tags_file.read_text()
+    try:
+        tags_file.write_text(json.dumps({**json.loads(original), "Fingerprint": "sha256:" + "0" * 64}))
+        code, verdict = attest()
+        assert code == 1 and any("its Fingerprint tag" in p for p in verdict["problems"]), verdict
+    finally:
+        tags_file.write_text(original)
+    size = disk.stat().st_size
+    try:
+        with open(disk, "ab") as handle:
+            handle.write(b"backdoor")
+        code, verdict = attest()
+        assert code == 1 and any("content is not what was approved" in p for p in verdict["problems"]), verdict
+    finally:
+        os.truncate(disk, size)
+    assert attest()[0] == 0
 
 
 def _interrupt_when(args: list[str], env: dict, marker: str, timeout: float = 900) -> tuple[int, str]:

@@ -3,6 +3,7 @@ that is still in use. AWS against moto in-process; enable_image_deprecation (whi
 with botocore's Stubber; the local store with fake disks."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from golden_ami import lifecycle
 from golden_ami.config import Settings
 from golden_ami.progress import Progress
 from golden_ami.targets.local.store import Store
+from tests.conftest import invoke_cmd
 
 REGION = "us-east-1"
 BASE_AMI = "ami-0deb1000000000001"
@@ -284,16 +286,26 @@ def test_local_image_in_use_by_a_process_is_kept(state_dir, tmp_path):
         holder.wait()
 
 
-def test_after_approval_prunes_the_os_just_approved(state_dir, tmp_path):
+def test_after_approval_prunes_the_os_just_approved_counting_only_approvals_that_verify(state_dir, tmp_path):
     from golden_ami import config
+    from golden_ami.targets.local.target import LocalTarget
+    from tests.unit.test_attest import _approved as signed_approval
 
-    store = Store(state_dir / "store")
-    approved = [_stored(store, tmp_path, n) for n in range(5)]
     cfg = config.resolve("debian12", "local")
+    target = LocalTarget(cfg.settings, cfg.state_dir)
+    approved = [signed_approval(target, tmp_path, f"b{n}", created=f"2026-11-{n + 1:02d}T00:00:00Z")[0] for n in range(5)]
+    # Tagged approved by hand, newest of all: no signed statement, so neither kept as the newest
+    # nor counted in keep_approved - and not removed either.
+    forged = _stored(Store(state_dir / "store"), tmp_path, 20)
     assert cfg.settings.lifecycle.keep_approved == 3 and cfg.settings.lifecycle.deprecate_after_days == 30
     plans = lifecycle.after_approval(cfg, Progress(quiet=True))
-    assert [len(p.actions) for p in plans] == [2]
-    assert sorted(i.id for i in store.list()) == sorted(i.id for i in approved[2:])
+    assert [sorted(a.image_id for a in p.actions) for p in plans] == [sorted(i.id for i in approved[:2])]
+    assert plans[0].protected[0].image_id == approved[-1].id
+    assert any(forged.id in note and "does not verify" in note for note in plans[0].notes)
+    assert sorted(i.id for i in target.store.list()) == sorted([forged.id, *(i.id for i in approved[2:])])
+    # `invoke latest` prints the image prune keeps as the newest.
+    proc = invoke_cmd("latest", "--os=debian12", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["id"] == approved[-1].id, proc.stderr
 
 
 def test_after_approval_reports_an_aws_failure_instead_of_failing_the_build(state_dir, monkeypatch):

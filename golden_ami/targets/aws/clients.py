@@ -12,12 +12,17 @@ from typing import Any, Optional
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 
 from ...errors import UserError
 from . import recorder
 
 RETRY_CONFIG = botocore.config.Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10,
                                       read_timeout=60)
+# One loader for every session: it caches the service models it has read (EC2's alone is
+# megabytes of JSON, which a fresh session would parse again for each client).
+_LOADER = botocore.loaders.create_loader()
 
 
 def endpoint_url() -> Optional[str]:
@@ -27,7 +32,9 @@ def endpoint_url() -> Optional[str]:
 def client(service: str, region: str) -> Any:
     recorder.install_from_environment()  # the test suite's IAM check: a no-op unless asked for
     try:
-        session = boto3.Session(region_name=region)
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+        session = boto3.Session(botocore_session=core, region_name=region)
         if session.get_credentials() is None:
             raise UserError("no AWS credentials found: set AWS_PROFILE, run aws sso login, or use an instance role "
                             "(invoke doctor --target=aws)")

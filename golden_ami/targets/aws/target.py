@@ -7,8 +7,11 @@ be exposed before anyone verified it.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import ipaddress
+import json
 import secrets
 import shutil
 import time
@@ -23,10 +26,15 @@ from ...errors import UserError, VerificationError
 from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
-from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order
-from . import checks, clients, source
+from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
+from . import checks, clients, signing, source
 
 MANAGED_BY = "golden-ami"
+# The approval statement's digest and signature, on the image: they name the one statement in
+# SSM that is this image's approval (an older or foreign statement put there does not match).
+STATEMENT_DIGEST_TAG = "ApprovalStatement"
+SIGNATURE_TAG = "ApprovalSignature"
+STANDARD_PARAMETER_BYTES, ADVANCED_PARAMETER_BYTES = 4096, 8192
 CHECKIP_URL = "https://checkip.amazonaws.com"
 
 
@@ -37,6 +45,13 @@ def _tags(pairs: dict[str, str]) -> list[dict[str, str]]:
 def _image(raw: dict[str, Any], region: str) -> Image:
     tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
     return Image(id=raw["ImageId"], tags=tags, location=region)
+
+
+def _statement_tags(envelope: dict[str, Any]) -> dict[str, str]:
+    """The tags that tie an image to its statement: the payload's digest and the signature."""
+    payload = base64.b64decode(envelope["payload"], validate=True)
+    return {STATEMENT_DIGEST_TAG: "sha256:" + hashlib.sha256(payload).hexdigest(),
+            SIGNATURE_TAG: envelope["signatures"][0]["sig"]}
 
 
 def runner_cidrs(configured: list[str]) -> list[str]:
@@ -259,6 +274,99 @@ class AwsTarget(Target):
             if after.tags.get(key) != value:
                 raise RuntimeError(f"tag {key} of {image_id} did not change as asked")
         return after
+
+    # --- approval statements: signed by a KMS key, kept in SSM, named by the image's tags ---
+    @property
+    def signs_approvals(self) -> bool:  # type: ignore[override]
+        # A consumer's config may pin the public key alone: it checks approvals, it cannot sign.
+        return bool(self.settings.aws.signing_kms_key_id or self.settings.aws.signing_public_key)
+
+    def _kms(self) -> Any:
+        return clients.client("kms", self.region)
+
+    def approval_signer(self) -> Any:
+        key_id = self.settings.aws.signing_kms_key_id
+        if not key_id:
+            raise UserError("aws.signing_public_key is set but aws.signing_kms_key_id is not: this configuration "
+                            "can check approvals, not sign them")
+        kms = self._kms()
+        signer = signing.KmsSigner(kms, key_id, signing.kms_public_key(kms, key_id))
+        pinned = self._pinned_key()
+        if pinned is not None and pinned.keyid != signer.public_key.keyid:
+            raise UserError(f"aws.signing_kms_key_id {key_id} is not the key aws.signing_public_key pins: "
+                            "its approvals would verify for no consumer")
+        return signer
+
+    def _pinned_key(self) -> Any:
+        from ... import attest
+
+        path = self.settings.aws.signing_public_key
+        if not path:
+            return None
+        try:
+            return attest.key_from_pem(Path(path).expanduser().read_text())
+        except OSError as exc:
+            raise UserError(f"aws.signing_public_key {path}: {exc.strerror}") from None
+
+    def approval_keys(self) -> list[Any]:
+        pinned = self._pinned_key()
+        if pinned is not None:
+            return [pinned]
+        key_id = self.settings.aws.signing_kms_key_id
+        return [signing.kms_public_key(self._kms(), key_id)] if key_id else []
+
+    def subject_digest(self, image: Image) -> dict[str, str]:
+        # An AMI cannot change its snapshots once registered: the id, region and snapshot ids
+        # name its content.
+        named = {"image": image.id, "region": image.location, "snapshots": sorted(self._snapshots_of(self._ec2(), image.id))}
+        return {"sha256": hashlib.sha256(json.dumps(named, sort_keys=True, separators=(",", ":")).encode()).hexdigest()}
+
+    def statement_parameter(self, image_id: str) -> str:
+        return statement_parameter(self.settings.aws.ssm_parameter_prefix, image_id)
+
+    def save_statement(self, image_id: str, envelope: Optional[dict[str, Any]]) -> None:
+        if envelope is None and not self.signs_approvals:
+            return
+        name = self.statement_parameter(image_id)
+        ssm = self._ssm()
+        try:
+            if envelope is None:
+                with contextlib.suppress(ssm.exceptions.ParameterNotFound):
+                    ssm.delete_parameter(Name=name)
+                self.set_tags(image_id, {STATEMENT_DIGEST_TAG: None, SIGNATURE_TAG: None})
+                return
+            value = json.dumps(envelope, sort_keys=True, separators=(",", ":"))
+            if len(value.encode()) > ADVANCED_PARAMETER_BYTES:
+                raise UserError(f"the approval statement of {image_id} is {len(value.encode())} bytes, more than an "
+                                f"SSM parameter holds ({ADVANCED_PARAMETER_BYTES})")
+            tier = "Standard" if len(value.encode()) <= STANDARD_PARAMETER_BYTES else "Advanced"
+            ssm.put_parameter(Name=name, Value=value, Type="String", Tier=tier, Overwrite=True,
+                              Description=f"signed golden-ami approval statement of {image_id}")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise clients.describe_error(exc, f"keep the approval statement of {image_id} in SSM {name}") from None
+        self.set_tags(image_id, _statement_tags(envelope))
+
+    def load_statement(self, image_id: str) -> Optional[dict[str, Any]]:
+        ssm = self._ssm()
+        try:
+            value = ssm.get_parameter(Name=self.statement_parameter(image_id))["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            return None
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise clients.describe_error(exc, f"read the approval statement of {image_id}") from None
+        try:
+            loaded = json.loads(value)
+        except ValueError:
+            return {}  # (checked as "not a DSSE envelope")
+        return loaded if isinstance(loaded, dict) else {}
+
+    def statement_problems(self, image: Image, envelope: dict[str, Any]) -> list[str]:
+        try:
+            expected = _statement_tags(envelope)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return []  # (the envelope itself is reported as malformed)
+        return [f"its {tag} tag ({image.tags.get(tag)!r}) does not name the statement in SSM "
+                f"{self.statement_parameter(image.id)}" for tag, value in expected.items() if image.tags.get(tag) != value]
 
     # --- after approval ---
     def publish(self, cfg: Resolved, image: Image, progress: Progress) -> dict[str, str]:
