@@ -293,7 +293,8 @@ def signing_key(c, target="local", config_=None, json_=False):
 
 
 @task(help={"image_id": "the image whose approval to check (li-… or ami-…)", "target": TARGET_HELP,
-            "public_key": "a PEM public key file to check against (default: the key of this state dir)",
+            "public_key": "a PEM public key file to check against (default: local: the key of this state dir; "
+                          "aws: aws.signing_public_key, else the public half of aws.signing_kms_key_id)",
             "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
 def attest(c, image_id=None, target="local", public_key=None, config_=None, json_=False):
