@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -432,12 +433,16 @@ def rebuild(c, os_=None, all_=False, target="local", dry_run=False, jobs=0, prob
     names = list(os_ or [])
     if all_ == bool(names):
         raise UserError("name the OSes with --os (repeatable) or use --all")
+    if jobs and not 1 <= int(jobs) <= 16:
+        raise UserError(f"--jobs must be between 1 and 16, not {jobs}")
     settings_cfg = _resolve(gconfig.available_os()[0], target, config_)
     settings = settings_cfg.settings
     names = names or list(settings.rebuild.os)
     configs = [_resolve(name, target, config_) for name in names]
     run_id, started = notify.new_run_id(), notify.utc_now()
     where = Path(summary_dir) if summary_dir else notify.default_summary_dir(settings_cfg.state_dir, run_id)
+    if where.exists() and not where.is_dir():  # found before any build, not after all of them
+        raise UserError(f"--summary-dir {where} is a file, not a directory")
     progress = Progress()
     probe = planner.pending_updates_probe if (probe_updates or settings.rebuild.probe_updates) else None
     outcomes = planner.run(configs, config_, dry_run, int(jobs or settings.rebuild.jobs), progress, probe)
@@ -495,7 +500,9 @@ def reap(c, target="local", older_than_hours=None, candidates_older_than_hours=N
             try:
                 hours[name] = float(value)
             except ValueError:
-                raise UserError(f"--{name.replace('_', '-')} must be a number of hours, not {value!r}") from None
+                hours[name] = math.nan
+            if not math.isfinite(hours[name]):  # (nan and inf parse as floats)
+                raise UserError(f"--{name.replace('_', '-')} must be a number of hours, not {value!r}")
     plan = reaper.plan(cfg.settings, target, cfg.state_dir, **hours)
     _apply_plans([plan], yes, json_, lambda each: reaper.apply(each, yes=True, settings=cfg.settings), "reap")
 

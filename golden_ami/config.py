@@ -13,12 +13,13 @@ as well: the patterns are the first wall, quoting the second.)
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from . import paths
 from .errors import UserError
@@ -152,7 +153,16 @@ class LocalSettings(_Strict):
     debian_security_mirror: Url = "http://deb.debian.org/debian-security"
 
 
-Cidr = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$")]
+def _cidr(value: str) -> str:
+    """A network as ipaddress reads it: 999.999.999.999/99 or 10.0.0.1/8 (host bits set) are
+    refused here, not inside an AWS call after the build."""
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a network in CIDR notation ({exc})") from None
+
+
+Cidr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F.:]+/[0-9]{1,3}$"), AfterValidator(_cidr)]
 AwsId = Annotated[str, StringConstraints(pattern=r"^$|^[a-z]+-[0-9a-f]{8,17}$")]
 AccountId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
 Arn = Annotated[str, StringConstraints(pattern=r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:[0-9]*:[A-Za-z0-9/_+=.@-]+$")]
@@ -318,10 +328,16 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
             data = yaml.safe_load(handle)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{what} {path}{where} is not valid YAML: fix the syntax") from None
+    except ValueError as exc:  # a value YAML reads as a date that is none: 2027-13-45
+        raise UserError(f"{what} {path}: {exc} (a value there looks like a date but is not one)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

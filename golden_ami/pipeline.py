@@ -96,6 +96,7 @@ def build(
     from_render: Optional[Path] = None,
 ) -> BuildResult:
     """Render (or take a rendered directory), build, verify and approve or reject."""
+    waivers.load(cfg.waivers_file)  # a bad waivers file is refused now, not after the build and verify
     target = target_for(cfg)
     _check_prerequisites(target, cfg)
     build_id = new_build_id(cfg.os.name)

@@ -56,8 +56,12 @@ def load(path: Optional[Path]) -> list[Waiver]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     except FileNotFoundError:
         raise UserError(f"waivers file {path} does not exist (config: waivers_file)") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise UserError(f"waivers file {path} is not a UTF-8 text file") from None
     except yaml.YAMLError:
         raise UserError(f"waivers file {path} is not valid YAML") from None
+    except ValueError as exc:  # a value YAML reads as a date that is none: 2027-13-45
+        raise UserError(f"waivers file {path}: {exc} (a date there is not a real date: expires: YYYY-MM-DD)") from None
     if not isinstance(raw, list):
         raise UserError(f"waivers file {path} must be a list of waivers")
     waivers = []

@@ -27,6 +27,10 @@ def _one_line_error(proc, *needles):
     (["prune", "--os=plan9"], ["unknown --os 'plan9'"]),
     (["reap", "--older-than-hours=soon"], ["--older-than-hours must be a number of hours"]),
     (["reap", "--older-than-hours=-1"], ["--older-than-hours must be 0 or more"]),
+    (["reap", "--older-than-hours=nan"], ["--older-than-hours must be a number of hours", "'nan'"]),
+    (["reap", "--candidates-older-than-hours=inf"], ["--candidates-older-than-hours must be a number of hours"]),
+    (["rebuild", "--all", "--jobs=17"], ["--jobs must be between 1 and 16"]),
+    (["rebuild", "--all", "--summary-dir=tasks.py"], ["--summary-dir tasks.py is a file"]),
 ])
 def test_bad_input_is_one_actionable_line(state_dir, args, needles):
     _one_line_error(invoke_cmd(*args), *needles)
@@ -135,3 +139,26 @@ def test_sbom_writes_the_sealed_file_and_refuses_one_changed_since(state_dir, tm
     assert invoke_cmd("sbom", f"--image-id={image.id}").stdout == sbom.read_text()
     sbom.write_text(sbom.read_text().replace("[]", '[{"name": "forged"}]'))
     _one_line_error(invoke_cmd("sbom", f"--image-id={image.id}"), "is not the file", "SbomDigest")
+
+
+@pytest.mark.parametrize("text, needles", [
+    (b"aws:\n  region: \xff\xfe\n", ["is not UTF-8 text"]),
+    (b"aws:\n  ssh_cidrs: ['999.999.999.999/99']\n", ["aws.ssh_cidrs", "999.999.999.999/99", "not a network"]),
+    (b"aws:\n  ssh_cidrs: ['10.0.0.1/8']\n", ["aws.ssh_cidrs", "host bits set"]),
+])
+def test_a_bad_config_value_is_refused_before_any_work(state_dir, tmp_path, text, needles):
+    config = tmp_path / "golden-ami.yaml"
+    config.write_bytes(text)
+    _one_line_error(invoke_cmd("build", "--os=debian12", "--target=aws", f"--config={config}"), str(config), *needles)
+    assert not (state_dir / "builds").exists()
+
+
+def test_a_bad_waiver_date_is_refused_before_the_build(state_dir, tmp_path):
+    waivers = tmp_path / "waivers.yaml"
+    waivers.write_text("- control: '4.2.16'\n  os: [debian12]\n  target: [aws]\n  justification: legacy bastion needs six tries\n  expires: 2027-13-45\n")
+    config = tmp_path / "golden-ami.yaml"
+    config.write_text(f"waivers_file: {waivers}\naws:\n  ssh_cidrs: ['203.0.113.7/32']\n")
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    _one_line_error(invoke_cmd("build", "--os=debian12", "--target=aws", f"--config={config}", env=env),
+                    str(waivers), "expires")
+    assert not (state_dir / "builds").exists()
