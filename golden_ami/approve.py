@@ -64,6 +64,22 @@ def _waiver_holds(control_id: str, in_force: Sequence[waivers.Waiver], os_name: 
     return any(w.covers(control_id, os_name, target) and not w.expired(today) for w in in_force)
 
 
+def _controls_document(build_dir: Path) -> dict[str, Any] | str:
+    """The build's controls.json ({} when there is none), or why it cannot be read as one."""
+    path = build_dir / CONTROLS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{CONTROLS_FILE} of the build is unreadable ({type(exc).__name__})"
+    controls = document.get("controls") if isinstance(document, dict) else None
+    if not isinstance(controls, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and "applicable" in c for c in controls):
+        return f"{CONTROLS_FILE} of the build is not a list of controls, each with an id and applicable"
+    return document
+
+
 def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
            waivers_in_force: Sequence[waivers.Waiver] = ()) -> Decision:
     """Judge a candidate by its report; pure (reads files, changes nothing).
@@ -90,7 +106,9 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
     if on_disk is not None and on_disk != fingerprint:
         reasons.append("the build directory no longer hashes to the image's fingerprint (edited after the build)")
 
-    document = json.loads((build_dir / CONTROLS_FILE).read_text()) if (build_dir / CONTROLS_FILE).is_file() else {}
+    document = _controls_document(build_dir)
+    if isinstance(document, str):
+        return Decision(False, [], reasons + [document])
     in_force = document.get("controls", [])
     problem = _rows_problem(report, in_force)
     if problem:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .errors import UserError
+from .files import write_atomic
 from .progress import Progress
 
 SUMMARY_JSON = "rebuild-summary.json"
@@ -210,18 +211,12 @@ def render_markdown(summary: RunSummary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_summaries(summary: RunSummary, directory: Path) -> tuple[Path, Path]:
     """Write rebuild-summary.json and rebuild-summary.md into directory; return their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / SUMMARY_JSON, directory / SUMMARY_MARKDOWN
-    _write_atomically(json_path, json.dumps(summary.as_dict(), indent=2, sort_keys=True) + "\n")
-    _write_atomically(md_path, render_markdown(summary))
+    write_atomic(json_path, json.dumps(summary.as_dict(), indent=2, sort_keys=True) + "\n")
+    write_atomic(md_path, render_markdown(summary))
     return json_path, md_path
 
 

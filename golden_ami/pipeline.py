@@ -19,6 +19,7 @@ from typing import Optional
 
 from . import approve, lifecycle, packer, paths, render, verify_runner, waivers
 from .config import Resolved
+from .files import write_atomic
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
 from .progress import Progress
@@ -114,7 +115,7 @@ def build(
         finally:
             record["seconds"]["total"] = round(time.monotonic() - started, 1)
             if build_dir.is_dir():
-                (build_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+                write_atomic(build_dir / BUILD_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, build_dir: Path, commit: str,

@@ -290,9 +290,11 @@ def _newest_mtime(root: Path) -> Optional[datetime]:
 
 
 def _verify_leftovers(verify_dir: Path) -> list[Path]:
-    """What a killed test VM leaves: its overlay, seed and the private key (logs stay)."""
+    """What a killed test VM leaves: its overlay, seed, the run's own directory (its private key
+    and half-written files; verify_runner.run) and, from older runs, the private key (logs stay)."""
     found = [p for p in (verify_dir / "instance" / "overlay.qcow2", verify_dir / "instance" / "seed.iso",
                          verify_dir / "instance" / "seed") if p.exists()]
+    found += sorted(p for p in verify_dir.glob(".run-*") if p.is_dir() and not p.is_symlink())
     key_dir = verify_dir / "key"
     if key_dir.is_dir():
         found += sorted(p for p in key_dir.iterdir() if p.is_file() and not p.name.endswith(".pub"))

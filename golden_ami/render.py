@@ -279,9 +279,14 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
     files = _render_files(cfg, controls, source, packer_plugins)
     fingerprint = fingerprint_of(files, source)
     out_dir = out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file, not a directory: choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty: choose another --out or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make {out_dir.parent} for --out: {exc.strerror}") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for rel, data in files.items():
@@ -323,7 +328,13 @@ def load_render(directory: Path) -> tuple[dict[str, Any], str]:
     manifest_path = directory / RENDER_MANIFEST
     if not manifest_path.is_file():
         raise UserError(f"{directory} is not a rendered build directory (no {RENDER_MANIFEST}): run invoke render")
-    manifest = json.loads(manifest_path.read_text())
-    src = manifest["source_image"]
-    source = SourceImage(id=src["id"], name=src["name"], location=src.get("location", ""), checksum=src.get("checksum", ""))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        src = manifest["source_image"]
+        source = SourceImage(id=str(src["id"]), name=str(src["name"]), location=str(src.get("location", "")),
+                             checksum=str(src.get("checksum", "")))
+        manifest["os"], manifest["target"]  # noqa: B018 - both are read by every caller
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{manifest_path} is not a render manifest ({type(exc).__name__}: {exc}): "
+                        "render the directory again with invoke render") from None
     return manifest, fingerprint_of(read_rendered(directory), source)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from . import hostkeys, paths, sshkeys, waivers
 from .report import markdown, summarise
 from .config import Resolved
+from .files import write_atomic
 from .errors import UserError, VerificationError
 from .procs import run_streaming
 from .progress import Progress
@@ -80,13 +83,15 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
     verify_dir = build_dir / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (REPORT_FILE, MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts"):
-        (verify_dir / stale).unlink(missing_ok=True)
-    key = sshkeys.generate(verify_dir / "key", f"id_ed25519_{image.id}", f"golden-ami-verify-{build_id}")
+    # This run writes into a directory of its own (its key too, so a killed run's leftovers are
+    # in nobody's way); its files replace the last run's only once it has a whole report, so a
+    # run that dies leaves the last run's files and seal as they were.
+    run_dir = Path(tempfile.mkdtemp(prefix=".run-", dir=verify_dir))
+    key = sshkeys.generate(run_dir / "key", "id_ed25519", f"golden-ami-verify-{build_id}")
     try:
         with target.boot_test_instance(cfg, image, key, verify_dir / "instance", progress) as instance:
             boot_timeout = float(instance.boot_timeout_seconds)
-            known_hosts = verify_dir / "known_hosts"
+            known_hosts = run_dir / "known_hosts"
             pinned = _pin_host_keys(cfg, instance, known_hosts, boot_timeout, progress)
             client = hostkeys.connect_pinned(
                 instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path, known_hosts,
@@ -94,20 +99,36 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             )
             client.close()
             progress.say("SSH host key matches the pin; running the verify suite")
-            _run_suite(cfg, image, build_dir / CONTROLS_FILE, verify_dir, build_id, instance, known_hosts, progress)
-            report = json.loads((verify_dir / REPORT_FILE).read_text())
+            _run_suite(cfg, image, build_dir / CONTROLS_FILE, run_dir, build_id, instance, known_hosts, progress,
+                       log_path=verify_dir / "pytest.log")
+            report = json.loads((run_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
             report["summary"] = summarise(report["controls"])
-            _write_report(verify_dir / REPORT_FILE, report)
-            (verify_dir / MARKDOWN_FILE).write_text(markdown(report))
+            _write_report(run_dir / REPORT_FILE, report)
+            write_atomic(run_dir / MARKDOWN_FILE, markdown(report))
+            key.private_key_path.unlink()  # the private key dies with the instance
+            _swap_in(run_dir, verify_dir)
             seal(target, image, verify_dir)
     finally:
-        # The private key dies with the instance.
-        key.private_key_path.unlink(missing_ok=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return report
+
+
+# What a verify run leaves in verify/, replaced as a set (the report last: it names the run).
+RUN_OUTPUTS = (MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts", REPORT_FILE)
+
+
+def _swap_in(run_dir: Path, verify_dir: Path) -> None:
+    """Move this run's files over the last run's; a file this run did not write (facts.json of
+    a run that never reached the instance) is removed, so no older file passes for this run's."""
+    for name in RUN_OUTPUTS:
+        if (run_dir / name).is_file():
+            os.replace(run_dir / name, verify_dir / name)
+        else:
+            (verify_dir / name).unlink(missing_ok=True)
 
 
 def _pin_host_keys(cfg: Resolved, instance, known_hosts: Path, timeout: float, progress: Progress) -> str:
@@ -150,7 +171,8 @@ def suite_argv(*, controls_file: Path, report: Path, image_id: str, fingerprint:
 
 
 def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Path, build_id: str, instance,
-               known_hosts: Path, progress: Progress) -> None:
+               known_hosts: Path, progress: Progress, log_path: Optional[Path] = None) -> None:
+    log_path = log_path or verify_dir / "pytest.log"
     argv = suite_argv(controls_file=controls_file, report=verify_dir / REPORT_FILE, image_id=image.id,
                       fingerprint=image.tags.get("Fingerprint", ""), host=instance.ssh_host, port=instance.ssh_port,
                       user=instance.login_user, identity=instance.key.private_key_path, known_hosts=known_hosts,
@@ -167,17 +189,15 @@ def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Pat
             progress.detail(line.strip("= "))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # one line per check as it finishes
-    status = run_streaming(argv, cwd=paths.PROJECT_ROOT, env=env, log_path=verify_dir / "pytest.log", progress=progress,
+    status = run_streaming(argv, cwd=paths.PROJECT_ROOT, env=env, log_path=log_path, progress=progress,
                            on_line=on_line, timeout_seconds=cfg.settings.verify.timeout_minutes * 60,
                            interrupt_grace_seconds=10)
     if not (verify_dir / REPORT_FILE).is_file():
-        raise VerificationError(f"the verify suite wrote no report (pytest exit {status}): see {verify_dir / 'pytest.log'}")
+        raise VerificationError(f"the verify suite wrote no report (pytest exit {status}): see {log_path}")
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    tmp.rename(path)
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], work_dir: Path,
@@ -194,7 +214,8 @@ def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], w
     work_dir.mkdir(parents=True, exist_ok=True)
     controls_file = work_dir / CONTROLS_FILE
     controls_file.write_text(json.dumps(chosen))
-    key = sshkeys.generate(work_dir / "key", f"id_ed25519_{image.id}", "golden-ami-probe")
+    key_dir = Path(tempfile.mkdtemp(prefix=".key-", dir=work_dir))  # its own: a killed probe's key is in no one's way
+    key = sshkeys.generate(key_dir, "id_ed25519", "golden-ami-probe")
     try:
         with target.boot_test_instance(cfg, image, key, work_dir / "instance", progress) as instance:
             known_hosts = work_dir / "known_hosts"
@@ -204,4 +225,4 @@ def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], w
             _run_suite(cfg, image, controls_file, work_dir, "probe", instance, known_hosts, progress)
             return json.loads((work_dir / REPORT_FILE).read_text())["controls"]
     finally:
-        key.private_key_path.unlink(missing_ok=True)
+        shutil.rmtree(key_dir, ignore_errors=True)

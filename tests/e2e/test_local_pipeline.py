@@ -179,10 +179,16 @@ def test_sigterm_during_verification_stops_the_vm_and_removes_the_overlay(local_
     assert not qemu_processes_under(state), "the test VM survived the interruption"
     instance_dir = Path(approved_build["build_dir"]) / "verify" / "instance"
     assert not (instance_dir / "overlay.qcow2").exists() and not (instance_dir / "seed.iso").exists()
-    assert not list((Path(approved_build["build_dir"]) / "verify" / "key").glob("id_*")), "private key left behind"
-    # Interrupted verification decides nothing: the image keeps its status.
+    verify_dir = Path(approved_build["build_dir"]) / "verify"
+    assert not list(verify_dir.glob(".run-*")), "the run's own directory (its private key) left behind"
+    # Interrupted verification decides nothing: the image keeps its status, and the last run's
+    # files are still there and still what that run sealed.
     listing = json.loads(invoke_cmd("list", "--json", env=env).stdout)
     assert {row["id"]: row["Status"] for row in listing}[approved_build["image_id"]] == "approved"
+    attest = invoke_cmd("attest", f"--image-id={approved_build['image_id']}", "--json", env=env)
+    assert attest.returncode == 0, attest.stdout + attest.stderr
+    sealed = json.loads(attest.stdout)["statement"]["predicate"]["evidence"]["ReportDigest"]
+    assert "sha256:" + hashlib.sha256((verify_dir / "report.json").read_bytes()).hexdigest() == sealed
 
 
 def test_hardening_is_idempotent_on_the_built_image(local_state, approved_build, tmp_path):

@@ -128,6 +128,7 @@ def test_a_verify_run_seals_the_files_it_wrote_and_the_gate_holds_to_the_seal(tm
     import hashlib
 
     from golden_ami import approve, config, pipeline, verify_runner
+    from golden_ami.errors import VerificationError
     from golden_ami.progress import Progress
     from golden_ami.targets.base import TestInstance
     from golden_ami.targets.local.target import LocalTarget
@@ -161,6 +162,25 @@ def test_a_verify_run_seals_the_files_it_wrote_and_the_gate_holds_to_the_seal(tm
     assert json.loads((verify_dir / "report.json").read_text())["sbom"]["components"] == len(sbom["components"])
     # (Rejected all the same - this build directory is no render, and 4.2.7 may fail here.)
     assert not any("sealed" in reason for reason in decision.reasons), decision.reasons
+
+    # A killed run's own directory (its key inside) is in no later run's way, and a run that
+    # dies leaves the last run's files and seal as they were.
+    (verify_dir / ".run-killed" / "key").mkdir(parents=True)
+    (verify_dir / ".run-killed" / "key" / "id_ed25519").write_text("PRIVATE")
+    kept = {name: (verify_dir / name).read_bytes() for name in ("report.json", "facts.json", "junit.xml")}
+    sealed = target.get_image(image.id).tags
+
+    class DiesAfterTheSuite(ThisMachine):
+        def outside_checks(self, cfg, image, instance):
+            raise VerificationError("the API that checks the image from outside went away")
+
+    with pytest.raises(VerificationError, match="went away"):
+        verify_runner.run(cfg, DiesAfterTheSuite(cfg.settings, cfg.state_dir), target.get_image(image.id), build_dir,
+                          "build-2", Progress(quiet=True))
+    assert {name: (verify_dir / name).read_bytes() for name in kept} == kept
+    assert target.get_image(image.id).tags == sealed
+    assert [p.name for p in verify_dir.glob(".run-*")] == [".run-killed"]
+
     report = verify_dir / "report.json"
     report.write_text(report.read_text().replace('"fail"', '"pass"') + " ")
     again = approve.decide(target.get_image(image.id), approve.load_report(build_dir), build_dir)

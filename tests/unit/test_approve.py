@@ -85,6 +85,18 @@ def test_a_build_directory_edited_after_the_build_is_refused(built):
     assert not decision.approved and "no longer hashes" in decision.summary()
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("{not json", "controls.json of the build is unreadable"),
+    ("[1, 2]", "not a list of controls"),
+    ('{"controls": [{"title": "no id"}]}', "not a list of controls"),
+])
+def test_a_corrupt_controls_file_is_a_refusal_with_its_reason(built, text, needle):
+    _, image, build_dir, report = built
+    (build_dir / "controls.json").write_text(text)
+    decision = approve.decide(image, report, build_dir)
+    assert not decision.approved and needle in decision.summary(), decision.summary()
+
+
 def _first_passing(report):
     return next(row for row in report["controls"] if row["outcome"] == "pass")
 

@@ -224,6 +224,9 @@ def _killed_local_run(state: Path, tmp_path: Path) -> dict:
     (build / "verify" / "key").mkdir()
     (build / "verify" / "key" / "id_ed25519_li-x").write_text("PRIVATE")
     (build / "verify" / "key" / "id_ed25519_li-x.pub").write_text("ssh-ed25519 AAAA")
+    (build / "verify" / ".run-k1ll3d" / "key").mkdir(parents=True)  # a verify run's own directory
+    (build / "verify" / ".run-k1ll3d" / "key" / "id_ed25519").write_text("PRIVATE")
+    (build / "verify" / ".run-k1ll3d" / "junit.xml").write_text("<half")
     for path in (partial, build):
         _age_tree(path, 3)
     return {"candidate": candidate, "approved": approved, "partial": partial, "build": build}
@@ -246,6 +249,7 @@ def test_a_killed_local_run_is_reaped_completely(state_dir, tmp_path):
     assert not (build / "runtime").exists() and not made["partial"].exists()
     assert not (build / "verify" / "instance" / "overlay.qcow2").exists()
     assert not (build / "verify" / "key" / "id_ed25519_li-x").exists()
+    assert not (build / "verify" / ".run-k1ll3d").exists()
     assert (build / "verify" / "instance" / "serial.log").exists() and (build / "verify" / "key" / "id_ed25519_li-x.pub").exists()
     assert [i.id for i in Store(state_dir / "store").list()] == [made["approved"].id]
     assert reaper.plan_local(state_dir, processes={}).leftovers == []

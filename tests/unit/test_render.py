@@ -94,6 +94,27 @@ def test_render_refuses_a_non_empty_output_directory_and_leaves_nothing_on_failu
 HOSTILE = "$(touch PWNED); `touch PWNED2`; echo 'quoted' \"double\" & | > x"
 
 
+def test_render_refuses_an_out_that_is_a_file_or_under_one(state_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        render.render(config.resolve("debian12"), LOCAL_SOURCE, afile)
+    with pytest.raises(UserError, match="cannot make"):
+        render.render(config.resolve("debian12"), LOCAL_SOURCE, afile / "out")
+    assert afile.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("manifest, needle", [
+    ("{bad", "JSONDecodeError"), ("[1]", "TypeError"), ('{"os": "debian12", "target": "local"}', "source_image"),
+    ('{"source_image": {"id": "x", "name": "y"}}', "'os'"),
+])
+def test_a_damaged_render_manifest_is_one_line_naming_the_file(tmp_path, manifest, needle):
+    (tmp_path / "render.json").write_text(manifest)
+    with pytest.raises(UserError, match="render.json is not a render manifest") as raised:
+        render.load_render(tmp_path)
+    assert needle in str(raised.value)
+
+
 def test_shell_templates_quote_every_value_so_it_arrives_literally(tmp_path):
     env = render.shell_env()
     template = env.from_string('#!/bin/bash\nvalue={{ value }}\nprintf "%s\\n" "$value"\nprintf "%s\\n" {{ words|shell_join }}\n')

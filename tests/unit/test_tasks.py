@@ -155,7 +155,8 @@ def test_a_bad_config_value_is_refused_before_any_work(state_dir, tmp_path, text
 
 def test_a_bad_waiver_date_is_refused_before_the_build(state_dir, tmp_path):
     waivers = tmp_path / "waivers.yaml"
-    waivers.write_text("- control: '4.2.16'\n  os: [debian12]\n  target: [aws]\n  justification: legacy bastion needs six tries\n  expires: 2027-13-45\n")
+    waivers.write_text("- control: '4.2.16'\n  os: [debian12]\n  target: [aws]\n"
+                       "  justification: legacy bastion needs six tries\n  expires: 2027-13-45\n")
     config = tmp_path / "golden-ami.yaml"
     config.write_text(f"waivers_file: {waivers}\naws:\n  ssh_cidrs: ['203.0.113.7/32']\n")
     env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}

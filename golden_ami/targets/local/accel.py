@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ...files import write_atomic
+
 QEMU = "qemu-system-x86_64"
 PROBE_SECONDS = 25
 _PANIC_MARKERS = ("Kernel panic", "VFS: Unable to mount root")
@@ -107,5 +109,5 @@ def choose(requested: str, state_dir: Path) -> Accelerator:
     works, reason = kvm_boots(kernel)
     chosen = Accelerator("kvm", "host", reason) if works else Accelerator("tcg", "max", reason)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "name": chosen.name, "cpu_model": chosen.cpu_model, "reason": reason}))
+    write_atomic(cache, json.dumps({"key": key, "name": chosen.name, "cpu_model": chosen.cpu_model, "reason": reason}))
     return chosen

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import secrets
 import shutil
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from ...files import write_atomic
 from ...errors import UserError
 from ..base import age_order
 
@@ -80,12 +80,7 @@ class Store:
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
-        """Write a file whole or not at all: a synced partial file renamed over the old one."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(data)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.rename(path)
+        write_atomic(path, data)
 
     @staticmethod
     def _write_tags(directory: Path, tags: dict[str, str]) -> None:

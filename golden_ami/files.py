@@ -1,0 +1,31 @@
+"""Writing a file whole or not at all: the one way golden_ami replaces a file it owns.
+
+A reader (a consumer of tags.json, a later `approve`, a script reading build.json) sees either
+the old file or the new one, never half of one; a write that fails leaves no temporary file
+behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+
+def write_atomic(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None:
+    """Write data to a new file beside path (a unique name: concurrent writers do not collide),
+    flush it to disk, then rename it over path."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, mode)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
