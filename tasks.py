@@ -407,6 +407,9 @@ def controls(c, os_=None, target="local", profile=None, config_=None, json_=Fals
     for control in chosen.controls:
         state = "applies" if control.applicable else f"n/a: {control.reason}"
         print(f"{control.id:18} {control.os_id:12} {control.title}  [{state}]")
+    for exception in chosen.exceptions:
+        print(f"{exception['control']:18} {'':12} SWITCHED OFF by exception until {exception['expires']}: "
+              f"{exception['justification']}")
     print(f"{cfg.os.name}/{cfg.target}, profile {chosen.profile}: {covered['applicable']} applicable controls "
           f"({covered['not_applicable']} not applicable); {covered['benchmark_covered']} of "
           f"{covered['benchmark_level1_automated']} automatable Level 1 benchmark recommendations implemented "

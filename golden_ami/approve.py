@@ -41,7 +41,8 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _rows_problem(report: dict[str, Any], in_force: list[dict[str, Any]]) -> Optional[str]:
+def _rows_problem(report: dict[str, Any], in_force: list[dict[str, Any]],
+                  exceptions: Sequence[dict[str, Any]] = ()) -> Optional[str]:
     """What makes the report's rows unusable as a verdict, or None. A row can only be trusted
     as the one verdict on a control in force: not a second row for the same id (which of the
     two would count?), not a row for an id the build does not have."""
@@ -53,7 +54,8 @@ def _rows_problem(report: dict[str, Any], in_force: list[dict[str, Any]]) -> Opt
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         return f"the report has more than one row for {', '.join(twice)}"
-    unknown = sorted(set(ids) - {c["id"] for c in in_force})
+    switched_off = {e.get("control") for e in exceptions}
+    unknown = sorted(set(ids) - {c["id"] for c in in_force} - switched_off)
     if unknown and in_force:
         return f"the report has rows for controls this build does not have in force: {', '.join(unknown)}"
     return None
@@ -110,7 +112,8 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
     if isinstance(document, str):
         return Decision(False, [], reasons + [document])
     in_force = document.get("controls", [])
-    problem = _rows_problem(report, in_force)
+    exceptions = document.get("exceptions", [])
+    problem = _rows_problem(report, in_force, exceptions)
     if problem:
         return Decision(False, [], reasons + [problem])
     rows = {row["id"]: row for row in report["controls"]}
@@ -130,6 +133,18 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
         elif not control["applicable"] and not (row["outcome"] == "not-applicable" and row.get("message")):
             failed.append(control["id"])
             reasons.append(f"{control['id']} is not applicable but the report does not say why")
+    today = datetime.now(timezone.utc).date().isoformat()
+    for exception in exceptions:  # a control switched off: in the report as such, and still excused
+        row = rows.get(exception.get("control"))
+        if row is None or row["outcome"] != "disabled":
+            reasons.append(f"{exception.get('control')} is switched off by exception but the report does not say so")
+        elif str(exception.get("expires", "")) < today:
+            failed.append(exception["control"])
+            reasons.append(f"the exception that switches off {exception['control']} expired on {exception['expires']}")
+    for control_id, row in rows.items():
+        if row["outcome"] == "disabled" and control_id not in {e.get("control") for e in exceptions}:
+            failed.append(control_id)
+            reasons.append(f"{control_id} is disabled in the report, but the build has no exception for it")
     if not in_force:
         reasons.append("the build directory lists no controls")
     return Decision(approved=not failed and not reasons, failed_controls=sorted(set(failed)), reasons=reasons)
@@ -150,7 +165,9 @@ def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> 
     # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
     envelope = None
     if decision.approved:
-        tags = {"Status": "approved", "ApprovedAt": now(),
+        report = load_report(build_dir) or {}
+        disabled = sum(1 for row in report.get("controls", []) if row.get("outcome") == "disabled")
+        tags = {"Status": "approved", "ApprovedAt": now(), "Exceptions": str(disabled) if disabled else None,
                 "FailedControls": None, "RejectedAt": None, "RejectReason": None}
         # Signed before anything changes: a key that cannot sign leaves the image as it was.
         envelope = _signed_statement(target, image, tags, build_dir)

@@ -44,7 +44,7 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "urn:golden-ami:approval:v1"
 KEY_FILE = Path("signing") / "ed25519.pem"
 # Tags the statement repeats: a tag that says otherwise was changed after the approval.
-AGREEING_TAGS = ("OS", "Fingerprint", "BuildId", "ApprovedAt", *SEAL_TAGS)
+AGREEING_TAGS = ("OS", "Fingerprint", "BuildId", "ApprovedAt", "Exceptions", *SEAL_TAGS)
 
 
 # --- the local key -------------------------------------------------------------------------------
@@ -101,7 +101,8 @@ def statement(image: Image, subject_digest: dict[str, str], report: dict[str, An
     def ids(outcome: str) -> list[str]:
         return sorted(row["id"] for row in rows if row["outcome"] == outcome)
 
-    verdicts = {"passed": ids("pass"), "waived": ids("waived"), "not_applicable": ids("not-applicable")}
+    verdicts = {"passed": ids("pass"), "waived": ids("waived"), "not_applicable": ids("not-applicable"),
+                "disabled": ids("disabled")}
     tags = image.tags
     predicate = {
         "image": {"id": image.id, "target": tags.get("Target", ""), "os": tags.get("OS", "")},
@@ -114,6 +115,7 @@ def statement(image: Image, subject_digest: dict[str, str], report: dict[str, An
         "approved_at": approved_at,
         "evidence": {tag: tags[tag] for tag in SEAL_TAGS if tags.get(tag)},
         "waivers": [{"control": row["id"], **row.get("waiver", {})} for row in rows if row["outcome"] == "waived"],
+        "exceptions": [row.get("exception", {"control": row["id"]}) for row in rows if row["outcome"] == "disabled"],
         "controls": {**verdicts, "counts": {name: len(found) for name, found in verdicts.items()}},
     }
     built = Statement([ResourceDescriptor(name=image.id, digest=subject_digest).pb], PREDICATE_TYPE, predicate)
@@ -161,20 +163,24 @@ def problems(image: Image, envelope: Optional[dict[str, Any]], keys: list[Key], 
     elif subjects[0].get("digest") != subject_digest:
         found.append("the image's content is not what was approved (its digest differs from the statement's)")
     predicate = document.get("predicate", {})
+    exceptions = len(predicate.get("exceptions", []))
     stated = {"OS": predicate.get("image", {}).get("os"), "Fingerprint": predicate.get("fingerprint"),
               "BuildId": predicate.get("build_id"), "ApprovedAt": predicate.get("approved_at"),
+              "Exceptions": str(exceptions) if exceptions else None,
               **{tag: predicate.get("evidence", {}).get(tag) for tag in SEAL_TAGS}}
     for tag in AGREEING_TAGS:
         if (image.tags.get(tag) or None) != (stated.get(tag) or None):
             found.append(f"its {tag} tag ({image.tags.get(tag)!r}) is not what the statement says ({stated.get(tag)!r})")
     today = today or dt.datetime.now(dt.timezone.utc).date()
-    for waiver in predicate.get("waivers", []):
-        try:
-            expired = dt.date.fromisoformat(str(waiver.get("expires"))) < today
-        except ValueError:
-            expired = True
-        if expired:
-            found.append(f"the waiver of {waiver.get('control')} in the statement expired on {waiver.get('expires')}")
+    for kind, entries in (("waiver of", predicate.get("waivers", [])),
+                          ("exception that switches off", predicate.get("exceptions", []))):
+        for entry in entries:
+            try:
+                expired = dt.date.fromisoformat(str(entry.get("expires"))) < today
+            except ValueError:
+                expired = True
+            if expired:
+                found.append(f"the {kind} {entry.get('control')} in the statement expired on {entry.get('expires')}")
     return found, document
 
 

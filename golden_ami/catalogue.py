@@ -6,6 +6,7 @@ reason that the report shows. Nothing is skipped silently.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
@@ -90,6 +91,9 @@ class ControlSet:
     target: str
     profile: str
     controls: tuple[Control, ...] = field(default_factory=tuple)
+    # Controls the profile has in force that the config switches off, each with its exception
+    # ({control, kind, justification, expires}): the report, the tags and the statement show them.
+    exceptions: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
     def applicable(self) -> list[Control]:
@@ -107,6 +111,7 @@ class ControlSet:
             "target": self.target,
             "profile": self.profile,
             "controls": [c.as_dict() for c in self.controls],
+            "exceptions": [dict(e) for e in self.exceptions],
         }
 
 
@@ -195,9 +200,12 @@ def controls_for(cfg: Resolved) -> ControlSet:
         if control_id not in known:
             raise UserError(f"config names unknown control {control_id!r}: see `invoke controls`")
     chosen: list[Control] = []
+    exceptions: list[dict[str, Any]] = []
     for spec in specs:
         override = cfg.settings.controls.get(spec.id)
         enabled = spec.enabled if override is None or override.enabled is None else override.enabled
+        if cfg.profile in spec.profiles and spec.enabled and not enabled:
+            exceptions.append(_exception(spec.id, override))
         if cfg.profile not in spec.profiles or not enabled:
             continue
         params = dict(spec.params)
@@ -226,7 +234,22 @@ def controls_for(cfg: Resolved) -> ControlSet:
                 os_id=_benchmark_number(spec, cfg.os.name),
             )
         )
-    return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen))
+    return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen),
+                      exceptions=tuple(exceptions))
+
+
+def _exception(control_id: str, override: Any) -> dict[str, Any]:
+    """A control the profile has in force, switched off: only with an exception in force."""
+    exception = override.exception
+    if exception is None:
+        raise UserError(f"controls.{control_id}: enabled: false switches off a control the profile has in force; "
+                        f"say why and until when: exception: {{justification: ..., expires: YYYY-MM-DD}}")
+    if exception.expires < dt.datetime.now(dt.timezone.utc).date():
+        raise UserError(f"controls.{control_id}.exception expired on {exception.expires.isoformat()}: "
+                        "renew it or enable the control again")
+    return {"control": control_id, "kind": "disabled", "justification": exception.justification,
+            "expires": exception.expires.isoformat(), **({"approved_by": exception.approved_by}
+                                                         if exception.approved_by else {})}
 
 
 BENCHMARK_INDEX = paths.CONTROLS_DIR / "benchmarks" / "level1-automated.yaml"

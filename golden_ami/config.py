@@ -13,6 +13,7 @@ as well: the patterns are the first wall, quoting the second.)
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import ipaddress
 import os
 from pathlib import Path
@@ -261,9 +262,18 @@ class NotifySettings(_Strict):
 ParamValue = Any  # checked against the catalogue's declared defaults in catalogue.py
 
 
+class ControlException(_Strict):
+    """Why a control in force is switched off, until when: a weakening made in the open."""
+    justification: str = Field(min_length=10)
+    expires: dt.date
+    approved_by: Optional[str] = None
+
+
 class ControlOverride(_Strict):
     enabled: Optional[bool] = None
     params: dict[str, ParamValue] = Field(default_factory=dict)
+    # Required with enabled: false for a control the profile has in force.
+    exception: Optional[ControlException] = None
 
 
 class Settings(_Strict):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_ORDER = {"fail": 0, "waived": 1, "pass": 2, "not-applicable": 3}
+_ORDER = {"fail": 0, "disabled": 1, "waived": 2, "pass": 3, "not-applicable": 4}
 
 
 def _cell(text: Any) -> str:

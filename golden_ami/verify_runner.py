@@ -103,6 +103,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
                        log_path=verify_dir / "pytest.log")
             report = json.loads((run_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
+            report["controls"].extend(exception_rows(build_dir / CONTROLS_FILE))
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
@@ -115,6 +116,18 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return report
+
+
+def exception_rows(controls_file: Path) -> list[dict[str, Any]]:
+    """One row per control the config switched off by exception: it is in the report as
+    "disabled", with why and until when, instead of vanishing from it."""
+    try:
+        document = json.loads(controls_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # (the gate refuses an unreadable controls.json by itself)
+    return [{"id": e["control"], "outcome": "disabled", "exception": e,
+             "message": f"switched off by exception until {e['expires']}: {e['justification']}"}
+            for e in (document.get("exceptions", []) if isinstance(document, dict) else [])]
 
 
 # What a verify run leaves in verify/, replaced as a set (the report last: it names the run).

@@ -91,6 +91,7 @@ def ec2(tmp_path_factory, golden_disk):
         signing_key = boto3.client("kms", region_name=REGION).create_key(
             KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256", Description="golden-ami approvals")["KeyMetadata"]["KeyId"]
         config = work / "golden-ami.yaml"
+        expires = (dt.date.today() + dt.timedelta(days=30)).isoformat()
         config.write_text(yaml.safe_dump({
             # The AWS path is under test here, not the CIS set (the local end-to-end proves that):
             # the baseline profile keeps this build and its verification short.
@@ -103,8 +104,11 @@ def ec2(tmp_path_factory, golden_disk):
             # verify none is pending) is off: the source disk is the local build's approved
             # image, patched and proven there minutes ago, and each apt run against the archive
             # costs a build here about a minute of emulated CPU, its verification another.
-            "controls": {"GA-AGENT-SSM": {"enabled": False}, "GA-AGENT-CWAGENT": {"enabled": False},
-                         "1.8": {"enabled": False}},
+            # Switched off in the open: each with why and until when, in the report and statement.
+            "controls": {control: {"enabled": False, "exception": {"justification": why, "expires": expires}}
+                         for control, why in (("GA-AGENT-SSM", "the agent's package comes from S3, unreachable here"),
+                                              ("GA-AGENT-CWAGENT", "the agent's package comes from S3, unreachable here"),
+                                              ("1.8", "the source disk is the local build's patched image"))},
         }))
         try:
             yield harness, config, boto3.client("ec2", region_name=REGION), boto3.client("ssm", region_name=REGION)
@@ -167,6 +171,9 @@ def test_the_aws_approval_is_signed_by_kms_and_a_retagged_image_stops_counting(e
     verdict = json.loads(out)
     assert code == 0 and verdict["verified"], verdict["problems"]
     assert verdict["statement"]["predicate"]["fingerprint"] == aws_build["fingerprint"]
+    # The three controls this module switches off are in the statement, each with its exception.
+    assert sorted(e["control"] for e in verdict["statement"]["predicate"]["exceptions"]) == [
+        "1.8", "GA-AGENT-CWAGENT", "GA-AGENT-SSM"]
     fingerprint = [t for t in client.describe_images(ImageIds=[image_id])["Images"][0]["Tags"] if t["Key"] == "Fingerprint"]
     client.create_tags(Resources=[image_id], Tags=[{"Key": "Fingerprint", "Value": "sha256:" + "0" * 64}])
     try:

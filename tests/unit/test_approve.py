@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from golden_ami import approve, config, render, verify_runner
+from golden_ami import approve, attest, config, render, verify_runner
 from golden_ami.targets.base import Image
 from golden_ami.targets.local.store import Store
 from golden_ami.targets.local.target import LocalTarget
@@ -11,10 +11,8 @@ from golden_ami.targets.local.target import LocalTarget
 SOURCE = render.SourceImage(id="sha256:" + "3" * 64, name="base", location="/x", checksum="sha256:" + "3" * 64)
 
 
-@pytest.fixture
-def built(state_dir, tmp_path):
+def _built(state_dir, tmp_path, cfg):
     """A rendered build dir, a stored candidate for it, and a passing report."""
-    cfg = config.resolve("debian12", "local")
     result = render.render(cfg, SOURCE, tmp_path / "build")
     disk = tmp_path / "disk.qcow2"
     disk.write_bytes(b"disk")
@@ -24,6 +22,7 @@ def built(state_dir, tmp_path):
     controls = json.loads((result.directory / "controls.json").read_text())["controls"]
     rows = [{"id": c["id"], "title": c["title"], "outcome": "pass" if c["applicable"] else "not-applicable",
              "message": "" if c["applicable"] else c["reason"], "checks": []} for c in controls]
+    rows += verify_runner.exception_rows(result.directory / "controls.json")
     report = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
     (result.directory / "verify").mkdir()
     (result.directory / "verify" / "report.json").write_text(json.dumps(report))
@@ -31,6 +30,46 @@ def built(state_dir, tmp_path):
     # What the verify run does last: seal the files it wrote in the image's tags.
     image = verify_runner.seal(LocalTarget(cfg.settings, cfg.state_dir), image, result.directory / "verify")
     return cfg, image, result.directory, report
+
+
+@pytest.fixture
+def built(state_dir, tmp_path):
+    return _built(state_dir, tmp_path, config.resolve("debian12", "local"))
+
+
+SWITCHED_OFF = {"controls": {"4.2.12": {"enabled": False, "exception": {
+    "justification": "the bastion's jump hosts forward agents", "expires": "2999-01-31"}}}}
+
+
+def test_a_control_switched_off_by_exception_is_in_the_report_the_tags_and_the_statement(state_dir, tmp_path):
+    cfg, image, build_dir, report = _built(state_dir, tmp_path, config.resolve("debian12", "local",
+                                                                             overrides=SWITCHED_OFF))
+    row = next(r for r in report["controls"] if r["id"] == "4.2.12")
+    assert row["outcome"] == "disabled" and "the bastion's jump hosts" in row["message"]
+    decision = approve.decide(image, report, build_dir)
+    assert decision.approved, decision.summary()
+    target = LocalTarget(cfg.settings, cfg.state_dir)
+    after = approve.apply(target, image, decision, build_dir)
+    assert after.tags["Exceptions"] == "1"
+    found, statement = attest.check(target, after)
+    assert found == [] and statement["predicate"]["controls"]["disabled"] == ["4.2.12"]
+    assert statement["predicate"]["exceptions"] == [{"control": "4.2.12", "kind": "disabled", "expires": "2999-01-31",
+                                                     "justification": "the bastion's jump hosts forward agents"}]
+    # A report that drops the row hides the exception: refused.
+    hidden = {**report, "controls": [r for r in report["controls"] if r["id"] != "4.2.12"]}
+    assert "switched off by exception but the report does not say so" in approve.decide(image, hidden, build_dir).summary()
+    # The count is part of what the statement vouches for.
+    target.store.set_tags(image.id, {"Exceptions": None})
+    assert any("its Exceptions tag" in p for p in attest.check(target, target.get_image(image.id))[0])
+
+
+def test_a_disabled_row_without_an_exception_fails_its_control(built):
+    _, image, build_dir, report = built
+    doctored = json.loads(json.dumps(report))
+    next(r for r in doctored["controls"] if r["id"] == "4.2.7")["outcome"] = "disabled"
+    decision = approve.decide(image, doctored, build_dir)
+    assert not decision.approved and "4.2.7" in decision.failed_controls
+    assert "4.2.7 is disabled in the report, but the build has no exception for it" in decision.summary()
 
 
 def test_a_passing_report_about_this_image_approves(built):

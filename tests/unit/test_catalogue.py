@@ -65,11 +65,26 @@ def test_param_overrides_are_checked(state_dir, tmp_path):
             catalogue.controls_for(config.resolve("debian12", "local", str(user)))
 
 
-def test_disabled_control_leaves_the_set(state_dir, tmp_path):
+def test_a_control_is_switched_off_only_by_an_exception_that_says_why_and_until_when(state_dir, tmp_path):
     user = tmp_path / "c.yaml"
     user.write_text("controls:\n  '4.2.12':\n    enabled: false\n")
+    with pytest.raises(UserError, match=r"controls.4.2.12: enabled: false switches off .* exception: \{justification"):
+        catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    user.write_text("controls:\n  '4.2.12':\n    enabled: false\n    exception:\n"
+                    "      justification: the bastion's jump hosts need it\n      expires: 2020-01-31\n")
+    with pytest.raises(UserError, match="controls.4.2.12.exception expired on 2020-01-31"):
+        catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    user.write_text("controls:\n  '4.2.12':\n    enabled: false\n    exception:\n"
+                    "      justification: the bastion's jump hosts need it\n      expires: 2999-01-31\n")
     chosen = catalogue.controls_for(config.resolve("debian12", "local", str(user)))
     assert "4.2.12" not in chosen.by_id()
+    assert chosen.as_dict()["exceptions"] == [{"control": "4.2.12", "kind": "disabled", "expires": "2999-01-31",
+                                               "justification": "the bastion's jump hosts need it"}]
+    # Switching off what the profile does not have in force (1.1.1.3, cramfs, is CIS only)
+    # weakens nothing and needs no exception.
+    user.write_text("controls:\n  '1.1.1.3':\n    enabled: false\n")
+    baseline = config.resolve("debian12", "local", str(user), overrides={"profile": "baseline"})
+    assert catalogue.controls_for(baseline).exceptions == ()
 
 
 def test_benchmark_numbers_per_os(state_dir):
