@@ -134,15 +134,18 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
             failed.append(control["id"])
             reasons.append(f"{control['id']} is not applicable but the report does not say why")
     today = datetime.now(timezone.utc).date().isoformat()
-    for exception in exceptions:  # a control switched off: in the report as such, and still excused
+    if report.get("exceptions", []) != exceptions:
+        reasons.append("the report's exceptions are not the ones the build was rendered with")
+    for exception in exceptions:  # switched off or weakened: said in the report, and still excused
         row = rows.get(exception.get("control"))
-        if row is None or row["outcome"] != "disabled":
+        if exception.get("kind") == "disabled" and (row is None or row["outcome"] != "disabled"):
             reasons.append(f"{exception.get('control')} is switched off by exception but the report does not say so")
         elif str(exception.get("expires", "")) < today:
             failed.append(exception["control"])
-            reasons.append(f"the exception that switches off {exception['control']} expired on {exception['expires']}")
+            reasons.append(f"the exception for {exception['control']} expired on {exception['expires']}")
     for control_id, row in rows.items():
-        if row["outcome"] == "disabled" and control_id not in {e.get("control") for e in exceptions}:
+        if row["outcome"] == "disabled" and control_id not in {
+                e.get("control") for e in exceptions if e.get("kind") == "disabled"}:
             failed.append(control_id)
             reasons.append(f"{control_id} is disabled in the report, but the build has no exception for it")
     if not in_force:
@@ -165,9 +168,8 @@ def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> 
     # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
     envelope = None
     if decision.approved:
-        report = load_report(build_dir) or {}
-        disabled = sum(1 for row in report.get("controls", []) if row.get("outcome") == "disabled")
-        tags = {"Status": "approved", "ApprovedAt": now(), "Exceptions": str(disabled) if disabled else None,
+        excepted = len((load_report(build_dir) or {}).get("exceptions", []))
+        tags = {"Status": "approved", "ApprovedAt": now(), "Exceptions": str(excepted) if excepted else None,
                 "FailedControls": None, "RejectedAt": None, "RejectReason": None}
         # Signed before anything changes: a key that cannot sign leaves the image as it was.
         envelope = _signed_statement(target, image, tags, build_dir)

@@ -115,7 +115,7 @@ def statement(image: Image, subject_digest: dict[str, str], report: dict[str, An
         "approved_at": approved_at,
         "evidence": {tag: tags[tag] for tag in SEAL_TAGS if tags.get(tag)},
         "waivers": [{"control": row["id"], **row.get("waiver", {})} for row in rows if row["outcome"] == "waived"],
-        "exceptions": [row.get("exception", {"control": row["id"]}) for row in rows if row["outcome"] == "disabled"],
+        "exceptions": report.get("exceptions", []),
         "controls": {**verdicts, "counts": {name: len(found) for name, found in verdicts.items()}},
     }
     built = Statement([ResourceDescriptor(name=image.id, digest=subject_digest).pb], PREDICATE_TYPE, predicate)
@@ -173,7 +173,7 @@ def problems(image: Image, envelope: Optional[dict[str, Any]], keys: list[Key], 
             found.append(f"its {tag} tag ({image.tags.get(tag)!r}) is not what the statement says ({stated.get(tag)!r})")
     today = today or dt.datetime.now(dt.timezone.utc).date()
     for kind, entries in (("waiver of", predicate.get("waivers", [])),
-                          ("exception that switches off", predicate.get("exceptions", []))):
+                          ("exception for", predicate.get("exceptions", []))):
         for entry in entries:
             try:
                 expired = dt.date.fromisoformat(str(entry.get("expires"))) < today

@@ -168,6 +168,28 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
     raise UserError(f"{where}: unsupported parameter type")
 
 
+# Params whose value can be weaker than the benchmark's, by name: a weaker value needs an
+# exception (controls_for). File modes may only drop permission bits, a umask only add them;
+# algorithm lists, allowed ports and owning groups may only leave entries out.
+_MODE_PARAMS = re.compile(r"^(.+_)?mode$")
+_SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups"})
+
+
+def _weakens(name: str, benchmark: Any, value: Any) -> str:
+    """How value is weaker than the benchmark's value of param name ("" when it is not)."""
+    octal = re.compile(r"^[0-7]{3,4}$")
+    if name == "umask" and octal.match(str(value)) and octal.match(str(benchmark)):
+        dropped = int(str(benchmark), 8) & ~int(str(value), 8)
+        return f"masks fewer bits than the benchmark's {benchmark} (it lets {dropped:03o} through)" if dropped else ""
+    if _MODE_PARAMS.match(name) and octal.match(str(value)) and octal.match(str(benchmark)):
+        added = int(str(value), 8) & ~int(str(benchmark), 8)
+        return f"grants bits {added:04o} beyond the benchmark's {benchmark}" if added else ""
+    if name in _SUBSET_PARAMS and isinstance(value, list) and isinstance(benchmark, list):
+        extra = [item for item in value if item not in benchmark]
+        return f"adds {extra!r} to the benchmark's {benchmark!r}" if extra else ""
+    return ""
+
+
 def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
     applies = spec.applies
     if applies.targets is not None and cfg.target not in applies.targets:
@@ -217,7 +239,12 @@ def controls_for(cfg: Resolved) -> ControlSet:
             for name, value in override.params.items():
                 if name not in spec.params:
                     raise UserError(f"controls.{spec.id}.params.{name} is not a parameter of {spec.id}")
-                params[name] = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
+                value = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
+                weaker = _weakens(name, params[name], value)
+                if weaker:
+                    exceptions.append({**_exception(spec.id, override, f"{name}: {value!r} {weaker}"),
+                                       "kind": "weakened", "param": name, "value": value, "benchmark": params[name]})
+                params[name] = value
         applicable, reason = _applicability(spec, cfg)
         chosen.append(
             Control(
@@ -238,12 +265,13 @@ def controls_for(cfg: Resolved) -> ControlSet:
                       exceptions=tuple(exceptions))
 
 
-def _exception(control_id: str, override: Any) -> dict[str, Any]:
-    """A control the profile has in force, switched off: only with an exception in force."""
+def _exception(control_id: str, override: Any, weakening: str = "") -> dict[str, Any]:
+    """A control the profile has in force, switched off or weakened: only with an exception in force."""
     exception = override.exception
     if exception is None:
-        raise UserError(f"controls.{control_id}: enabled: false switches off a control the profile has in force; "
-                        f"say why and until when: exception: {{justification: ..., expires: YYYY-MM-DD}}")
+        what = (f"controls.{control_id}.params.{weakening}" if weakening else
+                f"controls.{control_id}: enabled: false switches off a control the profile has in force")
+        raise UserError(f"{what}; say why and until when: exception: {{justification: ..., expires: YYYY-MM-DD}}")
     if exception.expires < dt.datetime.now(dt.timezone.utc).date():
         raise UserError(f"controls.{control_id}.exception expired on {exception.expires.isoformat()}: "
                         "renew it or enable the control again")

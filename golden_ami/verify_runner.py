@@ -104,6 +104,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report = json.loads((run_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
             report["controls"].extend(exception_rows(build_dir / CONTROLS_FILE))
+            report["exceptions"] = build_exceptions(build_dir / CONTROLS_FILE)
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
@@ -118,16 +119,22 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     return report
 
 
-def exception_rows(controls_file: Path) -> list[dict[str, Any]]:
-    """One row per control the config switched off by exception: it is in the report as
-    "disabled", with why and until when, instead of vanishing from it."""
+def build_exceptions(controls_file: Path) -> list[dict[str, Any]]:
+    """The build's exceptions (controls switched off or weakened by the config), as render wrote them."""
     try:
         document = json.loads(controls_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []  # (the gate refuses an unreadable controls.json by itself)
+    found = document.get("exceptions", []) if isinstance(document, dict) else []
+    return found if isinstance(found, list) else []
+
+
+def exception_rows(controls_file: Path) -> list[dict[str, Any]]:
+    """One row per control the config switched off by exception: it is in the report as
+    "disabled", with why and until when, instead of vanishing from it."""
     return [{"id": e["control"], "outcome": "disabled", "exception": e,
              "message": f"switched off by exception until {e['expires']}: {e['justification']}"}
-            for e in (document.get("exceptions", []) if isinstance(document, dict) else [])]
+            for e in build_exceptions(controls_file) if e.get("kind") == "disabled"]
 
 
 # What a verify run leaves in verify/, replaced as a set (the report last: it names the run).

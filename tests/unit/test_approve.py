@@ -23,7 +23,8 @@ def _built(state_dir, tmp_path, cfg):
     rows = [{"id": c["id"], "title": c["title"], "outcome": "pass" if c["applicable"] else "not-applicable",
              "message": "" if c["applicable"] else c["reason"], "checks": []} for c in controls]
     rows += verify_runner.exception_rows(result.directory / "controls.json")
-    report = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows}
+    report = {"image_id": image.id, "fingerprint": result.fingerprint, "controls": rows,
+              "exceptions": verify_runner.build_exceptions(result.directory / "controls.json")}
     (result.directory / "verify").mkdir()
     (result.directory / "verify" / "report.json").write_text(json.dumps(report))
     (result.directory / "verify" / "facts.json").write_text('{"collected": {}}')
@@ -58,6 +59,9 @@ def test_a_control_switched_off_by_exception_is_in_the_report_the_tags_and_the_s
     # A report that drops the row hides the exception: refused.
     hidden = {**report, "controls": [r for r in report["controls"] if r["id"] != "4.2.12"]}
     assert "switched off by exception but the report does not say so" in approve.decide(image, hidden, build_dir).summary()
+    # The report's list of exceptions must be the build's.
+    emptied = {**report, "exceptions": []}
+    assert "not the ones the build was rendered with" in approve.decide(image, emptied, build_dir).summary()
     # The count is part of what the statement vouches for.
     target.store.set_tags(image.id, {"Exceptions": None})
     assert any("its Exceptions tag" in p for p in attest.check(target, target.get_image(image.id))[0])

@@ -87,6 +87,39 @@ def test_a_control_is_switched_off_only_by_an_exception_that_says_why_and_until_
     assert catalogue.controls_for(baseline).exceptions == ()
 
 
+EXCEPTION = "    exception: {justification: the legacy fleet still needs this, expires: 2999-01-31}\n"
+
+
+@pytest.mark.parametrize("control, param, value, bound", [
+    ("6.1.6", "mode", "'0777'", "grants bits 0137 beyond the benchmark's 0640"),
+    ("6.1.6", "groups", "[shadow, root, users]", "adds ['users']"),
+    ("4.6.5", "umask", "'000'", "masks fewer bits than the benchmark's 027"),
+    ("GA-SSH-CIPHERS", "ciphers", "[aes256-ctr, 3des-cbc]", "adds ['3des-cbc']"),
+    ("GA-FW-INBOUND", "allowed_tcp_ports", "[22, 23, 3389]", "adds [23, 3389]"),
+])
+def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_path, control, param, value, bound):
+    user = tmp_path / "c.yaml"
+    user.write_text(f"controls:\n  '{control}':\n    params:\n      {param}: {value}\n")
+    with pytest.raises(UserError) as refused:
+        catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    assert f"controls.{control}.params.{param}" in str(refused.value) and bound in str(refused.value)
+    assert "exception: {justification" in str(refused.value)
+    user.write_text(user.read_text() + EXCEPTION)
+    chosen = catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    [exception] = chosen.exceptions
+    assert exception["kind"] == "weakened" and exception["control"] == control and exception["param"] == param
+
+
+@pytest.mark.parametrize("control, param, value", [
+    ("6.1.6", "mode", "'0600'"), ("4.6.5", "umask", "'077'"), ("GA-SSH-CIPHERS", "ciphers", "[aes256-ctr]"),
+    ("GA-FW-INBOUND", "allowed_tcp_ports", "[22]"),
+])
+def test_a_param_as_strict_or_stricter_needs_none(state_dir, tmp_path, control, param, value):
+    user = tmp_path / "c.yaml"
+    user.write_text(f"controls:\n  '{control}':\n    params:\n      {param}: {value}\n")
+    assert catalogue.controls_for(config.resolve("debian12", "local", str(user))).exceptions == ()
+
+
 def test_benchmark_numbers_per_os(state_dir):
     debian = catalogue.controls_for(config.resolve("debian12", "local")).by_id()
     al2023 = catalogue.controls_for(config.resolve("al2023", "local")).by_id()
