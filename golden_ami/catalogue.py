@@ -159,10 +159,10 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
             raise UserError(f"{where} must be a non-empty list")
         return [_check_param(control_id, name, default[0], item, bounds) for item in value]
     if isinstance(default, str):
-        if not isinstance(value, str) or not _SAFE_PARAM_STRING.match(value):
+        if not isinstance(value, str) or not _SAFE_PARAM_STRING.match(value) or value.startswith("-"):
             raise UserError(
                 f"{where} contains characters that are not allowed here "
-                f"(letters, digits and ._@/:+- only; got {value!r})"
+                f"(letters, digits and ._@/:+- only, not starting with -; got {value!r})"
             )
         return value
     raise UserError(f"{where}: unsupported parameter type")

@@ -91,6 +91,17 @@ def raw_shell(value: Any) -> RawShell:
     return RawShell(text)
 
 
+def shell_word(value: Any) -> RawShell:
+    """One shell word, quoted (for shell snippets rendered as files, which are not auto-quoted)."""
+    return RawShell(shlex.quote(str(value)))
+
+
+def sudoers_string(value: Any) -> str:
+    """A sudoers double-quoted string: backslash and double quote escaped (control characters
+    are refused by the config files' finalize)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def raw_shell_comment(value: Any) -> RawShell:
     """Text for a shell comment: one line, no control characters."""
     text = " ".join(str(value).split())
@@ -130,6 +141,8 @@ def _environment(search_path: Path, finalize) -> jinja2.Environment:
     env.filters["shell_join"] = shell_join
     env.filters["raw_shell"] = raw_shell
     env.filters["raw_shell_comment"] = raw_shell_comment
+    env.filters["shell_word"] = shell_word
+    env.filters["sudoers_string"] = sudoers_string
     env.filters["hcl"] = hcl_string
     env.filters["tojson_sorted"] = lambda v: json.dumps(v, sort_keys=True, indent=2)
     return env

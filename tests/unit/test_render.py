@@ -115,6 +115,24 @@ def test_a_damaged_render_manifest_is_one_line_naming_the_file(tmp_path, manifes
     assert needle in str(raised.value)
 
 
+def test_the_quoting_walls_of_shell_snippets_and_sudoers_hold_for_any_value(tmp_path):
+    hostile = "027'; reboot; echo \"$(id)\" \\"
+    echoed = subprocess.run(["bash", "-c", f"printf %s {render.shell_word(hostile)}"], capture_output=True, text=True)
+    assert echoed.stdout == hostile
+    assert render.sudoers_string('/var/log/su"do\\.log') == '"/var/log/su\\"do\\\\.log"'
+
+
+def test_no_param_may_read_as_an_option_and_package_lists_end_the_options(state_dir, tmp_path):
+    user = tmp_path / "c.yaml"
+    user.write_text("controls:\n  '4.3.3':\n    params:\n      logfile: --version\n")
+    with pytest.raises(UserError, match="not starting with -"):
+        render.render(config.resolve("debian12", "local", str(user)), LOCAL_SOURCE, tmp_path / "refused")
+    result = _render(tmp_path, "dashes")
+    scripts = "".join(p.read_text() for p in (result.directory / "scripts").rglob("*.sh"))
+    assert re.search(r"(apt-get|dnf)[^\n]* (install|purge|remove)( --no-install-recommends)? \"", scripts) is None
+    assert 'purge -- "${present[@]}"' in scripts
+
+
 def test_shell_templates_quote_every_value_so_it_arrives_literally(tmp_path):
     env = render.shell_env()
     template = env.from_string('#!/bin/bash\nvalue={{ value }}\nprintf "%s\\n" "$value"\nprintf "%s\\n" {{ words|shell_join }}\n')
