@@ -398,6 +398,8 @@ def load_os_data(os_name: str) -> OsData:
 def find_user_config(explicit: Optional[str]) -> Optional[Path]:
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            raise UserError(f"--config {explicit} is a directory: name the config file in it")
         if not path.is_file():
             raise UserError(f"--config {explicit}: no such file")
         return path

@@ -31,12 +31,17 @@ def _describe(ec2: Any, image_id: str) -> dict[str, Any]:
     return images[0]
 
 
+def check_pinned(pinned: str) -> None:
+    """A pinned source id is an AMI id, refused before any AWS call (or credentials) is needed."""
+    if not pinned.startswith("ami-") or not pinned[4:].isalnum():
+        raise UserError(f"--source-ami {pinned!r} is not an AMI id (ami-…)")
+
+
 def resolve(cfg: Resolved, ec2: Any, ssm: Any, pinned: Optional[str] = None) -> SourceImage:
     spec = cfg.target_os.source
     region = cfg.settings.aws.region
     if pinned:
-        if not pinned.startswith("ami-") or not pinned[4:].isalnum():
-            raise UserError(f"--source-ami {pinned!r} is not an AMI id (ami-…)")
+        check_pinned(pinned)
         image = _describe(ec2, pinned)
         return SourceImage(id=pinned, name=image.get("Name", ""), location=region)
 

@@ -94,6 +94,8 @@ class AwsTarget(Target):
         return found
 
     def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
+        if pinned:
+            source.check_pinned(pinned)
         return source.resolve(cfg, self._ec2(), self._ssm(), pinned)
 
     # --- build ---
