@@ -70,7 +70,35 @@ def load(path: Optional[Path]) -> list[Waiver]:
             waivers.append(Waiver.model_validate(entry))
         except ValidationError as exc:
             raise UserError(describe_validation_error(exc, f"{path} waiver {index + 1}")) from None
+    _refuse_what_matches_nothing(path, waivers)
     return waivers
+
+
+def _refuse_what_matches_nothing(path: Path, waivers: list[Waiver]) -> None:
+    """A waiver for a control, OS or target that does not exist excuses nothing and hides a
+    typo; two waivers of one control for the same OS and target leave which one counts open."""
+    from .catalogue import load_catalogue
+    from .config import TARGETS, available_os
+
+    controls, systems = {spec.id for spec in load_catalogue()}, set(available_os())
+    for index, waiver in enumerate(waivers, start=1):
+        where = f"{path} waiver {index}"
+        if waiver.control not in controls:
+            raise UserError(f"{where}: unknown control {waiver.control!r} (see invoke controls)")
+        for name in waiver.os or []:
+            if name not in systems:
+                raise UserError(f"{where}: unknown os {name!r} (one of {', '.join(sorted(systems))})")
+        for name in waiver.target or []:
+            if name not in TARGETS:
+                raise UserError(f"{where}: unknown target {name!r} (aws or local)")
+        for earlier, other in enumerate(waivers[:index - 1], start=1):
+            if other.control == waiver.control and _overlap(other.os, waiver.os) and _overlap(other.target, waiver.target):
+                raise UserError(f"{where}: waives {waiver.control} again for an OS and target waiver {earlier} "
+                                "already covers: keep one")
+
+
+def _overlap(first: Optional[list[str]], second: Optional[list[str]]) -> bool:
+    return first is None or second is None or bool(set(first) & set(second))
 
 
 def apply(rows: list[dict[str, Any]], waivers: list[Waiver], os_name: str, target: str,
