@@ -122,14 +122,9 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
            record: dict, source_pin: Optional[str], from_render: Optional[Path]) -> BuildResult:
     clock = time.monotonic()
     if from_render is not None:
-        manifest, fingerprint = render.load_render(from_render)
-        if (manifest["os"], manifest["target"]) != (cfg.os.name, cfg.target):
-            raise UserError(f"{from_render} was rendered for {manifest['os']}/{manifest['target']}, "
-                            f"not {cfg.os.name}/{cfg.target}")
-        shutil.copytree(from_render, build_dir)
-        src = manifest["source_image"]
-        source = render.SourceImage(src["id"], src["name"], src.get("location", ""), src.get("checksum", ""))
-        progress.say(f"build {build_id}: from {from_render} (fingerprint recomputed: {fingerprint[:19]}…)")
+        _, fingerprint, source = render.load_for_build(from_render, cfg)
+        shutil.copytree(from_render, build_dir, symlinks=True)
+        progress.say(f"build {build_id}: from {from_render} (fingerprint checked: {fingerprint[:19]}…)")
     else:
         source = target.resolve_source(cfg, source_pin)
         result = render.render(cfg, source, build_dir)

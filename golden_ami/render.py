@@ -262,12 +262,33 @@ def read_rendered(directory: Path) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
+        if path.is_symlink():  # it would bring whatever it points at into the image
+            raise UserError(f"{directory}: {rel} is a symbolic link; a build directory holds files only")
         if path.is_file() and rel != RENDER_MANIFEST and rel.split("/")[0] in _FINGERPRINTED_TOP:
             files[rel] = path.read_bytes()
     return files
 
 
 _FINGERPRINTED_TOP = {"scripts", "files", TEMPLATE_FILE, VARIABLES_FILE, CONTROLS_FILE}
+
+
+def load_for_build(directory: Path, cfg: Resolved) -> tuple[dict[str, Any], str, SourceImage]:
+    """A rendered directory to build from (--from-render): rendered for this OS and target, and
+    still exactly what was rendered (its files hash to render.json's fingerprint; the OS and
+    target are in controls.json, which the fingerprint covers). Returns the manifest, the
+    fingerprint and the source image."""
+    if directory.is_symlink() or not directory.is_dir():
+        raise UserError(f"--from-render {directory} is not a directory (run invoke render --out=DIR)")
+    manifest, fingerprint = load_render(directory)
+    if (manifest["os"], manifest["target"]) != (cfg.os.name, cfg.target):
+        raise UserError(f"{directory} was rendered for {manifest['os']}/{manifest['target']}, "
+                        f"not {cfg.os.name}/{cfg.target}")
+    if manifest.get("fingerprint") != fingerprint:
+        raise UserError(f"{directory} no longer hashes to the fingerprint in its {RENDER_MANIFEST} (edited after "
+                        "invoke render): render it again")
+    src = manifest["source_image"]
+    return manifest, fingerprint, SourceImage(str(src["id"]), str(src["name"]), str(src.get("location", "")),
+                                              str(src.get("checksum", "")))
 
 
 def packer_plugins_wanted(cfg: Resolved) -> bool:

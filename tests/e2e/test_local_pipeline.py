@@ -155,7 +155,7 @@ def _interrupt_when(args: list[str], env: dict, marker: str, timeout: float = 90
 
 def test_sigterm_during_the_packer_build_leaves_nothing_behind(local_state, approved_build, tmp_path):
     state, env = local_state
-    # A build from a rendered directory (--from-render: the fingerprint is recomputed, the files
+    # A build from a rendered directory (--from-render: the fingerprint is checked, the files
     # copied into the build), stopped once Packer waits for its VM.
     rendered = tmp_path / "render"
     proc = invoke_cmd("render", "--os=debian12", "--target=local", "--profile=baseline", f"--out={rendered}", env=env)

