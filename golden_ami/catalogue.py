@@ -165,14 +165,18 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
                 f"(letters, digits and ._@/:+- only, not starting with -; got {value!r})"
             )
         return value
+    if isinstance(default, dict):
+        raise UserError(f"{where} is fixed by the catalogue (what a check matches is not configurable)")
     raise UserError(f"{where}: unsupported parameter type")
 
 
 # Params whose value can be weaker than the benchmark's, by name: a weaker value needs an
 # exception (controls_for). File modes may only drop permission bits, a umask only add them;
-# algorithm lists, allowed ports and owning groups may only leave entries out.
+# algorithm lists, allowed ports, owning groups and paths allowed to hold a key may only leave
+# entries out; the files a check reads and the trees it scans may only add entries.
 _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
-_SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups"})
+_SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths"})
+_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths"})
 
 
 def _weakens(name: str, benchmark: Any, value: Any) -> str:
@@ -187,6 +191,9 @@ def _weakens(name: str, benchmark: Any, value: Any) -> str:
     if name in _SUBSET_PARAMS and isinstance(value, list) and isinstance(benchmark, list):
         extra = [item for item in value if item not in benchmark]
         return f"adds {extra!r} to the benchmark's {benchmark!r}" if extra else ""
+    if name in _COVER_PARAMS and isinstance(value, list) and isinstance(benchmark, list):
+        dropped = [item for item in benchmark if item not in value]
+        return f"leaves out {dropped!r} of the benchmark's {benchmark!r}" if dropped else ""
     return ""
 
 

@@ -13,7 +13,7 @@ busy machine, not a fact about the host) is tried again.
 
 Secrets never leave the instance: password hashes in shadow and gshadow are replaced by their
 scheme prefix, private keys and /etc/security/opasswd are stat'ed but not read, and the
-credential scan returns file names only.
+secret scan returns file names and the kind of secret only, never what matched.
 
 Standard library only, Python 3.6 or newer (the oldest python3 among the supported OS).
 """
@@ -25,6 +25,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import stat as statmod
 import subprocess
@@ -326,15 +327,52 @@ def systemd_units(requested):
     return {"list_units": loaded, "show": show, "names": names}
 
 
-def credential_scan(paths):
-    """Files under paths that contain something shaped like an AWS access key id (names only)."""
+def secret_scan(request):
+    """Files under the scan paths whose text matches a secret's pattern: for each, its name and
+    which kinds matched (never the match itself).
+
+    request: {"paths": [...], "patterns": {kind: extended regular expression}}. One grep walk
+    finds the files; each file it names is then read line by line here to say which kinds it
+    holds (the patterns are written to mean the same to grep -E and to Python's re).
+    """
+    paths, patterns = request.get("paths", []), request.get("patterns", {})
     existing = [p for p in paths if os.path.exists(p)]
-    result = {"paths": paths, "missing": [p for p in paths if p not in existing]}
-    if existing:
-        # -I: text only; -D skip: never open a fifo or device; -l: names, never the match.
-        result.update(run(["grep", "-rIlsE", "-D", "skip", "(AKIA|ASIA)[A-Z0-9]{16}", "--"] + existing,
-                          timeout=WALK_TIMEOUT))
+    result = {"paths": paths, "patterns": sorted(patterns), "missing": [p for p in paths if p not in existing],
+              "hits": {}}
+    if not existing or not patterns:
+        return result
+    argv = ["grep", "-rIlZE", "-D", "skip"]  # text files only, never a fifo or device; NUL after each name
+    for kind in sorted(patterns):
+        argv += ["-e", patterns[kind]]
+    found = run(argv + ["--"] + existing, timeout=WALK_TIMEOUT)
+    names = [name for name in found.pop("stdout").split("\0") if name]
+    result.update(found, stdout="")
+    # A file that vanished between listing its directory and opening it (the package lists the
+    # pending-updates simulation refreshes beside this walk) was never part of the image: the
+    # walk still completed. Any other error leaves grep's exit 2, and the check fails on it.
+    errors = [line for line in result.get("stderr", "").splitlines() if line.strip()]
+    vanished = [line for line in errors if line.endswith(": No such file or directory")]
+    if result.get("rc") == 2 and errors and len(vanished) == len(errors):
+        result.update(rc=0 if names else 1, vanished=len(vanished), stderr="")
+    compiled = {kind: re.compile(pattern) for kind, pattern in patterns.items()}
+    for name in names:
+        result["hits"][name] = _kinds_in(name, compiled)
     return result
+
+
+def _kinds_in(path, compiled):
+    """Which of the patterns match a line of the file (["unreadable"] if it cannot be read again)."""
+    kinds = set()
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                kinds.update(kind for kind, pattern in compiled.items() if kind not in kinds and pattern.search(line))
+                if len(kinds) == len(compiled):
+                    break
+    except OSError as exc:
+        return ["unreadable: %s" % (exc.strerror or exc)]
+    return sorted(kinds) or ["unclassified"]
 
 
 # --- what to gather ---------------------------------------------------------------------------
@@ -457,8 +495,8 @@ def collect(request):
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         # The walk is the slowest part: it starts first and runs beside everything else.
         walk_future = pool.submit(walk, request.get("walk", {})) if "walk" in optional else None
-        scan_future = (pool.submit(credential_scan, request.get("credential_scan_paths", []))
-                       if "credential_scan" in optional else None)
+        scan_future = (pool.submit(secret_scan, request.get("secret_scan", {}))
+                       if "secret_scan" in optional else None)
         units_future = pool.submit(systemd_units, request.get("units", []))
         command_futures = {name: pool.submit(run, argv) for name, argv in commands.items()}
 
@@ -481,8 +519,9 @@ def collect(request):
         for root, depth in request.get("trees", []):
             trees[root] = tree(root, depth)
         for home in homes:
-            for root in (home, home + "/.ssh", home + "/.aws"):
+            for root in (home, home + "/.ssh"):
                 trees[root] = tree(root, 1)
+            trees[home + "/.aws"] = tree(home + "/.aws", 3)  # down to the files in .aws/sso/cache
         snapshot["trees"] = trees
         snapshot["sysctl"] = read_sysctls()
         snapshot["commands"] = {name: future.result() for name, future in command_futures.items()}
@@ -500,7 +539,7 @@ def collect(request):
         if walk_future is not None:
             snapshot["walk"] = walk_future.result()
         if scan_future is not None:
-            snapshot["credential_scan"] = scan_future.result()
+            snapshot["secret_scan"] = scan_future.result()
     snapshot["seconds"] = round(time.monotonic() - started, 3)
     return snapshot
 

@@ -31,7 +31,7 @@ from ga_report import ControlReport, control_id_of
 OS_DATA_DIR = Path(__file__).resolve().parent.parent / "os"
 FACTS_FILE = "facts.json"
 # Fixtures that make the collector do its slow parts; requested only when a check in force uses them.
-OPTIONAL_FACTS = {"walk": "walk", "credential_scan": "credential_scan"}
+OPTIONAL_FACTS = {"walk": "walk", "secret_scan": "secret_scan"}
 # Fixtures that are dynamic commands: started beside the collector when a check in force uses them.
 DYNAMIC_FIXTURES = ("pending_updates",)
 
@@ -237,9 +237,9 @@ def walk(facts) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def credential_scan(facts) -> dict[str, Any]:
-    """Files that hold something shaped like an AWS access key id (names only)."""
-    return facts.section("credential_scan")
+def secret_scan(facts) -> dict[str, Any]:
+    """Files that hold something shaped like a secret: names and kinds only (collector.secret_scan)."""
+    return facts.section("secret_scan")
 
 
 @pytest.fixture(scope="session")

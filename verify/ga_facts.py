@@ -74,7 +74,8 @@ CHECKED_UNITS = ("apparmor.service", "apport.service", "golden-ami-bootloader-pe
 # Checks whose walk roots come from their params; the walk runs once for all of them.
 WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
-CREDENTIAL_SCAN_CONTROL = "GA-HYG-AWSCREDS"
+# Checks that share the one grep walk for secrets: its roots and patterns are the union of theirs.
+SECRET_SCAN_CONTROLS = ("GA-HYG-AWSCREDS", "GA-HYG-PRIVKEYS")
 
 # Python is on every cloud image (cloud-init runs on it); curl is not.
 _IMDS_PROBE = r"""
@@ -164,8 +165,12 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
             "scan": {"skip_fstypes": scan.get("skip_fstypes", []), "skip_paths": scan.get("skip_paths", [])},
             "suid": {"skip_fstypes": suid.get("skip_fstypes", [])},
         }
-    if "credential_scan" in optional and CREDENTIAL_SCAN_CONTROL in by_id:
-        request["credential_scan_paths"] = by_id[CREDENTIAL_SCAN_CONTROL]["params"].get("scan_paths", [])
+    scanning = [by_id[i]["params"] for i in SECRET_SCAN_CONTROLS if i in by_id]
+    if "secret_scan" in optional and scanning:
+        request["secret_scan"] = {
+            "paths": list(dict.fromkeys(path for params in scanning for path in params.get("scan_paths", []))),
+            "patterns": {kind: pattern for params in scanning for kind, pattern in params.get("patterns", {}).items()},
+        }
     return request
 
 

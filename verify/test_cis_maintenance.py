@@ -19,8 +19,11 @@ from ga_system import login_defs, login_shells, table, walk_complete
 
 # How many paths a failure message names (the count says how many there were).
 SHOWN = 10
-# Files every supported system has: their absence is a finding, not a file never written.
-REQUIRED = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/shells")
+# Files a system writes only on their first use: a backup written by the first change to an
+# account file, the password history of the first password change. Any other file a check is
+# given must exist: a path that does not (a typo, a file moved) would make its check vacuous.
+WRITTEN_ON_FIRST_USE = ("/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-",
+                        "/etc/security/opasswd", "/etc/security/opasswd.old")
 # stat(1)'s %F names of the collector's file types (the wording the reports always used).
 _KINDS = {"file": "regular file", "directory": "directory", "symlink": "symbolic link",
           "char-device": "character special file", "block-device": "block special file", "fifo": "fifo",
@@ -77,9 +80,9 @@ def _assert_file_permissions(facts, params):
     for path in params["paths"]:
         st = facts.stat(path)  # lstat: a symlink is reported as one, never followed
         if st is None:
-            if path in REQUIRED:
+            if path not in WRITTEN_ON_FIRST_USE:
                 problems.append(f"{path} does not exist")
-            continue  # a backup file that was never written, opasswd without password history
+            continue
         if st.type != "file" or st.owner != "root" or st.group_name not in params["groups"] \
                 or _beyond(st.mode, params["mode"]):
             problems.append(f"{path} is a {_kind(st)} {st.owner}:{st.group_name} {st.mode:04o}")

@@ -95,15 +95,46 @@ def test_no_shell_history(facts, homes):
     assert not present, f"shell history present: {', '.join(present)}"
 
 
-@pytest.mark.control("GA-HYG-AWSCREDS")
-def test_no_static_aws_credentials(facts, homes, credential_scan):
-    files = [f"{home}/.aws/credentials" for home in homes if facts.tree(f"{home}/.aws").get(f"{home}/.aws/credentials")]
-    assert not files, f"AWS credentials files present: {', '.join(files)}"
-    assert not credential_scan["missing"], \
-        f"paths to scan for AWS keys do not exist: {', '.join(credential_scan['missing'])} (the scan would prove nothing)"
+def _scan_findings(scan, params):
+    """{file: kinds} of the scan's hits under this control's own roots that match one of its own
+    patterns (a hit whose kind could not be told counts for every control)."""
+    missing = [path for path in params["scan_paths"] if path in scan.get("missing", [])]
+    assert not missing, f"paths to scan do not exist: {', '.join(missing)} (the scan would prove nothing)"
+    unscanned = [path for path in params["scan_paths"] if path not in scan.get("paths", [])]
+    assert not unscanned, f"the scan did not cover {', '.join(unscanned)}"
+    absent = sorted(set(params["patterns"]) - set(scan.get("patterns", [])))
+    assert not absent, f"the scan did not look for {', '.join(absent)}"
     # grep: 0 = found, 1 = nothing found; anything else is a scan that did not complete.
-    rc = credential_scan.get("rc")
-    assert rc in (0, 1), f"the scan for AWS access key ids did not complete (exit {rc}): " \
-                         f"{' '.join((credential_scan.get('stderr') or credential_scan.get('error') or '').split())[:300]}"
-    hits = credential_scan["stdout"].split() if rc == 0 else []
-    assert not hits, f"AWS access key ids found in: {', '.join(hits)}"
+    rc = scan.get("rc")
+    assert rc in (0, 1), f"the scan for secrets did not complete (exit {rc}): " \
+                         f"{' '.join((scan.get('stderr') or scan.get('error') or '').split())[:300]}"
+    roots = tuple(path.rstrip("/") + "/" for path in params["scan_paths"])
+    findings = {}
+    for path, kinds in scan.get("hits", {}).items():
+        mine = [kind for kind in kinds if kind in params["patterns"] or kind not in scan["patterns"]]
+        if mine and path.startswith(roots):
+            findings[path] = mine
+    return findings
+
+
+@pytest.mark.control("GA-HYG-AWSCREDS")
+def test_no_static_aws_credentials(facts, homes, params, secret_scan):
+    # The CLI's credentials file, and a cache directory only when something is cached in it.
+    present = []
+    for home in homes:
+        listing = facts.tree(f"{home}/.aws")
+        for relative in params["home_paths"]:
+            path = f"{home}/{relative}"
+            st = listing.get(path)
+            if st is not None and (st.type != "directory" or any(p.startswith(path + "/") for p in listing)):
+                present.append(path)
+    assert not present, f"AWS credentials or cached credentials present: {', '.join(present)}"
+    findings = _scan_findings(secret_scan, params)
+    assert not findings, "AWS keys found in: " + ", ".join(f"{path} ({', '.join(kinds)})" for path, kinds in findings.items())
+
+
+@pytest.mark.control("GA-HYG-PRIVKEYS")
+def test_no_private_keys_but_the_host_keys(params, secret_scan):
+    findings = {path: kinds for path, kinds in _scan_findings(secret_scan, params).items()
+                if path not in params["allowed_paths"]}
+    assert not findings, "private keys baked into the image: " + ", ".join(sorted(findings))

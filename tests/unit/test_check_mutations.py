@@ -224,6 +224,14 @@ def debian12_controls(tmp_path_factory) -> dict:
     return controls_document("debian12")
 
 
+# (control, what, params changed in its controls.json entry, a word the message must contain):
+# a check given a file that does not exist must say so, not pass for want of anything to judge.
+PARAM_CASES = [
+    ("6.1.1", "a path with a typo", {"paths": ["/etc/passwd", "/etc/paswd"]}, "/etc/paswd does not exist"),
+    ("6.1.6", "a path moved away", {"paths": ["/etc/shadow.moved"]}, "/etc/shadow.moved does not exist"),
+]
+
+
 @pytest.fixture(scope="module")
 def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
     """Every case judged once: one pytest session each, a few worker processes for them all,
@@ -236,6 +244,13 @@ def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
         mutate(snapshot)
         only = {**debian12_controls, "controls": [c for c in debian12_controls["controls"] if c["id"] == control]}
         runs[f"case-{index}"] = (snapshot, only)
+    for index, (control, _, params, _) in enumerate(PARAM_CASES, start=len(CASES)):
+        entry = next(c for c in debian12_controls["controls"] if c["id"] == control)
+        only = {**debian12_controls, "controls": [{**entry, "params": {**entry["params"], **params}}]}
+        snapshot = copy.deepcopy(good)
+        for path in params["paths"]:  # as the collector records a path it was asked to stat
+            snapshot["collected"]["files"].setdefault(path, {"stat": {"exists": False}})
+        runs[f"case-{index}"] = (snapshot, only)
     for worker in range(4):
         runs[f"untouched-{worker}"] = (HARDENED, debian12_controls)
     judged = judge_many(work, runs)
@@ -243,12 +258,14 @@ def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
         rows = judged[f"untouched-{worker}"]
         assert all(row["outcome"] in ("pass", "not-applicable") for row in rows.values()), \
             "the untouched snapshot no longer passes after the mutated ones: state carried over"
-    return {index: judged[f"case-{index}"][CASES[index][0]] for index in range(len(CASES))}
+    cases = CASES + PARAM_CASES
+    return {index: judged[f"case-{index}"][cases[index][0]] for index in range(len(cases))}
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}: {c[1]}" for c in CASES])
+@pytest.mark.parametrize("index", range(len(CASES) + len(PARAM_CASES)),
+                         ids=[f"{c[0]}: {c[1]}" for c in CASES + PARAM_CASES])
 def test_the_smallest_non_compliant_change_fails_its_check(verdicts, index):
-    control, what, _, word = CASES[index]
+    control, what, _, word = (CASES + PARAM_CASES)[index]
     row = verdicts[index]
     assert row["outcome"] == "fail", f"{control} still {row['outcome']} after: {what}"
     assert word.lower() in row["message"].lower(), f"{control}'s message does not name the problem: {row['message']}"

@@ -142,7 +142,7 @@ def test_the_request_asks_for_what_the_controls_name():
     assert request["modules"] == ["cramfs"] and "/etc/motd" in request["stat"]
     assert {"cron.service", "auditd.service", "ufw.service", "systemd-journald.service"} <= set(request["units"])
     assert request["walk"]["scan"] == {"skip_fstypes": ["vfat"], "skip_paths": ["/proc"]}
-    assert "credential_scan_paths" not in request
+    assert "secret_scan" not in request
 
 
 def test_the_snapshot_is_sealed_by_its_digest(tmp_path):

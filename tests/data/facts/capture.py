@@ -47,7 +47,7 @@ def main() -> None:
 
     os_data = yaml.safe_load((ROOT / "os" / f"{args.os_name}.yaml").read_text())
     target_os = os_data["targets"]["local"]
-    request = ga_facts.build_request(controls, os_data, target_os, {"walk", "credential_scan"})
+    request = ga_facts.build_request(controls, os_data, target_os, {"walk", "secret_scan"})
     with tempfile.TemporaryDirectory(prefix="capture-facts-") as tmp:
         work = Path(tmp)
         key = sshkeys.generate(work / "key", "id_ed25519", "capture-facts")
