@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import collections
 import fnmatch
 import json
 import re
@@ -362,6 +363,31 @@ def test_the_moto_server_hook_records_what_packer_sends_and_nothing_else(monkeyp
     assert record.actions() == {"ec2:DescribeRegions": {"packer"}}
 
 
+def test_the_recorder_derives_request_contexts_with_resource_tags_from_moto(moto_account):
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image_id = _approved_image(ec2)
+    foreign = ec2.create_image(InstanceId=ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1)
+                               ["Instances"][0]["InstanceId"], Name="someone-elses")["ImageId"]
+    before = len(recorder.recorded_contexts())
+    contexts = recorder.request_contexts("ec2", "CreateTags", {"Resources": [image_id, foreign],
+                                         "Tags": [{"Key": "Status", "Value": "approved"}]}, REGION)
+    assert [c.resource for c in contexts] == [f"arn:aws:ec2:{REGION}::image/{image_id}", f"arn:aws:ec2:{REGION}::image/{foreign}"]
+    assert dict(contexts[0].resource_tags)["ManagedBy"] == "golden-ami" and contexts[1].resource_tags == ()
+    assert contexts[0].request_tags == (("Status", "approved"),) and contexts[0].tag_keys == ("Status",)
+    document = _load(POLICY_FILE)
+    assert [evaluate(document, _request_of(c)).allowed for c in contexts] == [True, False]
+    launch = recorder.request_contexts("ec2", "RunInstances", {
+        "ImageId": image_id, "KeyName": "golden-ami-verify-1", "SecurityGroupIds": ["sg-1"],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "ManagedBy", "Value": "golden-ami"}]}]}, REGION)
+    assert {(c.action, c.resource.rsplit(":", 1)[1], c.create_action) for c in launch} == {
+        ("ec2:RunInstances", "instance/(new)", None), ("ec2:CreateTags", "instance/(new)", "RunInstances"),
+        ("ec2:RunInstances", "volume/(new)", None), ("ec2:RunInstances", f"image/{image_id}", None),
+        ("ec2:RunInstances", "key-pair/golden-ami-verify-1", None), ("ec2:RunInstances", "security-group/sg-1", None)}
+    assert all(evaluate(document, _request_of(c)).allowed for c in launch if "volume" not in c.resource)
+    assert next(c for c in launch if "sg-1" in c.resource).resource_tags is None  # not in moto: unknown
+    assert len(recorder.recorded_contexts()) == before  # deriving is not recording
+
+
 # --- paths only some configurations take -----------------------------------------------------------
 @pytest.fixture
 def moto_account(state_dir, monkeypatch):
@@ -432,6 +458,46 @@ def test_every_recorded_action_is_granted(iam_recording):
         "the pipeline called actions that iam/golden-ami-pipeline-policy.json does not grant (add each, "
         "scoped where AWS allows, with a note in iam/README.md): "
         + ", ".join(f"{action} (from {'/'.join(sorted(recorded[action]))})" for action in missing))
+
+
+def _request_of(context: recorder.RequestContext) -> Request:
+    keys = tag_context(dict(context.request_tags) if context.request_tags is not None else None,
+                       dict(context.resource_tags or ()), context.create_action)
+    if context.tag_keys is not None:
+        keys["aws:TagKeys"] = context.tag_keys
+    return Request(context.action, context.resource, keys)
+
+
+def _depends_on_resource_tags(document: dict) -> set[str]:
+    """Actions whose grant, in some statement, depends on the tags a resource carries."""
+    return {action for action, statements in _grants(document).items()
+            if any(key.lower().startswith("aws:resourcetag/")
+                   for statement in statements for block in statement.get("Condition", {}).values() for key in block)}
+
+
+@pytest.mark.runs_last
+def test_every_recorded_request_is_allowed_with_its_conditions(iam_recording):
+    # The pipeline's own calls (not Packer's: the AWS SDK for Go's requests carry no context here),
+    # each resource as IAM sees it. A resource whose tags are unknown (a Stubber answered, or moto
+    # does not hold it) is judged only for actions whose grants do not read resource tags.
+    document = _load(POLICY_FILE)
+    tag_dependent = _depends_on_resource_tags(document)
+    judged, denied, left_out = 0, [], collections.Counter()
+    for context in dict.fromkeys(recorder.recorded_contexts()):
+        if context.resource.startswith("("):
+            left_out[f"{context.action} {context.resource}"] += 1
+            continue
+        if context.resource_tags is None and context.action in tag_dependent:
+            left_out[f"{context.action} (resource tags unknown)"] += 1
+            continue
+        judged += 1
+        if not evaluate(document, _request_of(context)).allowed:
+            denied.append(context)
+    iam_recording.conditions_summary = (f"{judged} distinct request context(s) judged, {sum(left_out.values())} left out"
+                                        + (": " + "; ".join(f"{k} x{n}" for k, n in sorted(left_out.items())) if left_out else ""))
+    assert not denied, ("iam/golden-ami-pipeline-policy.json denies, by its conditions, requests the pipeline made: "
+                        + "; ".join(f"{c.action} on {c.resource} (sets {dict(c.request_tags or ())}, carries "
+                                    f"{dict(c.resource_tags or ())}, create action {c.create_action})" for c in denied[:10]))
 
 
 @pytest.mark.runs_last
