@@ -149,6 +149,7 @@ class IamRecording:
     deselected: int = 0
     not_passed: list[str] = _dataclasses.field(default_factory=list)  # tests before the check that did not pass
     summary_file: Optional[Path] = None
+    conditions_summary: str = ""  # what the conditions check evaluated and left out, for the session summary
 
     @property
     def whole_suite(self) -> bool:
@@ -177,7 +178,36 @@ def pytest_configure(config):
     _IAM["recording"] = IamRecording(exchange_file=Path(name))
     _IAM["previous_env"] = os.environ.get(recorder.ENV_FILE)
     os.environ[recorder.ENV_FILE] = name
+    recorder.RESOURCE_TAGS = _moto_resource_tags
     recorder.install()
+
+
+def _moto_resource_tags(service: str, region: str, resource_id: str) -> Optional[dict[str, str]]:
+    """A resource's tags as moto holds them, when moto answers in this process (mock_aws) and
+    has the resource; None (unknown) otherwise: a Stubber's answer, a real or remote endpoint."""
+    from moto.core.models import botocore_stubber
+    from moto.ec2.models import ec2_backends
+
+    if service != "ec2" or not botocore_stubber.enabled:
+        return None
+    stores = {"ami": "amis", "snap": "snapshots", "vol": "volumes"}
+    for account in list(ec2_backends):
+        backends = ec2_backends[account]
+        if region not in dict.keys(backends):
+            continue
+        backend = backends[region]
+        kind = resource_id.split("-")[0]
+        if kind in stores:
+            exists = resource_id in getattr(backend, stores[kind])
+        elif kind == "i":
+            exists = any(i.id == resource_id for r in backend.reservations.values() for i in r.instances)
+        elif kind == "sg":
+            exists = backend.get_security_group_from_id(resource_id) is not None
+        else:
+            return None
+        if exists:
+            return dict(backend.tags.get(resource_id, {}))
+    return None
 
 
 def pytest_unconfigure(config):
@@ -187,6 +217,7 @@ def pytest_unconfigure(config):
     if recording is None:
         return
     recording.exchange_file.unlink(missing_ok=True)
+    recorder.RESOURCE_TAGS = None
     if _IAM["previous_env"] is None:
         os.environ.pop(recorder.ENV_FILE, None)
     else:
@@ -280,4 +311,6 @@ def pytest_terminal_summary(terminalreporter):
     count = len(recording.summary_file.read_text().splitlines())
     scope = "whole suite" if recording.whole_suite else f"partial run: {recording.partial_because}"
     terminalreporter.write_line(f"IAM actions recorded: {count} ({scope}) -> {recording.summary_file}")
+    if recording.conditions_summary:
+        terminalreporter.write_line(f"IAM conditions: {recording.conditions_summary}")
 # ==================================== end of IAM action recording ==============================

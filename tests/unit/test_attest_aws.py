@@ -53,8 +53,10 @@ def _candidate(target, tmp_path, name: str, created: str = "2026-11-01T00:00:00Z
     instance = ec2.run_instances(ImageId=DEBIAN_AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     image_id = ec2.create_image(InstanceId=instance, Name=f"golden-debian12-{name}")["ImageId"]
     ec2.terminate_instances(InstanceIds=[instance])
-    target.set_tags(image_id, {"ManagedBy": "golden-ami", "Status": "candidate", "OS": "debian12", "Target": "aws",
-                               "BuildId": name, "Fingerprint": "sha256:" + "f" * 64, "CreatedAt": created})
+    # Packer's build tags first, then what register_candidate adds (the IAM policy's conditions tell them apart).
+    target.set_tags(image_id, {"ManagedBy": "golden-ami", "Status": "candidate", "OS": "debian12",
+                               "BuildId": name, "Fingerprint": "sha256:" + "f" * 64})
+    target.set_tags(image_id, {"Target": "aws", "CreatedAt": created})
     build_dir = tmp_path / f"build-{name}"
     (build_dir / "verify").mkdir(parents=True)
     report = {"image_id": image_id, "profile": "cis-level1-server", "controls": CONTROLS}

@@ -74,7 +74,10 @@ def test_a_filter_always_names_its_owners(aws_env):
 def _candidate(ec2, build_id="debian12-test-1", created="2026-11-29T00:00:00Z"):
     instance = ec2.run_instances(ImageId="ami-0deb1000000000001", MinCount=1, MaxCount=1)["Instances"][0]
     image_id = ec2.create_image(InstanceId=instance["InstanceId"], Name=f"golden-{build_id}")["ImageId"]
-    ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in {
+    snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image_id])["Images"][0]["BlockDeviceMappings"]
+                 if "Ebs" in m]
+    # The image and its snapshots, as Packer's tags and snapshot_tags do (the IAM policy's conditions read them).
+    ec2.create_tags(Resources=[image_id, *snapshots], Tags=[{"Key": k, "Value": v} for k, v in {
         "ManagedBy": "golden-ami", "BuildId": build_id, "OS": "debian12", "Status": "candidate",
         "Fingerprint": "sha256:abc", "CreatedAt": created}.items()])
     ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])

@@ -226,9 +226,9 @@ def test_a_fifo_topic_gets_a_group_and_a_deduplication_id(sns_env):
 
 
 def test_a_missing_topic_is_one_actionable_line(sns_env):
-    missing = f"arn:aws:sns:{REGION}:123456789012:nobody-made-this"
+    missing = f"arn:aws:sns:{REGION}:123456789012:golden-ami-nobody-made-this"
     with pytest.raises(UserError, match=r"AWS refused to publish the rebuild summary to arn:aws:sns:eu-west-1:"
-                                        r"123456789012:nobody-made-this: NotFound") as caught:
+                                        r"123456789012:golden-ami-nobody-made-this: NotFound") as caught:
         notify.publish_sns(missing, _mixed())
     assert "\n" not in str(caught.value)
 

@@ -18,15 +18,22 @@ to record_server_request(), which keeps those that Packer sent.
 With GOLDEN_AMI_RECORD_AWS_ACTIONS=FILE in the environment every recorded action is appended
 to FILE too ("action<TAB>origin" per line), so that other processes can add to one record, and
 a run against a real account can show what that deployment calls.
+
+For the pipeline's own calls the recorder also keeps, in this process only, one RequestContext
+per resource a call acts on: the resource's ARN, the tags the call sets, the tags the resource
+carried just before the call (when a lookup can tell: see RESOURCE_TAGS), and the tagging EC2
+implies when a call creates resources with TagSpecifications (ec2:CreateTags with
+ec2:CreateAction), so that a test can evaluate the policy's conditions, not only its actions.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 ENV_FILE = "GOLDEN_AMI_RECORD_AWS_ACTIONS"
 
@@ -47,6 +54,23 @@ def iam_action(service_prefix: str, operation: str) -> str:
     return f"{service_prefix}:{operation}"
 
 
+# The policy names no account, so the ARNs built here carry a placeholder.
+ANY_ACCOUNT = "000000000000"
+NEW = "(new)"  # the id of a resource the call creates
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestContext:
+    """What IAM evaluates for one resource of one call. resource_tags is None when unknown."""
+
+    action: str
+    resource: str
+    request_tags: Optional[tuple[tuple[str, str], ...]] = None  # tags the call sets on the resource
+    resource_tags: Optional[tuple[tuple[str, str], ...]] = None
+    tag_keys: Optional[tuple[str, ...]] = None  # aws:TagKeys, when the call names tag keys
+    create_action: Optional[str] = None  # ec2:CreateAction, for tagging as part of a create call
+
+
 class ActionRecord:
     """IAM actions seen, each with where it came from ("boto3" or "packer")."""
 
@@ -54,6 +78,16 @@ class ActionRecord:
         self._lock = threading.Lock()
         self._actions: dict[str, set[str]] = {}
         self._listeners: list[set[str]] = []
+        self._contexts: list[RequestContext] = []
+
+    def add_contexts(self, contexts: list[RequestContext]) -> None:
+        with self._lock:
+            self._contexts.extend(contexts)
+
+    def contexts(self) -> list[RequestContext]:
+        """The request contexts of the pipeline's calls made in this process."""
+        with self._lock:
+            return list(self._contexts)
 
     def add(self, action: str, origin: str) -> None:
         with self._lock:
@@ -114,11 +148,98 @@ def called_by_pipeline() -> bool:
     return False
 
 
-def _on_parameter_build(model: Any = None, **_: Any) -> None:
+# (service prefix, region, resource id) -> the resource's tags now, or None when they cannot be
+# known. Unset, every resource's tags are unknown; the tests set one that asks moto.
+RESOURCE_TAGS: Optional[Callable[[str, str, str], Optional[dict[str, str]]]] = None
+
+_EC2_ID_KINDS = {"ami": "image", "snap": "snapshot", "i": "instance", "vol": "volume", "sg": "security-group",
+                 "key": "key-pair", "vpc": "vpc", "subnet": "subnet", "eni": "network-interface"}
+_EC2_SPEC_KINDS = {"instance", "volume", "security-group", "key-pair", "image", "snapshot"}
+
+
+def _arn(service: str, region: str, kind: str, ident: str) -> str:
+    account = "" if (service, kind) in (("ec2", "image"), ("ec2", "snapshot")) else ANY_ACCOUNT
+    return f"arn:aws:{service}:{region}:{account}:{kind}/{ident}"
+
+
+def _tag_pairs(tags: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((t["Key"], t.get("Value", "")) for t in tags or [])
+
+
+def _spec_tags(params: dict[str, Any], kind: str) -> Optional[tuple[tuple[str, str], ...]]:
+    for spec in params.get("TagSpecifications") or []:
+        if spec.get("ResourceType") == kind:
+            return _tag_pairs(spec.get("Tags"))
+    return None
+
+
+def _ec2_resources(operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, id) of what an EC2 call acts on; ids of resources it creates are NEW."""
+    found: list[tuple[str, str]] = []
+    created = {"RunInstances": ["instance", "volume"], "CreateSecurityGroup": ["security-group"],
+               "CreateImage": ["image", "snapshot"], "CopyImage": ["image", "snapshot"]}.get(operation, [])
+    found += [(kind, NEW) for kind in created]
+    if operation in ("CreateKeyPair", "ImportKeyPair", "DeleteKeyPair", "RunInstances") and params.get("KeyName"):
+        found.append(("key-pair", params["KeyName"]))
+    for name in ("ImageId", "SourceImageId", "SnapshotId", "InstanceId", "GroupId", "VolumeId", "VpcId", "SubnetId"):
+        if params.get(name) and not (operation == "CreateSecurityGroup" and name == "GroupId"):
+            found.append((_EC2_ID_KINDS.get(params[name].split("-")[0], "?"), params[name]))
+    for name in ("ImageIds", "InstanceIds", "SecurityGroupIds", "Resources"):
+        if operation.startswith("Describe"):
+            break
+        found += [(_EC2_ID_KINDS.get(ident.split("-")[0], "?"), ident) for ident in params.get(name) or []]
+    return found
+
+
+def request_contexts(service: str, operation: str, params: dict[str, Any], region: str) -> list[RequestContext]:
+    """The request contexts of one call, as far as its parameters tell them (see RequestContext)."""
+    action = iam_action(service, operation)
+    if action in NO_PERMISSION_NEEDED:
+        return []
+    if operation.startswith(("Describe", "List")):
+        return [RequestContext(action, "*")]
+    if service == "ssm" and params.get("Name"):
+        name = params["Name"]
+        return [RequestContext(action, f"arn:aws:ssm:{region}:{ANY_ACCOUNT}:parameter/{name.lstrip('/')}")]
+    if service == "sns" and params.get("TopicArn"):
+        return [RequestContext(action, params["TopicArn"])]
+    if service == "kms" and params.get("KeyId"):
+        key = params["KeyId"]
+        arn = key if key.startswith("arn:") else None if key.startswith("alias/") else _arn("kms", region, "key", key)
+        return [RequestContext(action, arn or f"(the key behind {key})")]
+    if service != "ec2":
+        return [RequestContext(action, "(no resource derived)")]
+    contexts = []
+    setting = _tag_pairs(params.get("Tags")) if operation == "CreateTags" else None
+    naming = tuple(t["Key"] for t in params.get("Tags") or []) if operation in ("CreateTags", "DeleteTags") else None
+    for kind, ident in _ec2_resources(operation, params):
+        tags: Optional[dict[str, str]] = {} if ident == NEW else None
+        if tags is None and RESOURCE_TAGS is not None and kind != "?":
+            tags = RESOURCE_TAGS(service, region, ident)
+        request_tags = setting if setting is not None else _spec_tags(params, kind) if kind in _EC2_SPEC_KINDS else None
+        arn = _arn("ec2", region, kind, ident) if kind != "?" else f"(unknown resource {ident})"
+        known = tuple(sorted(tags.items())) if tags is not None else None
+        contexts.append(RequestContext(action, arn, request_tags, known, naming))
+        spec = _spec_tags(params, kind)
+        if spec is not None and operation != "CreateTags" and kind in _EC2_SPEC_KINDS:
+            # Tags given at creation: EC2 also authorises ec2:CreateTags for them.
+            contexts.append(RequestContext(iam_action("ec2", "CreateTags"), arn, spec, known,
+                                           tuple(k for k, _ in spec), operation))
+    return contexts
+
+
+def _on_parameter_build(model: Any = None, params: Any = None, context: Any = None, **_: Any) -> None:
     """botocore handler: an API call is about to be built (and perhaps stubbed or mocked)."""
     if model is not None and called_by_pipeline():
         service = model.service_model
-        RECORD.add(iam_action(service.signing_name or service.endpoint_prefix, model.name), "boto3")
+        prefix = service.signing_name or service.endpoint_prefix
+        RECORD.add(iam_action(prefix, model.name), "boto3")
+        region = (context or {}).get("client_region") or "?"
+        try:
+            contexts = request_contexts(prefix, model.name, dict(params or {}), region)
+        except Exception as exc:  # never break the pipeline's call over the record
+            contexts = [RequestContext(iam_action(prefix, model.name), f"(not derived: {exc!r})")]
+        RECORD.add_contexts(contexts)
 
 
 def is_packer_request(user_agent: Optional[str]) -> bool:
@@ -157,6 +278,10 @@ def install_from_environment() -> None:
 
 def recorded(extra_file: Optional[Path] = None) -> dict[str, set[str]]:
     return RECORD.actions(extra_file)
+
+
+def recorded_contexts() -> list[RequestContext]:
+    return RECORD.contexts()
 
 
 @contextlib.contextmanager

@@ -408,6 +408,9 @@ class AwsTarget(Target):
         copy_id = ec2.copy_image(SourceRegion=self.region, SourceImageId=image.id, Name=f"golden-{image.tags['BuildId']}",
                                  Encrypted=True)["ImageId"]
         ec2.get_waiter("image_available").wait(ImageIds=[copy_id], WaiterConfig={"Delay": 15, "MaxAttempts": 240})
+        # ManagedBy first, alone: the IAM policy lets the role modify (and later share) only images
+        # that carry it, and lets it tag an untagged image only with Packer's build tags.
+        self.set_tags(copy_id, {"ManagedBy": MANAGED_BY}, region=region)
         ec2.modify_image_attribute(ImageId=copy_id, ImdsSupport={"Value": "v2.0"})
         carried = {k: v for k, v in image.tags.items() if not k.startswith("aws:")}
         self.set_tags(copy_id, {**carried, "CopiedFrom": f"{self.region}:{image.id}"}, region=region)
