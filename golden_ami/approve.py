@@ -168,11 +168,12 @@ def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> 
     # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
     envelope = None
     if decision.approved:
-        excepted = len((load_report(build_dir) or {}).get("exceptions", []))
+        report = load_report(build_dir)
+        excepted = len((report or {}).get("exceptions", []))
         tags = {"Status": "approved", "ApprovedAt": now(), "Exceptions": str(excepted) if excepted else None,
                 "FailedControls": None, "RejectedAt": None, "RejectReason": None}
         # Signed before anything changes: a key that cannot sign leaves the image as it was.
-        envelope = _signed_statement(target, image, tags, build_dir)
+        envelope = _signed_statement(target, image, tags, report)
     else:
         tags = {"Status": "rejected", "RejectedAt": now(),
                 "FailedControls": ",".join(decision.failed_controls) or None,
@@ -183,10 +184,10 @@ def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> 
 
 
 def _signed_statement(target: Target, image: Image, tags: dict[str, Optional[str]],
-                      build_dir: Path) -> Optional[dict[str, Any]]:
+                      report: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     if not target.signs_approvals:
         return None
     merged = {k: v for k, v in {**image.tags, **tags}.items() if v is not None}
     approved = Image(image.id, merged, image.location)
-    payload = attest.statement(approved, target.subject_digest(image), load_report(build_dir), merged["ApprovedAt"])
+    payload = attest.statement(approved, target.subject_digest(image), report, merged["ApprovedAt"])
     return attest.sign(target.approval_signer(), payload)

@@ -250,7 +250,7 @@ def controls_for(cfg: Resolved) -> ControlSet:
                 weaker = _weakens(name, params[name], value)
                 if weaker:
                     exceptions.append({**_exception(spec.id, override, f"{name}: {value!r} {weaker}"),
-                                       "kind": "weakened", "param": name, "value": value, "benchmark": params[name]})
+                                       "param": name, "value": value, "benchmark": params[name]})
                 params[name] = value
         applicable, reason = _applicability(spec, cfg)
         chosen.append(
@@ -282,7 +282,8 @@ def _exception(control_id: str, override: Any, weakening: str = "") -> dict[str,
     if exception.expires < dt.datetime.now(dt.timezone.utc).date():
         raise UserError(f"controls.{control_id}.exception expired on {exception.expires.isoformat()}: "
                         "renew it or enable the control again")
-    return {"control": control_id, "kind": "disabled", "justification": exception.justification,
+    return {"control": control_id, "kind": "weakened" if weakening else "disabled",
+            "justification": exception.justification,
             "expires": exception.expires.isoformat(), **({"approved_by": exception.approved_by}
                                                          if exception.approved_by else {})}
 

@@ -103,8 +103,9 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
                        log_path=verify_dir / "pytest.log")
             report = json.loads((run_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
-            report["controls"].extend(exception_rows(build_dir / CONTROLS_FILE))
-            report["exceptions"] = build_exceptions(build_dir / CONTROLS_FILE)
+            exceptions = build_exceptions(build_dir / CONTROLS_FILE)
+            report["controls"].extend(exception_rows(exceptions))
+            report["exceptions"] = exceptions
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
@@ -129,12 +130,12 @@ def build_exceptions(controls_file: Path) -> list[dict[str, Any]]:
     return found if isinstance(found, list) else []
 
 
-def exception_rows(controls_file: Path) -> list[dict[str, Any]]:
+def exception_rows(exceptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per control the config switched off by exception: it is in the report as
     "disabled", with why and until when, instead of vanishing from it."""
     return [{"id": e["control"], "outcome": "disabled", "exception": e,
              "message": f"switched off by exception until {e['expires']}: {e['justification']}"}
-            for e in build_exceptions(controls_file) if e.get("kind") == "disabled"]
+            for e in exceptions if e.get("kind") == "disabled"]
 
 
 # What a verify run leaves in verify/, replaced as a set (the report last: it names the run).
