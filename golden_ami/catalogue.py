@@ -11,10 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import paths
+from . import paths, yamlfiles
 from .config import Resolved, available_os, describe_validation_error
 from .errors import UserError
 
@@ -119,9 +118,9 @@ def load_catalogue() -> list[ControlSpec]:
     """Every control of every controls/*.yaml file, in file order then entry order."""
     specs: list[ControlSpec] = []
     seen: dict[str, str] = {}
+    systems = set(available_os())
     for path in sorted(paths.CONTROLS_DIR.glob(CATALOGUE_GLOB)):
-        with path.open(encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
+        raw = yamlfiles.load_cached(path)  # a copy of its own: parsed once per process
         for index, entry in enumerate(raw or []):
             where = f"controls/{path.name} entry {index + 1}"
             try:
@@ -130,9 +129,9 @@ def load_catalogue() -> list[ControlSpec]:
                 raise UserError(describe_validation_error(exc, where)) from None
             if spec.id in seen:
                 raise UserError(f"{where}: control {spec.id} is already listed in controls/{seen[spec.id]}")
-            unknown = sorted(set(spec.params_by_os) - set(available_os()))
-            unknown = unknown or sorted(set(spec.applies.not_on) - set(available_os())) \
-                or sorted(set(spec.default_compliant) - set(available_os()))
+            unknown = sorted(set(spec.params_by_os) - systems)
+            unknown = unknown or sorted(set(spec.applies.not_on) - systems) \
+                or sorted(set(spec.default_compliant) - systems)
             if unknown:
                 raise UserError(f"{where}: names an unknown OS {unknown[0]!r}")
             seen[spec.id] = path.name
@@ -296,8 +295,7 @@ def coverage(chosen: ControlSet) -> dict[str, Any]:
     A recommendation counts when an applicable control in force carries its number for this
     OS (every control has a remediation and a check: tests/unit/test_catalogue.py sees to it).
     """
-    with BENCHMARK_INDEX.open(encoding="utf-8") as handle:
-        benchmark = {str(i) for i in (yaml.safe_load(handle) or {}).get(chosen.os, [])}
+    benchmark = {str(i) for i in (yamlfiles.load_cached(BENCHMARK_INDEX) or {}).get(chosen.os, [])}
     covered: set[str] = set()
     for control in chosen.applicable:
         numbers = {n.strip() for n in control.os_id.split(",") if n.strip()}
