@@ -65,22 +65,27 @@ def test_edited_os_data_and_catalogue_copies_are_what_the_next_resolve_reads(sta
     # Read the project's own files first, so their entries are in the cache.
     assert config.resolve("debian12").target_os.login_user == "debian"
     title = catalogue.load_catalogue()[0].title
-    # A copy of each directory (same file names), edited without changing any file's size.
+    # A copy of each directory (same file names), each edit keeping the file's size; the first
+    # edit even keeps the original's modification time, so only the path tells them apart.
     os_dir, controls_dir = tmp_path / "os", tmp_path / "controls"
     shutil.copytree(paths.OS_DATA_DIR, os_dir)
     shutil.copytree(paths.CONTROLS_DIR, controls_dir)
     monkeypatch.setattr(paths, "OS_DATA_DIR", os_dir)
     monkeypatch.setattr(paths, "CONTROLS_DIR", controls_dir)
     debian = os_dir / "debian12.yaml"
-    _rewrite(debian, debian.read_text(), OLD_NS)
-    assert config.resolve("debian12").target_os.login_user == "debian"
-    _rewrite(debian, debian.read_text().replace("login_user: debian", "login_user: debiax", 1), OLD_NS + 10**9)
+    original = (paths.PROJECT_ROOT / "os" / "debian12.yaml").stat().st_mtime_ns
+    text = debian.read_text()
+    _rewrite(debian, text.replace("login_user: debian", "login_user: debiax", 1), original)
     assert config.resolve("debian12").target_os.login_user == "debiax"
+    _rewrite(debian, text.replace("login_user: debian", "login_user: debiay", 1), original + 10**9)
+    assert config.resolve("debian12").target_os.login_user == "debiay"
     first = min(controls_dir.glob("*.yaml"))
-    _rewrite(first, first.read_text(), OLD_NS)
-    assert catalogue.load_catalogue()[0].title == title
-    _rewrite(first, first.read_text().replace(f"title: {title}", f"title: {title[:-1]}X", 1), OLD_NS + 10**9)
+    original = (paths.PROJECT_ROOT / "controls" / first.name).stat().st_mtime_ns
+    text = first.read_text()
+    _rewrite(first, text.replace(f"title: {title}", f"title: {title[:-1]}X", 1), original)
     assert catalogue.load_catalogue()[0].title == title[:-1] + "X"
+    _rewrite(first, text.replace(f"title: {title}", f"title: {title[:-1]}Y", 1), original + 10**9)
+    assert catalogue.load_catalogue()[0].title == title[:-1] + "Y"
 
 
 COMBINATIONS = [("debian12", "local"), ("al2023", "aws"), ("ubuntu2404", "local"), ("debian12", "aws")]
