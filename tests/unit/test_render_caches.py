@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from golden_ami import catalogue, config, paths, render, yamlfiles
+from golden_ami import catalogue, config, packer, paths, render, yamlfiles
 
 from .test_render import AWS_SOURCE, LOCAL_SOURCE
 
@@ -137,3 +137,24 @@ def _fresh_yaml_cache():
     yamlfiles.cache_clear()
     yield
     yamlfiles.cache_clear()
+
+
+def _fake_packer(where, version, mtime_ns=None):
+    script = where / "packer"
+    script.write_text(f"#!/bin/sh\necho 'Packer v{version}'\n")
+    script.chmod(0o755)
+    if mtime_ns is not None:
+        os.utime(script, ns=(mtime_ns, mtime_ns))
+    return script
+
+
+def test_packer_is_asked_again_when_its_binary_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    _fake_packer(tmp_path, "1.6.6", OLD_NS)
+    assert packer.version() == (1, 6, 6)
+    _fake_packer(tmp_path, "1.8.6", OLD_NS + 10**9)  # same size, newer
+    assert packer.version() == (1, 8, 6)
+    script = _fake_packer(tmp_path, "1.9.6")  # fresh: not trusted on time and size
+    assert packer.version() == (1, 9, 6)
+    _fake_packer(tmp_path, "1.7.6", script.stat().st_mtime_ns)
+    assert packer.version() == (1, 7, 6)
