@@ -376,6 +376,18 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
     )
 
 
+def render_for_target(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> RenderResult:
+    """invoke render: the target names the source image, then render. Imports only the target,
+    not the build pipeline (approval, signing, AWS clients), so a render starts quickly."""
+    from datetime import datetime, timezone
+
+    from .targets import get_target
+
+    source = get_target(cfg.target, cfg.settings, cfg.state_dir).resolve_source(cfg, source_pin)
+    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    return render(cfg, source, out)
+
+
 def load_render(directory: Path) -> tuple[dict[str, Any], str]:
     """Read a build directory's manifest and recompute its fingerprint from the files on disk.
 
