@@ -192,3 +192,14 @@ def test_an_edited_template_is_compiled_again_by_the_next_process(tmp_path):
         outputs.append(subprocess.run([sys.executable, "-c", _ONE_TEMPLATE, str(templates)], env=env,
                                       capture_output=True, text=True, check=True).stdout)
     assert outputs == ['A="x"\n', 'B="y"\n']
+
+
+def test_a_control_as_a_dict_is_what_dataclasses_asdict_gives(state_dir):
+    import dataclasses
+
+    for os_name in config.available_os():
+        for target in config.TARGETS:
+            for control in catalogue.controls_for(config.resolve(os_name, target)).controls:
+                as_dict = control.as_dict()
+                assert list(as_dict.items()) == list(dataclasses.asdict(control).items())
+                assert as_dict["params"] is not control.params or not control.params
