@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
-import stat
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -160,58 +157,12 @@ _ENVIRONMENTS: dict[tuple[str, str], jinja2.Environment] = {}
 _ENVIRONMENTS_LOCK = threading.Lock()
 
 
-class _TemplateCache(jinja2.FileSystemBytecodeCache):
-    """Compiled templates kept across processes, so a new process does not compile them again.
-
-    Jinja stores each template's code under its name and file, with a checksum of its source:
-    an edited template is compiled again. What the source does not show (this module's
-    environment options and filters, Jinja's and Python's versions) names the directory. A
-    cache that cannot be read or written only costs a compile.
-    """
-
-    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            super().load_bytecode(bucket)
-        except OSError:
-            bucket.reset()
-
-    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            super().dump_bytecode(bucket)
-        except OSError:
-            pass
-
-
-def _template_cache(kind: str) -> Optional[jinja2.BytecodeCache]:
-    """$XDG_CACHE_HOME/golden-ami/templates/<tag> (not the state dir: a render that fails, or one
-    written elsewhere with --out, leaves the state dir as it was). None: no usable directory
-    (GOLDEN_AMI_TEMPLATE_CACHE=off switches it off)."""
-    if os.environ.get("GOLDEN_AMI_TEMPLATE_CACHE", "").lower() == "off":
-        return None
-    tag = hashlib.sha256("\0".join((kind, jinja2.__version__, sys.version)).encode() + Path(__file__).read_bytes())
-    try:
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        levels = [home / "golden-ami", home / "golden-ami" / "templates", home / "golden-ami" / "templates" / tag.hexdigest()[:20]]
-        for level in levels:
-            level.mkdir(mode=0o700, exist_ok=True)
-            info = level.lstat()
-            # Code is loaded from here: only from a directory of this user's that no one else can write.
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-                return None
-    except (OSError, RuntimeError):  # RuntimeError: no home directory to find
-        return None
-    return _TemplateCache(str(levels[-1]))
-
-
 def _shared_environment(kind: str, search_path: Path, make) -> jinja2.Environment:
     key = (kind, str(search_path))
     with _ENVIRONMENTS_LOCK:
         env = _ENVIRONMENTS.get(key)
         if env is None:
-            env = make(search_path)
-            env.bytecode_cache = _template_cache(kind)
-            _ENVIRONMENTS[key] = env
+            env = _ENVIRONMENTS[key] = make(search_path)
     return env
 
 

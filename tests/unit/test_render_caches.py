@@ -95,42 +95,30 @@ import json, sys
 from pathlib import Path
 from golden_ami import config, render
 from tests.unit.test_render import AWS_SOURCE, LOCAL_SOURCE
-out, fingerprints = Path(sys.argv[1]), {}
-for os_name, target in (arg.split(":") for arg in sys.argv[2:]):
-    source = LOCAL_SOURCE if target == "local" else AWS_SOURCE
-    result = render.render(config.resolve(os_name, target), source, out / f"{os_name}-{target}", packer_plugins=False)
-    fingerprints[f"{os_name}:{target}"] = result.fingerprint
-print(json.dumps(fingerprints))
+os_name, target, out = sys.argv[1:]
+source = LOCAL_SOURCE if target == "local" else AWS_SOURCE
+result = render.render(config.resolve(os_name, target), source, Path(out), packer_plugins=False)
+print(json.dumps(result.fingerprint))
 """
 
 
-def _fresh_process(out, combinations, **env):
-    done = subprocess.run([sys.executable, "-c", _FRESH, str(out), *(f"{o}:{t}" for o, t in combinations)],
-                          cwd=paths.PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), **env},
-                          capture_output=True, text=True, check=True)
-    return {tuple(key.split(":")): value for key, value in json.loads(done.stdout).items()}
-
-
 def test_renders_in_one_process_match_renders_in_fresh_processes(state_dir, tmp_path):
-    # The reference: each combination alone in a new process, no compiled templates kept on disk.
     fresh = {}
     for os_name, target in COMBINATIONS:
-        fresh.update(_fresh_process(tmp_path / "fresh", [(os_name, target)], GOLDEN_AMI_TEMPLATE_CACHE="off"))
-        manifest = json.loads((tmp_path / "fresh" / f"{os_name}-{target}" / render.RENDER_MANIFEST).read_text())
-        assert manifest["fingerprint"] == fresh[os_name, target]
-    # Templates compiled by one process and loaded from disk by the next give the same bytes.
-    xdg = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert _fresh_process(tmp_path / "writes", COMBINATIONS, **xdg) == fresh
-    assert list((tmp_path / "xdg" / "golden-ami" / "templates").rglob("*.cache"))
-    assert _fresh_process(tmp_path / "reads", COMBINATIONS, **xdg) == fresh
-    # Twice round in this process, in turn: each render follows renders of other OSes and targets.
+        out = tmp_path / f"fresh-{os_name}-{target}"
+        done = subprocess.run([sys.executable, "-c", _FRESH, os_name, target, str(out)], cwd=paths.PROJECT_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT)}, capture_output=True,
+                              text=True, check=True)
+        fresh[os_name, target] = json.loads(done.stdout)
+        assert json.loads((out / render.RENDER_MANIFEST).read_text())["fingerprint"] == fresh[os_name, target]
+    # Twice round, in turn: each render follows renders of other OSes and targets.
     for round_ in range(2):
         for os_name, target in COMBINATIONS:
             source = LOCAL_SOURCE if target == "local" else AWS_SOURCE
             out = tmp_path / f"here-{round_}-{os_name}-{target}"
             result = render.render(config.resolve(os_name, target), source, out, packer_plugins=False)
             manifest = json.loads((out / render.RENDER_MANIFEST).read_text())
-            fresh_manifest = json.loads((tmp_path / "fresh" / f"{os_name}-{target}" / render.RENDER_MANIFEST).read_text())
+            fresh_manifest = json.loads((tmp_path / f"fresh-{os_name}-{target}" / render.RENDER_MANIFEST).read_text())
             assert result.fingerprint == manifest["fingerprint"] == fresh[os_name, target], (round_, os_name, target)
             assert manifest == fresh_manifest
 
@@ -170,28 +158,6 @@ def test_packer_is_asked_again_when_its_binary_changes(tmp_path, monkeypatch):
     assert packer.version() == (1, 9, 6)
     _fake_packer(tmp_path, "1.7.6", script.stat().st_mtime_ns)
     assert packer.version() == (1, 7, 6)
-
-
-_ONE_TEMPLATE = """
-import sys
-from pathlib import Path
-from golden_ami import paths, render
-paths.TEMPLATES_DIR = Path(sys.argv[1])
-print(render.hcl_env().get_template("one.j2").render(), end="")
-"""
-
-
-def test_an_edited_template_is_compiled_again_by_the_next_process(tmp_path):
-    # Same name, size and modification time: only the source (its checksum) tells them apart.
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    outputs = []
-    for text in ("A={{ 'x' }}\n", "B={{ 'y' }}\n"):
-        _rewrite(templates / "one.j2", text, OLD_NS)
-        outputs.append(subprocess.run([sys.executable, "-c", _ONE_TEMPLATE, str(templates)], env=env,
-                                      capture_output=True, text=True, check=True).stdout)
-    assert outputs == ['A="x"\n', 'B="y"\n']
 
 
 def test_a_control_as_a_dict_is_what_dataclasses_asdict_gives(state_dir):
