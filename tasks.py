@@ -111,10 +111,10 @@ def render(c, os_=None, target="local", out=None, source_ami=None, profile=None,
     The directory is self-contained and deterministic (same inputs, same bytes); its
     fingerprint (sha256 over every rendered byte plus the resolved source image) is printed.
     """
-    from golden_ami import pipeline
+    from golden_ami import render as grender  # not the pipeline: a render needs none of its imports
 
     cfg = _resolve(os_, target, config_, profile)
-    result = pipeline.render_only(cfg, Path(out) if out else None, source_ami)
+    result = grender.render_for_target(cfg, Path(out) if out else None, source_ami)
     _emit(json_, {"directory": str(result.directory), "fingerprint": result.fingerprint,
                  "source_image": result.source.as_dict(), "files": result.files},
           f"rendered {len(result.files)} files into {result.directory}\nfingerprint {result.fingerprint}")

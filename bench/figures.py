@@ -3,22 +3,29 @@
 
     .venv/bin/python bench/figures.py            # render timings + recorded builds
     .venv/bin/python bench/figures.py --builds 0 # render timings only
+    .venv/bin/python bench/figures.py --builds 0 --invoke-rounds 0  # in-process render only
 
-Render timings are measured now (every OS x target, N rounds). Build figures come from the
-build.json records that `invoke build` writes into each build directory of the state dir
+Render timings are measured now: every OS x target in this process (the first round cold,
+parsing the catalogue and compiling the templates; the rest warm, on the per-process caches),
+and one `invoke render` as a user runs it, interpreter start-up included. Build figures come
+from the build.json records that `invoke build` writes into each build directory of the state dir
 (steps: render, packer_build, verify_and_approve), with image sizes from the store.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from golden_ami import config, render  # noqa: E402
 
@@ -29,20 +36,65 @@ SOURCES = {
 }
 
 
+def _render_round(tmp: Path, index: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one round; CPU time is the steadier figure on a busy machine."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for os_name in config.available_os():
+        for target in config.TARGETS:
+            render.render(config.resolve(os_name, target), SOURCES[target], tmp / f"{index}-{os_name}-{target}")
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def render_figures(rounds: int) -> None:
-    print(f"render (all {len(config.available_os()) * 2} OS x target combinations, {rounds} rounds)")
-    samples = []
+    combinations = len(config.available_os()) * len(config.TARGETS)
+    print(f"render (all {combinations} OS x target combinations, one process, {rounds} rounds)")
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(rounds):
-            started = time.perf_counter()
-            for os_name in config.available_os():
-                for target in config.TARGETS:
-                    render.render(config.resolve(os_name, target), SOURCES[target], Path(tmp) / f"{index}-{os_name}-{target}")
-            samples.append(time.perf_counter() - started)
+        cold = _render_round(Path(tmp), 0)
+        warm = [_render_round(Path(tmp), index) for index in range(1, rounds)]
         sizes = [p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()]
-    per = statistics.median(samples) / (len(config.available_os()) * 2)
-    print(f"  median {statistics.median(samples) * 1000:.0f} ms per round, {per * 1000:.1f} ms per build directory")
+    # Cold: this process parses the data files and compiles every template; warm: both cached.
+    print(f"  cold round {cold[0] * 1000:.0f} ms wall, {cold[1] * 1000:.0f} ms CPU "
+          f"({cold[0] / combinations * 1000:.1f} ms per build directory)")
+    if warm:
+        wall, cpu = statistics.median(w for w, _ in warm), statistics.median(c for _, c in warm)
+        print(f"  warm median {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU per round, "
+              f"{wall / combinations * 1000:.1f} ms per build directory (cold/warm {cold[0] / wall:.1f}x)")
     print(f"  {len(sizes) // rounds} files, {sum(sizes) / rounds / 1024:.0f} KiB per round")
+
+
+def _timed_runs(argv: list[str], rounds: int, env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """Median wall and median CPU (the child's user + system) seconds of a command run `rounds` times."""
+    walls, cpus = [], []
+    for _ in range(rounds):
+        before = os.times()
+        started = time.perf_counter()
+        subprocess.run([arg.replace("{n}", str(len(walls))) for arg in argv], cwd=cwd, env=env, check=True,
+                       capture_output=True)
+        walls.append(time.perf_counter() - started)
+        after = os.times()
+        cpus.append(after.children_user - before.children_user + after.children_system - before.children_system)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def invoke_render_figures(rounds: int, os_name: str = "debian12") -> None:
+    """`invoke render --os=... --out=...` in a new process each time: start-up, imports, one render.
+    A throwaway state dir holds a stand-in base image record (render only names the disk)."""
+    invoke = shutil.which("invoke", path=os.path.dirname(sys.executable)) or "invoke"
+    print(f"\ninvoke render --os={os_name} (a new process each, median of {rounds}, interpreter start-up included)")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "state" / "base" / os_name
+        base.mkdir(parents=True)
+        (base / "base.qcow2").write_bytes(b"")
+        (base / "base.json").write_text(json.dumps({"sha256": "0" * 64, "name": "bench"}))
+        env = {**os.environ, "GOLDEN_AMI_STATE_DIR": str(Path(tmp) / "state")}
+        env.pop("GOLDEN_AMI_CONFIG", None)
+        runs = [
+            ("start-up alone (invoke --list)", [invoke, "--search-root", str(ROOT), "--list"], {}),
+            ("render", [invoke, "--search-root", str(ROOT), "render", f"--os={os_name}", f"--out={tmp}/out-{{n}}"], {}),
+        ]
+        for label, argv, extra in runs:
+            wall, cpu = _timed_runs(argv, rounds, {**env, **extra}, tmp)
+            print(f"  {label:48} {wall * 1000:5.0f} ms wall, {cpu * 1000:5.0f} ms CPU")
 
 
 def build_figures(state_dir: Path, limit: int) -> None:
@@ -69,9 +121,12 @@ def build_figures(state_dir: Path, limit: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="render rounds to time")
+    parser.add_argument("--invoke-rounds", type=int, default=3, help="`invoke render` runs to time (0: none)")
     parser.add_argument("--builds", type=int, default=10, help="how many recorded builds to show (0: none)")
     args = parser.parse_args()
     render_figures(args.rounds)
+    if args.invoke_rounds:
+        invoke_render_figures(args.invoke_rounds)
     if args.builds:
         build_figures(config.resolve(config.available_os()[0]).state_dir, args.builds)
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from . import paths
+from . import paths, yamlfiles
 from .errors import UserError
 
 TARGETS = ("aws", "local")
@@ -332,10 +332,10 @@ def available_os() -> list[str]:
     return sorted(p.stem for p in paths.OS_DATA_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str, cached: bool = False) -> dict[str, Any]:
+    """A YAML mapping; cached: a file of the project's own data, parsed once per process."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        data = yamlfiles.load_cached(path) if cached else yamlfiles.load(path)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
@@ -385,7 +385,7 @@ def load_os_data(os_name: str) -> OsData:
     names = available_os()
     if os_name not in names:
         raise UserError(f"unknown --os {os_name!r}: choose one of {', '.join(names)}")
-    raw = _read_yaml(paths.OS_DATA_DIR / f"{os_name}.yaml", "OS data file")
+    raw = _read_yaml(paths.OS_DATA_DIR / f"{os_name}.yaml", "OS data file", cached=True)
     try:
         data = OsData.model_validate(raw)
     except ValidationError as exc:
@@ -427,7 +427,7 @@ def resolve(
         raise UserError(f"os/{os_name}.yaml has no data for target {target!r}")
 
     layers: list[tuple[str, dict[str, Any]]] = [
-        ("golden_ami/defaults.yaml", _read_yaml(paths.DEFAULTS_FILE, "defaults file")),
+        ("golden_ami/defaults.yaml", _read_yaml(paths.DEFAULTS_FILE, "defaults file", cached=True)),
         (f"os/{os_name}.yaml settings", dict(os_data.settings)),
     ]
     files: list[str] = []

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from .errors import StepFailed, UserError
 from .procs import run_streaming
 from .progress import Progress
 from .render import TEMPLATE_FILE, VARIABLES_FILE
+from .yamlfiles import RACY_NS
 
 RUNTIME_VARS_FILE = "runtime.pkrvars.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -34,12 +36,27 @@ def find(binary: str = "packer") -> str:
     return path
 
 
+# Packer's version by the binary's real path, modification time, size and inode: every render
+# asks (packer.syntax auto), and `packer version` is a process start. A binary changed within
+# the last RACY_NS is asked again each time (a coarse clock could hide a second change).
+_VERSIONS: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+
+
 def version(binary: str = "packer") -> tuple[int, int, int]:
-    out = subprocess.run([find(binary), "version"], capture_output=True, text=True, timeout=60).stdout
+    path = find(binary)
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if key in _VERSIONS:
+        return _VERSIONS[key]
+    asked_at = time.time_ns()
+    out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=60).stdout
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
     if not match:
         raise RuntimeError(f"cannot read Packer's version from {out!r}")
-    return int(match[1]), int(match[2]), int(match[3])
+    found = int(match[1]), int(match[2]), int(match[3])
+    if asked_at - stat.st_mtime_ns >= RACY_NS:
+        _VERSIONS[key] = found
+    return found
 
 
 def _env(extra: Optional[dict[str, str]], runtime_dir: Path, tmp_dir: Optional[Path] = None) -> dict[str, str]:

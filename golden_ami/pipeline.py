@@ -76,10 +76,7 @@ def target_for(cfg: Resolved) -> Target:
 
 
 def render_only(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> render.RenderResult:
-    target = target_for(cfg)
-    source = target.resolve_source(cfg, source_pin)
-    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
-    return render.render(cfg, source, out)
+    return render.render_for_target(cfg, out_dir, source_pin)
 
 
 def _check_prerequisites(target: Target, cfg: Resolved) -> None:

@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -148,23 +149,45 @@ def _environment(search_path: Path, finalize) -> jinja2.Environment:
     return env
 
 
+# One environment per (language, template directory) for the whole process, so each template
+# is compiled once: Jinja keeps compiled templates per environment and, with auto_reload (on by
+# default), compiles a template again when its file's modification time changes. Nothing of
+# one render is kept on an environment: every value reaches a template as render context.
+_ENVIRONMENTS: dict[tuple[str, str], jinja2.Environment] = {}
+_ENVIRONMENTS_LOCK = threading.Lock()
+
+
+def _shared_environment(kind: str, search_path: Path, make) -> jinja2.Environment:
+    key = (kind, str(search_path))
+    with _ENVIRONMENTS_LOCK:
+        env = _ENVIRONMENTS.get(key)
+        if env is None:
+            env = _ENVIRONMENTS[key] = make(search_path)
+    return env
+
+
 def shell_env() -> jinja2.Environment:
-    return _environment(paths.HARDENING_DIR, _shell_finalize)
+    return _shared_environment("shell", paths.HARDENING_DIR, lambda where: _environment(where, _shell_finalize))
 
 
 def config_env() -> jinja2.Environment:
-    return _environment(paths.HARDENING_DIR / "files", _config_finalize)
+    return _shared_environment("config", paths.HARDENING_DIR / "files", lambda where: _environment(where, _config_finalize))
+
+
+def _hcl_finalize(value: Any) -> str:
+    if isinstance(value, HclRaw):
+        return str(value)
+    return hcl_string(value)
+
+
+def _make_hcl_env(search_path: Path) -> jinja2.Environment:
+    env = _environment(search_path, _hcl_finalize)
+    env.filters["hcl_raw"] = HclRaw
+    return env
 
 
 def hcl_env() -> jinja2.Environment:
-    def finalize(value: Any) -> str:
-        if isinstance(value, HclRaw):
-            return str(value)
-        return hcl_string(value)
-
-    env = _environment(paths.TEMPLATES_DIR, finalize)
-    env.filters["hcl_raw"] = HclRaw
-    return env
+    return _shared_environment("hcl", paths.TEMPLATES_DIR, _make_hcl_env)
 
 
 class HclRaw(str):
@@ -351,6 +374,18 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
         files={rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()},
         source=source,
     )
+
+
+def render_for_target(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> RenderResult:
+    """invoke render: the target names the source image, then render. Imports only the target,
+    not the build pipeline (approval, signing, AWS clients), so a render starts quickly."""
+    from datetime import datetime, timezone
+
+    from .targets import get_target
+
+    source = get_target(cfg.target, cfg.settings, cfg.state_dir).resolve_source(cfg, source_pin)
+    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    return render(cfg, source, out)
 
 
 def load_render(directory: Path) -> tuple[dict[str, Any], str]:
