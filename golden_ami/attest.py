@@ -36,6 +36,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
+from . import provenance
 from .errors import UserError
 from .targets.base import Image
 from .verify_runner import SEAL_TAGS
@@ -107,8 +108,7 @@ def statement(image: Image, subject_digest: dict[str, str], report: dict[str, An
     predicate = {
         "image": {"id": image.id, "target": tags.get("Target", ""), "os": tags.get("OS", "")},
         "fingerprint": tags.get("Fingerprint", ""),
-        "source_image": {"id": tags.get("SourceImage") or tags.get("SourceAmi", ""),
-                         "name": tags.get("SourceImageName") or tags.get("SourceAmiName", "")},
+        "source_image": {"id": tags.get(provenance.SOURCE_IMAGE, ""), "name": tags.get(provenance.SOURCE_IMAGE_NAME, "")},
         "profile": report.get("profile", ""),
         "pipeline_commit": tags.get("PipelineCommit", ""),
         "build_id": tags.get("BuildId", ""),

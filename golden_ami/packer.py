@@ -49,7 +49,8 @@ def version(binary: str = "packer") -> tuple[int, int, int]:
     if key in _VERSIONS:
         return _VERSIONS[key]
     asked_at = time.time_ns()
-    out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CHECKPOINT_DISABLE": "1"}).stdout  # no call home for an update check
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
     if not match:
         raise RuntimeError(f"cannot read Packer's version from {out!r}")
@@ -105,6 +106,16 @@ def init(build_dir: Path, runtime_dir: Path, progress: Progress, binary: str = "
                            log_path=build_dir / "logs" / "packer-init.log", progress=progress, timeout_seconds=600)
     if status != 0:
         raise StepFailed(f"packer init failed (exit {status}): see {build_dir / 'logs' / 'packer-init.log'}")
+
+
+def init_if_supported(build_dir: Path, runtime_dir: Path, progress: Progress, binary: str = "packer") -> bool:
+    """`packer init` when the installed Packer has it (>= 1.7: builders are plugins, and a
+    template rendered for it names them in required_plugins). Packer 1.6 has no init and its
+    builders are built in. Returns whether init ran."""
+    if version(binary) < (1, 7, 0):
+        return False
+    init(build_dir, runtime_dir, progress, binary)
+    return True
 
 
 def build(

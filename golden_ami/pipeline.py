@@ -145,6 +145,8 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
                 "manifest_path": str(build_dir / "manifest.json"),
             })
             runtime_vars = packer.write_runtime_vars(ctx.runtime_dir, variables)
+            if packer.init_if_supported(build_dir, ctx.runtime_dir, progress, binary=cfg.settings.packer.binary):
+                progress.say("packer init: the template's plugins are installed")
             packer.build(build_dir, ctx.runtime_dir, runtime_vars, progress,
                          cfg.settings.packer.timeout_minutes, env=target.packer_environment(cfg),
                          binary=cfg.settings.packer.binary)

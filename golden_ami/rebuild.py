@@ -1,7 +1,7 @@
 """Scheduled rebuilds: build an OS only when something changed, and say why either way.
 
 For each OS the decision reads the newest approved image's tags and compares:
-  * the source image the target resolves today        vs its SourceImage / SourceAmi tag;
+  * the source image the target resolves today        vs its SourceImage tag;
   * the fingerprint of today's render (templates, scripts, catalogue, config, source)
                                                        vs its Fingerprint tag;
   * its age                                            vs rebuild.max_age_days;
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import attest, paths, render
+from . import attest, paths, provenance, render
 from .config import Resolved
 from .errors import UserError
 from .procs import stop_process
@@ -95,7 +95,7 @@ def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
             return Decision(name, True, [f"no approved image yet (source {source.id})"])
         current = approved[-1]
         reasons: list[str] = []
-        was = current.tags.get("SourceImage") or current.tags.get("SourceAmi") or "?"
+        was = current.tags.get(provenance.SOURCE_IMAGE) or "?"
         if source.id != was:
             # The fingerprint covers the source image, so it moved too: a content comparison
             # would only repeat this reason (and the new build takes today's content anyway).

@@ -45,6 +45,17 @@ def invoke_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, tim
                           env={**os.environ, **(env or {})}, cwd=cwd or PROJECT_ROOT, timeout=timeout)
 
 
+def provenance_vars(source) -> dict[str, str]:
+    """The provenance map a build from source (a render.SourceImage) passes to the aws template."""
+    from types import SimpleNamespace
+
+    from golden_ami import provenance
+
+    cfg = SimpleNamespace(os=SimpleNamespace(name="debian12"), profile="baseline")
+    ctx = SimpleNamespace(build_id="test-build", fingerprint="sha256:test", source=source, commit="test")
+    return provenance.tags(cfg, ctx)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     import socket

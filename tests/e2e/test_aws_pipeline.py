@@ -139,9 +139,9 @@ def test_build_on_aws_is_approved_published_and_latest(ec2, aws_build):
     assert aws_build["status"] == "approved", aws_build
     image = client.describe_images(ImageIds=[image_id])["Images"][0]
     tags = {t["Key"]: t["Value"] for t in image["Tags"]}
-    assert tags["Status"] == "approved" and tags["SourceAmi"] == SOURCE_AMI
+    assert tags["Status"] == "approved" and tags["SourceImage"] == SOURCE_AMI
     assert tags["Fingerprint"] == aws_build["fingerprint"] and tags["ReportDigest"].startswith("sha256:")
-    assert tags["SourceAmiName"] == "debian-12-amd64-20261101-1" and tags["OS"] == "debian12"
+    assert tags["SourceImageName"] == "debian-12-amd64-20261101-1" and tags["OS"] == "debian12"
     assert all(m["Ebs"]["Encrypted"] for m in image["BlockDeviceMappings"])
     assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == image_id
 
@@ -234,7 +234,7 @@ def test_a_new_source_image_is_named_then_built(ec2, aws_build, rebuilt):
         f"new source image: {NEW_SOURCE_AMI} (debian-12-amd64-20261128-9), was {SOURCE_AMI}"]
     assert built["status"] == "approved" and built["image_id"] != aws_build["image_id"], built
     tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[built["image_id"]])["Images"][0]["Tags"]}
-    assert tags["SourceAmi"] == NEW_SOURCE_AMI and tags["Status"] == "approved"
+    assert tags["SourceImage"] == NEW_SOURCE_AMI and tags["Status"] == "approved"
     assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == built["image_id"]
     # The lifecycle ran after the approval: the earlier image is deprecated, not removed.
     earlier = client.describe_images(ImageIds=[aws_build["image_id"]])["Images"][0]

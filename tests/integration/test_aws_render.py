@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from golden_ami import packer
-from tests.conftest import free_port, invoke_cmd, required_tool, wait_for_port
+from golden_ami import packer, render
+from tests.conftest import free_port, invoke_cmd, provenance_vars, required_tool, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,8 @@ def test_render_al2023_resolves_through_ssm_and_validates(state_dir, tmp_path, m
     assert "0.0.0.0/0" not in template
     runtime = packer.write_runtime_vars(tmp_path / "rt", {
         "build_id": "b", "fingerprint": result["fingerprint"], "ami_name": "golden-b", "runner_cidrs": ["203.0.113.7/32"],
-        "ec2_endpoint": moto_endpoint})
+        "ec2_endpoint": moto_endpoint,
+        "provenance": provenance_vars(render.SourceImage(result["source_image"]["id"], result["source_image"]["name"]))})
     ok, output = packer.validate(out, runtime)
     assert ok, output
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from golden_ami import config, packer, render, sshkeys
-from tests.conftest import required_tool
+from tests.conftest import provenance_vars, required_tool
 
 INSTALLER = "scripts/install.sh"
 
@@ -31,7 +31,9 @@ def _runtime_vars(target, tmp_path):
                 "cpu_model": "max", "output_directory": str(tmp_path / "out"),
                 "serial_log": str(tmp_path / "serial.log"), "ssh_private_key_file": str(key),
                 "seed_files": [str(tmp_path / "meta-data"), str(tmp_path / "user-data")]}
-    return {**common, "ami_name": "golden-test-1", "runner_cidrs": ["203.0.113.7/32"]}
+    return {**common, "ami_name": "golden-test-1", "runner_cidrs": ["203.0.113.7/32"],
+            "provenance": provenance_vars(AWS_SOURCE)}
+
 
 
 @pytest.fixture(scope="module")

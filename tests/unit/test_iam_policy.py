@@ -26,7 +26,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from golden_ami import config
+from golden_ami import config, provenance
 from golden_ami.progress import Progress
 from golden_ami.targets.aws import checks, recorder
 from golden_ami.targets.aws.target import AwsTarget
@@ -174,13 +174,17 @@ def _arn(kind: str, ident: str, region: str = REGION) -> str:
 
 
 def _packer_tags(which: str) -> dict[str, str]:
-    """The tags the Packer template sets with `which` (tags, snapshot_tags): provenance plus extras,
-    with made-up values where the template has variables."""
+    """The tags the Packer template sets with `which` (tags, snapshot_tags): the build's provenance
+    map (golden_ami/provenance.py, which the template merges) plus the template's extras, with
+    made-up values where either has a per-build value."""
+    cfg = SimpleNamespace(os=SimpleNamespace(name="<OS>"), profile="<Profile>")
+    ctx = SimpleNamespace(build_id="<BuildId>", fingerprint="<Fingerprint>", commit="<PipelineCommit>",
+                          source=SimpleNamespace(id="<SourceImage>", name="<SourceImageName>"))
     text = TEMPLATE.read_text()
-    provenance = re.search(r"provenance = \{(.*?)\n  \}", text, re.S).group(1)
-    extras = re.search(rf"^\s*{which}\s*=\s*merge\(local\.provenance, \{{(.*)\}}\)", text, re.M).group(1)
-    pairs = re.findall(r"(\w+)\s*=\s*([^,\n]+)", provenance + "\n" + extras.replace(",", "\n"))
-    return {k: (v.strip()[1:-1] if re.fullmatch(r'"[^"$]*"', v.strip()) else f"<{k}>") for k, v in pairs}
+    extras = re.search(rf"^\s*{which}\s*=\s*merge\(var\.provenance, \{{(.*)\}}\)", text, re.M).group(1)
+    pairs = re.findall(r"(\w+)\s*=\s*([^,\n]+)", extras.replace(",", "\n"))
+    return {**provenance.tags(cfg, ctx),
+            **{k: (v.strip()[1:-1] if re.fullmatch(r'"[^"$]*"', v.strip()) else f"<{k}>") for k, v in pairs}}
 
 
 MANAGED = {"ManagedBy": "golden-ami"}

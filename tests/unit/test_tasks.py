@@ -163,3 +163,41 @@ def test_a_bad_waiver_date_is_refused_before_the_build(state_dir, tmp_path):
     _one_line_error(invoke_cmd("build", "--os=debian12", "--target=aws", f"--config={config}", env=env),
                     str(waivers), "expires")
     assert not (state_dir / "builds").exists()
+
+
+def test_list_shows_the_same_columns_and_the_source_on_both_targets(aws_env, state_dir, tmp_path, capsys):
+    """An AMI tagged before the provenance schema was one (SourceAmi) lists its source as
+    SourceImage, in the same columns as a local image has."""
+    import boto3
+
+    import tasks
+    from golden_ami import config
+    from golden_ami.progress import Progress
+    from golden_ami.render import SourceImage
+    from golden_ami.targets.base import BuildContext
+    from golden_ami.targets.local.target import LocalTarget
+
+    ec2 = boto3.client("ec2", "us-east-1")
+    instance = ec2.run_instances(ImageId="ami-0deb1000000000001", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ami = ec2.create_image(InstanceId=instance, Name="golden-old")["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v} for k, v in {
+        "ManagedBy": "golden-ami", "OS": "debian12", "Status": "candidate", "BuildId": "debian12-old",
+        "SourceAmi": "ami-0deb1000000000001", "SourceAmiName": "debian-12-amd64-20261101-1"}.items()])
+
+    cfg = config.resolve("debian12", "local")
+    ctx = BuildContext(build_id="debian12-new", build_dir=tmp_path / "build", runtime_dir=tmp_path / "runtime",
+                       fingerprint="sha256:" + "f" * 64, commit="abc", progress=Progress(quiet=True),
+                       source=SourceImage(id="sha256:" + "1" * 64, name="debian-12-base"),
+                       created_at="2026-11-29T12:00:00Z")
+    disk = ctx.runtime_dir / "packer-output" / "disk.qcow2"
+    disk.parent.mkdir(parents=True)
+    disk.write_bytes(b"disk")
+    LocalTarget(cfg.settings, cfg.state_dir).register_candidate(cfg, ctx, {})
+
+    rows = {}
+    for target in ("aws", "local"):
+        tasks.list_.body(None, target=target, json_=True)
+        [rows[target]] = json.loads(capsys.readouterr().out)
+    assert set(rows["aws"]) == set(rows["local"])
+    assert rows["aws"]["SourceImage"] == "ami-0deb1000000000001" and rows["aws"]["BuildId"] == "debian12-old"
+    assert rows["local"]["SourceImage"] == "sha256:" + "1" * 64 and rows["local"]["BuildId"] == "debian12-new"

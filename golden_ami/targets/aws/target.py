@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 import botocore.exceptions
 
+from ... import provenance
 from ...config import Resolved
 from ...errors import UserError, VerificationError
 from ...progress import Progress
@@ -29,7 +30,7 @@ from ...sshkeys import KeyPair
 from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
 from . import checks, clients, signing, source
 
-MANAGED_BY = "golden-ami"
+MANAGED_BY = provenance.MANAGED_BY
 # The approval statement's digest and signature, on the image: they name the one statement in
 # SSM that is this image's approval (an older or foreign statement put there does not match).
 STATEMENT_DIGEST_TAG = "ApprovalStatement"
@@ -44,7 +45,7 @@ def _tags(pairs: dict[str, str]) -> list[dict[str, str]]:
 
 def _image(raw: dict[str, Any], region: str) -> Image:
     tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-    return Image(id=raw["ImageId"], tags=tags, location=region)
+    return Image(id=raw["ImageId"], tags=provenance.migrated(tags), location=region)
 
 
 def _statement_tags(envelope: dict[str, Any]) -> dict[str, str]:
@@ -115,6 +116,8 @@ class AwsTarget(Target):
             "ssh_interface": aws.ssh_interface,
             "ssh_port": aws.ssh_port,
             "spot": aws.spot,
+            # The template merges this map into every tag set it writes (it spells no key itself).
+            "provenance": provenance.tags(cfg, ctx),
         }
 
     def register_candidate(self, cfg: Resolved, ctx: BuildContext, manifest: dict[str, Any]) -> Image:

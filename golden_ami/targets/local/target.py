@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ... import provenance
 from ...config import Resolved
 from ...errors import UserError
 from ...progress import Progress
@@ -31,7 +32,7 @@ STATEMENT_FILE = "approval.dsse.json"  # the signed approval statement, beside d
 
 
 def _image(stored: StoredImage) -> Image:
-    return Image(id=stored.id, tags=dict(stored.tags), location=str(stored.path))
+    return Image(id=stored.id, tags=provenance.migrated(stored.tags), location=str(stored.path))
 
 
 class LocalTarget(Target):
@@ -86,15 +87,9 @@ class LocalTarget(Target):
             raise RuntimeError(f"Packer reported success but left no disk at {disk}")
         stored = self.store.add(disk, {
             "Status": "candidate",
-            "OS": cfg.os.name,
             "Target": "local",
-            "Profile": cfg.profile,
-            "Fingerprint": ctx.fingerprint,
-            "SourceImage": ctx.source.id,
-            "SourceImageName": ctx.source.name,
-            "BuildId": ctx.build_id,
-            "PipelineCommit": ctx.commit,
             "CreatedAt": ctx.created_at,
+            **provenance.tags(cfg, ctx),
         })
         return _image(stored)
 
