@@ -1,0 +1,75 @@
+"""Shared shell helpers live once, in hardening/lib/: no section keeps its own copy of a helper
+another section also needs, and no rendered script defines a function twice."""
+import re
+from collections import Counter, defaultdict
+
+import pytest
+
+from golden_ami import config, paths, render
+
+LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
+                                  checksum="sha256:" + "1" * 64)
+AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd64-20261101", location="us-east-1")
+CASES = [(os_name, target) for os_name in config.available_os() for target in config.TARGETS]
+PROFILES = ("baseline", "cis-level1-server")
+
+# A shell function definition at the start of a line (indented ones included): `name() {`.
+DEFINITION = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_]*)\(\)[ \t]*\{", re.MULTILINE)
+# The package-manager libraries are alternatives: a render includes exactly one of them.
+PKG_LIBS = "lib/pkg-*.sh.j2"
+
+
+def _shell_templates():
+    """hardening/ and its shell templates: the sections and the libraries they include."""
+    root = paths.HARDENING_DIR
+    return root, sorted([*root.glob("*.sh.j2"), *root.glob("lib/*.j2")])
+
+
+def _homes() -> dict[str, set[str]]:
+    """Each function name and the template files that define it (the pkg-* libraries as one)."""
+    root, templates = _shell_templates()
+    homes = defaultdict(set)
+    for template in templates:
+        relative = template.relative_to(root).as_posix()
+        home = PKG_LIBS if re.fullmatch(r"lib/pkg-[a-z]+\.sh\.j2", relative) else relative
+        for name in DEFINITION.findall(template.read_text()):
+            homes[name].add(home)
+    return homes
+
+
+def test_every_shell_function_is_defined_in_one_template_file():
+    twice = {name: sorted(files) for name, files in _homes().items() if len(files) > 1}
+    assert twice == {}, f"defined in more than one file under hardening/ (move it to hardening/lib/): {twice}"
+
+
+def test_the_package_manager_libraries_define_the_same_functions():
+    root, _ = _shell_templates()
+    defined = {path.name: sorted(set(DEFINITION.findall(path.read_text()))) for path in root.glob(PKG_LIBS)}
+    assert len(defined) >= 2 and len({tuple(names) for names in defined.values()}) == 1, defined
+
+
+def test_sections_leave_package_manager_differences_to_the_pkg_libraries():
+    root, _ = _shell_templates()
+    for section in root.glob("*.sh.j2"):
+        text = section.read_text()
+        assert re.search(r"\b(apt-get|dnf) [^\n]*\b(purge|remove)\b", text) is None, section.name
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("os_name, target", CASES)
+def test_no_rendered_build_defines_a_function_twice(state_dir, tmp_path, os_name, target, profile):
+    homes = _homes()
+    cfg = config.resolve(os_name, target, overrides={"profile": profile})
+    result = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE, tmp_path / "build")
+    scripts = sorted((result.directory / "scripts").glob("*.sh"))
+    assert scripts
+    where = defaultdict(list)
+    for script in scripts:
+        counts = Counter(DEFINITION.findall(script.read_text()))
+        assert {name: n for name, n in counts.items() if n > 1} == {}, f"{script.name} defines these more than once"
+        for name in counts:
+            where[name].append(script.name)
+    # A function in several scripts must come from a library they all include, never from copies.
+    copied = {name: files for name, files in where.items()
+              if len(files) > 1 and not all(home.startswith("lib/") for home in homes.get(name, {"?"}))}
+    assert copied == {}, f"functions copied into several scripts instead of coming from hardening/lib/: {copied}"
