@@ -16,11 +16,13 @@ import copy
 import datetime as dt
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError,
+                      model_validator)
 
 from . import paths, yamlfiles
 from .errors import UserError
@@ -171,6 +173,45 @@ KmsKey = Annotated[str, StringConstraints(pattern=r"^$|^(arn:aws[a-z-]*:kms:[a-z
 ProfileName = Annotated[str, StringConstraints(pattern=r"^$|^[A-Za-z0-9+=,.@_-]{1,128}$")]
 
 
+# A launch template as EC2 names it: lt- and 17 hex digits, or a name of 3-128 characters.
+def _launch_template_id(value: str) -> str:
+    if not re.fullmatch(r"lt-[0-9a-f]{8,17}", value):
+        raise ValueError(f"{value!r} is not a launch template id (lt- and 8 to 17 lower-case hex digits)")
+    return value
+
+
+LaunchTemplateId = Annotated[str, StringConstraints(min_length=1), AfterValidator(_launch_template_id)]
+LaunchTemplateName = Annotated[str, StringConstraints(min_length=1, pattern=r"^[A-Za-z0-9()./_-]{3,128}$")]
+
+
+class LaunchTemplateFollow(_Strict):
+    """A launch template that gets a new version, with the approved image, after each approval."""
+
+    name: Optional[LaunchTemplateName] = None
+    id: Optional[LaunchTemplateId] = None
+    # Make the new version the template's default (launches that name no version use it).
+    set_default: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_of_name_or_id(self) -> "LaunchTemplateFollow":
+        if (self.name is None) == (self.id is None):
+            raise ValueError("name one launch template by name or by id (one of the two, not both)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id or ""
+
+
+def _distinct_templates(entries: list[LaunchTemplateFollow]) -> list[LaunchTemplateFollow]:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.label in seen:
+            raise ValueError(f"names launch template {entry.label!r} more than once")
+        seen.add(entry.label)
+    return entries
+
+
 class AwsSettings(_Strict):
     region: AwsRegion = "us-east-1"
     instance_type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = "t3.small"
@@ -201,6 +242,10 @@ class AwsSettings(_Strict):
     share_organization_arns: list[Arn] = Field(default_factory=list)
     share_ou_arns: list[Arn] = Field(default_factory=list)
     copy_regions: list[AwsRegion] = Field(default_factory=list)
+    # Launch templates (in aws.region) that follow approvals: after an approval each gets a new
+    # version with the approved image (the team tags each template GoldenAmiFollow=true).
+    launch_templates: Annotated[list[LaunchTemplateFollow], AfterValidator(_distinct_templates)] = Field(
+        default_factory=list)
     # How long to wait for cloud-init's host-key block in the console output.
     console_timeout_seconds: int = Field(900, ge=60, le=7200)
 

@@ -12,7 +12,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -37,6 +37,9 @@ class BuildResult:
     image: Optional[Image]
     decision: Optional[approve.Decision]
     fingerprint: str
+    # What publish did after an approval (pointer, sharing, launch template versions); the
+    # signed statement was made before it, so it cannot name these.
+    published: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -47,6 +50,7 @@ class BuildResult:
             "fingerprint": self.fingerprint,
             "decision": self.decision.summary() if self.decision else None,
             "failed_controls": self.decision.failed_controls if self.decision else [],
+            "published": dict(self.published),
         }
 
 
@@ -164,14 +168,25 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
     decision = verify_and_decide(cfg, target, image, build_dir, build_id, progress)
     record["seconds"]["verify_and_approve"] = round(time.monotonic() - clock, 1)
     image = target.get_image(image.id)
-    if image.status == "approved":
-        for key, value in target.publish(cfg, image, progress).items():
-            progress.say(f"published {key}: {value}")
+    published = publish_if_approved(cfg, target, image, progress)
+    if published is not None:
+        record["published"] = published
         # Only after the pointer names the new image: older approved ones are deprecated and
         # beyond lifecycle.keep_approved removed (never one still in use); a failure here is
         # reported with its fix and does not undo the approval.
         lifecycle.after_approval(cfg, progress)
-    return BuildResult(build_id, build_dir, image, decision, fingerprint)
+    return BuildResult(build_id, build_dir, image, decision, fingerprint, published or {})
+
+
+def publish_if_approved(cfg: Resolved, target: Target, image: Image, progress: Progress) -> Optional[dict[str, str]]:
+    """Publish an image the gate approved (pointer, sharing, copies, launch template versions)
+    and say what changed; None, and nothing touched, for an image in any other state."""
+    if image.status != "approved":
+        return None
+    published = target.publish(cfg, image, progress)
+    for key, value in published.items():
+        progress.say(f"published {key}: {value}")
+    return published
 
 
 def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str,

@@ -201,7 +201,7 @@ def _moto_resource_tags(service: str, region: str, resource_id: str) -> Optional
 
     if service != "ec2" or not botocore_stubber.enabled:
         return None
-    stores = {"ami": "amis", "snap": "snapshots", "vol": "volumes"}
+    stores = {"ami": "amis", "snap": "snapshots", "vol": "volumes", "lt": "launch_templates"}
     for account in list(ec2_backends):
         backends = ec2_backends[account]
         if region not in dict.keys(backends):

@@ -237,6 +237,14 @@ HOSTILE = {
     "delete a key pair with another name": _on("ec2:DeleteKeyPair", "key-pair", ident="prod-admin"),
     "import a key pair with another name": _tagging("key-pair", MANAGED, create_action="ImportKeyPair",
                                                     action="ec2:ImportKeyPair", ident="prod-admin"),
+    "version a launch template not marked to follow": _on("ec2:CreateLaunchTemplateVersion", "launch-template",
+                                                         {"Team": "web"}, ident="lt-0foreign"),
+    "version a launch template marked otherwise": _on("ec2:CreateLaunchTemplateVersion", "launch-template",
+                                                     {"GoldenAmiFollow": "false"}, ident="lt-0foreign"),
+    "change the default of an unmarked launch template": _on("ec2:ModifyLaunchTemplate", "launch-template",
+                                                            ident="lt-0foreign"),
+    "version a launch template merely tagged ManagedBy": _on("ec2:CreateLaunchTemplateVersion", "launch-template",
+                                                            MANAGED, ident="lt-0foreign"),
 }
 
 # Hostile requests the policy still allows, because Packer 1.6.6 (the build's Packer) needs the
@@ -277,6 +285,10 @@ LEGITIMATE = {
     "lifecycle removes the approval tags": Request("ec2:DeleteTags", _arn("image", "ami-0old"),
                                                    {"aws:TagKeys": ("ApprovalSignature",), **tag_context(resource_tags=APPROVED)}),
     "the SSM pointer": _on("ssm:PutParameter", "parameter", ident="golden-ami/debian12/latest"),
+    "publish versions a launch template marked to follow": _on("ec2:CreateLaunchTemplateVersion", "launch-template",
+                                                              {"GoldenAmiFollow": "true"}, ident="lt-0web"),
+    "publish makes the new version default": _on("ec2:ModifyLaunchTemplate", "launch-template",
+                                                {"GoldenAmiFollow": "true", "Team": "web"}, ident="lt-0web"),
 }
 
 

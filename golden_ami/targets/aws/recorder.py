@@ -153,7 +153,8 @@ def called_by_pipeline() -> bool:
 RESOURCE_TAGS: Optional[Callable[[str, str, str], Optional[dict[str, str]]]] = None
 
 _EC2_ID_KINDS = {"ami": "image", "snap": "snapshot", "i": "instance", "vol": "volume", "sg": "security-group",
-                 "key": "key-pair", "vpc": "vpc", "subnet": "subnet", "eni": "network-interface"}
+                 "key": "key-pair", "vpc": "vpc", "subnet": "subnet", "eni": "network-interface",
+                 "lt": "launch-template"}
 _EC2_SPEC_KINDS = {"instance", "volume", "security-group", "key-pair", "image", "snapshot"}
 
 
@@ -181,7 +182,10 @@ def _ec2_resources(operation: str, params: dict[str, Any]) -> list[tuple[str, st
     found += [(kind, NEW) for kind in created]
     if operation in ("CreateKeyPair", "ImportKeyPair", "DeleteKeyPair", "RunInstances") and params.get("KeyName"):
         found.append(("key-pair", params["KeyName"]))
-    for name in ("ImageId", "SourceImageId", "SnapshotId", "InstanceId", "GroupId", "VolumeId", "VpcId", "SubnetId"):
+    if params.get("LaunchTemplateName") and not params.get("LaunchTemplateId"):
+        found.append(("?", f"launch template named {params['LaunchTemplateName']}"))  # (its ARN holds the id)
+    for name in ("ImageId", "SourceImageId", "SnapshotId", "InstanceId", "GroupId", "VolumeId", "VpcId", "SubnetId",
+                 "LaunchTemplateId"):
         if params.get(name) and not (operation == "CreateSecurityGroup" and name == "GroupId"):
             found.append((_EC2_ID_KINDS.get(params[name].split("-")[0], "?"), params[name]))
     for name in ("ImageIds", "InstanceIds", "SecurityGroupIds", "Resources"):

@@ -36,6 +36,9 @@ MANAGED_BY = provenance.MANAGED_BY
 STATEMENT_DIGEST_TAG = "ApprovalStatement"
 SIGNATURE_TAG = "ApprovalSignature"
 STANDARD_PARAMETER_BYTES, ADVANCED_PARAMETER_BYTES = 4096, 8192
+# A launch template follows approvals only when its team tagged it so (aws.launch_templates
+# names it too): the IAM policy grants new versions only on templates with this tag.
+FOLLOW_TAG, FOLLOW_VALUE = "GoldenAmiFollow", "true"
 CHECKIP_URL = "https://checkip.amazonaws.com"
 
 
@@ -378,6 +381,8 @@ class AwsTarget(Target):
         aws = cfg.settings.aws
         done: dict[str, str] = {}
         ec2 = self._ec2()
+        # Before anything changes: a template that may not follow approvals stops the publish.
+        templates = self._templates_to_follow(ec2, aws.launch_templates)
         permissions = ([{"UserId": a} for a in aws.share_accounts]
                        + [{"OrganizationArn": a} for a in aws.share_organization_arns]
                        + [{"OrganizationalUnitArn": a} for a in aws.share_ou_arns])
@@ -403,7 +408,67 @@ class AwsTarget(Target):
             if ssm.get_parameter(Name=name)["Parameter"]["Value"] != image_id:
                 raise RuntimeError(f"SSM parameter {name} in {region} does not name {image_id}")
             done[f"{name} ({region})"] = image_id
+        for entry, template in templates:
+            done[f"launch template {template['LaunchTemplateName']} ({template['LaunchTemplateId']})"] = (
+                self._follow(ec2, template, entry.set_default, image, progress))
         return done
+
+    @staticmethod
+    def _templates_to_follow(ec2: Any, entries: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """Each configured launch template as EC2 describes it; refused unless tagged to follow."""
+        found = []
+        for entry in entries:
+            request = {"LaunchTemplateIds": [entry.id]} if entry.id else {"LaunchTemplateNames": [entry.name]}
+            try:
+                templates = ec2.describe_launch_templates(**request)["LaunchTemplates"]
+            except botocore.exceptions.ClientError as exc:
+                raise clients.describe_error(exc, f"find launch template {entry.label} (aws.launch_templates)") from None
+            if not templates:
+                raise UserError(f"no launch template {entry.label} (aws.launch_templates) in this region")
+            template = templates[0]
+            tags = {t["Key"]: t["Value"] for t in template.get("Tags", [])}
+            if tags.get(FOLLOW_TAG) != FOLLOW_VALUE:
+                raise UserError(f"launch template {entry.label} ({template['LaunchTemplateId']}) is not tagged "
+                                f"{FOLLOW_TAG}={FOLLOW_VALUE}: tag it so to let approvals update it (the IAM policy "
+                                "requires the tag too), or remove it from aws.launch_templates")
+            found.append((entry, template))
+        return found
+
+    @staticmethod
+    def _follow(ec2: Any, template: dict[str, Any], set_default: bool, image: Image, progress: Progress) -> str:
+        """A new version of the template with only its ImageId changed, made from its default
+        version; none when the latest version already launches this image. Read back."""
+        template_id, name = template["LaunchTemplateId"], template["LaunchTemplateName"]
+
+        def version(which: str) -> dict[str, Any]:
+            return ec2.describe_launch_template_versions(LaunchTemplateId=template_id,
+                                                         Versions=[which])["LaunchTemplateVersions"][0]
+
+        try:
+            latest = version("$Latest")
+            if latest.get("LaunchTemplateData", {}).get("ImageId") == image.id:
+                number = latest["VersionNumber"]
+                progress.say(f"launch template {name}: version {number} already launches {image.id}")
+            else:
+                source = template["DefaultVersionNumber"]
+                created = ec2.create_launch_template_version(
+                    LaunchTemplateId=template_id, SourceVersion=str(source),
+                    LaunchTemplateData={"ImageId": image.id},
+                    VersionDescription=f"golden-ami {image.id} (build {image.tags.get('BuildId', '?')})"[:255],
+                )["LaunchTemplateVersion"]
+                number = created["VersionNumber"]
+                progress.say(f"launch template {name}: version {number} (from version {source}) launches {image.id}")
+            if set_default:
+                ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(number))
+            after = ec2.describe_launch_template_versions(LaunchTemplateId=template_id,
+                                                          Versions=[str(number)])["LaunchTemplateVersions"][0]
+        except botocore.exceptions.ClientError as exc:
+            raise clients.describe_error(exc, f"make launch template {name} launch {image.id}") from None
+        if after.get("LaunchTemplateData", {}).get("ImageId") != image.id:
+            raise RuntimeError(f"launch template {name} version {number} does not launch {image.id}")
+        if set_default and not after.get("DefaultVersion"):
+            raise RuntimeError(f"launch template {name} version {number} did not become the default")
+        return f"version {number}" + (" (default)" if after.get("DefaultVersion") else "")
 
     def _copy(self, cfg: Resolved, image: Image, region: str, progress: Progress) -> str:
         ec2 = self._ec2(region)
