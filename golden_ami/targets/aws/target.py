@@ -460,8 +460,7 @@ class AwsTarget(Target):
                 progress.say(f"launch template {name}: version {number} (from version {source}) launches {image.id}")
             if set_default:
                 ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(number))
-            after = ec2.describe_launch_template_versions(LaunchTemplateId=template_id,
-                                                          Versions=[str(number)])["LaunchTemplateVersions"][0]
+            after = version(str(number))
         except botocore.exceptions.ClientError as exc:
             raise clients.describe_error(exc, f"make launch template {name} launch {image.id}") from None
         if after.get("LaunchTemplateData", {}).get("ImageId") != image.id:
