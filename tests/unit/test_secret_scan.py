@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -88,15 +89,25 @@ def clean(tmp_path) -> Path:
 
 
 # --- the in-build gate --------------------------------------------------------------------------
-def _gate(root: Path) -> list[str]:
-    """The gate's failures for this root file system (`fail` and `homes` as the hygiene script has them)."""
+def _gate(root: Path, homes: bool = True, grep_error: Optional[str] = None) -> list[str]:
+    """The gate's failures for this root file system, run by bash with `fail` and `homes` as the
+    hygiene script has them (homes=False: no home directories). grep_error: the walk ends with
+    grep's exit 2 after printing it - as root nothing here is unreadable, so a wrapper makes the
+    walk end so after it ran."""
     params = _params(root)
     script = render.shell_env().get_template("lib/secret-scan.sh.j2").render(
         controls={control_id: {"params": p} for control_id, p in params.items()})
-    prelude = (f"set -o errexit -o nounset -o pipefail\nfailures=0\n"
-               f"fail() {{ printf 'FAIL %s: %s\\n' \"$1\" \"$2\"; failures=$((failures + 1)); }}\n"
-               f"homes() {{ printf '%s\\n' {root / 'root'} {root / 'home/debian'}; }}\n")
-    done = subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60)
+    prelude = ("set -o errexit -o nounset -o pipefail\nfailures=0\n"
+               "fail() { printf 'FAIL %s: %s\\n' \"$1\" \"$2\"; failures=$((failures + 1)); }\n"
+               + (f"homes() {{ printf '%s\\n' {root / 'root'} {root / 'home/debian'}; }}\n" if homes
+                  else "homes() { :; }\n"))
+    env = {"PATH": "/usr/bin:/bin"}
+    if grep_error is not None:
+        prelude += ("real_grep=$(command -v grep)\n"
+                    "grep() { if [ \"$1\" = -rIlE ]; then \"$real_grep\" \"$@\"; printf '%s\\n' \"$GREP_ERROR\" >&2;"
+                    " return 2; fi; \"$real_grep\" \"$@\"; }\n")
+        env["GREP_ERROR"] = grep_error
+    done = subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert SECRET not in done.stdout + done.stderr and "MIIEvQ" not in done.stdout + done.stderr
     return done.stdout.splitlines()
@@ -121,32 +132,16 @@ def test_the_gate_passes_host_keys_and_look_alikes(clean):
     assert _gate(clean) == []
 
 
-def _gate_with_grep_error(root: Path, message: str) -> list[str]:
-    """The gate's failures when its walk ends with grep's exit 2 after printing message: as root
-    nothing here is unreadable, so a wrapper makes the walk end so after it ran."""
-    params = _params(root)
-    script = render.shell_env().get_template("lib/secret-scan.sh.j2").render(
-        controls={control_id: {"params": p} for control_id, p in params.items()})
-    prelude = ("set -o errexit -o nounset -o pipefail\nfailures=0\n"
-               "fail() { printf 'FAIL %s: %s\\n' \"$1\" \"$2\"; }\nhomes() { :; }\nreal_grep=$(command -v grep)\n"
-               "grep() { if [ \"$1\" = -rIlE ]; then \"$real_grep\" \"$@\"; printf '%s\\n' \"$GREP_ERROR\" >&2;"
-               " return 2; fi; \"$real_grep\" \"$@\"; }\n")
-    done = subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "GREP_ERROR": message})
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
 def test_a_scan_that_does_not_complete_fails_the_gate(clean):
-    assert _gate_with_grep_error(clean, "grep: /var/x: Input/output error") == [
+    assert _gate(clean, homes=False, grep_error="grep: /var/x: Input/output error") == [
         "FAIL GA-HYG-AWSCREDS: the scan for secrets did not complete (grep exit 2)",
         "FAIL GA-HYG-PRIVKEYS: the scan for secrets did not complete (grep exit 2)"]
 
 
 def test_a_file_that_vanished_mid_scan_is_not_a_failed_scan(clean, planted):
     vanished = "grep: /var/lib/apt/lists/partial/x: No such file or directory"
-    assert _gate_with_grep_error(clean, vanished) == []
-    assert len(_gate_with_grep_error(planted, vanished)) == 6  # what it found still counts (no homes here)
+    assert _gate(clean, homes=False, grep_error=vanished) == []
+    assert len(_gate(planted, homes=False, grep_error=vanished)) == 6  # what it found still counts (no homes here)
 
 
 # --- verify: the collector's walk, then the checks ---------------------------------------------------
