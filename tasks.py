@@ -394,26 +394,30 @@ def doctor(c, target=None, json_=False):
             "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
 def controls(c, os_=None, target="local", profile=None, config_=None, json_=False):
-    """List the controls in force for an OS and target (ids, benchmark numbers, applicability)
-    and how much of the OS's CIS Level 1 automatable recommendations they cover."""
+    """List the controls in force for an OS and target (ids, benchmark numbers, applicability),
+    then how they account for the OS's whole CIS benchmark: per Server level and assessment,
+    implemented and checked, not applicable, manual, known gaps, outside the profile. "Proven on
+    a running system" says whether the test suite runs these checks on a booted instance."""
+    from golden_ami.benchmarks import format_table
     from golden_ami.catalogue import controls_for, coverage
 
     cfg = _resolve(os_, target, config_, profile)
     chosen = controls_for(cfg)
-    covered = coverage(chosen)
+    covered = coverage(chosen, cfg.os)
     if json_:
         _emit(True, {**chosen.as_dict(), "coverage": covered}, "")
         return
     for control in chosen.controls:
         state = "applies" if control.applicable else f"n/a: {control.reason}"
-        print(f"{control.id:18} {control.os_id:12} {control.title}  [{state}]")
+        print(f"{control.os_id or '-':12} {control.id:18} {control.title}  [{state}]")
     for exception in chosen.exceptions:
-        print(f"{exception['control']:18} {'':12} SWITCHED OFF by exception until {exception['expires']}: "
+        print(f"{'':12} {exception['control']:18} SWITCHED OFF by exception until {exception['expires']}: "
               f"{exception['justification']}")
     print(f"{cfg.os.name}/{cfg.target}, profile {chosen.profile}: {covered['applicable']} applicable controls "
-          f"({covered['not_applicable']} not applicable); {covered['benchmark_covered']} of "
-          f"{covered['benchmark_level1_automated']} automatable Level 1 benchmark recommendations implemented "
-          "and verified", file=sys.stderr)
+          f"({covered['not_applicable']} not applicable)", file=sys.stderr)
+    proven = covered["proven_on_running_system"] or "no - these checks have run only on recorded or hand-written snapshots"
+    for line in format_table(cfg.os.name, covered["benchmark"], covered["table"], proven):
+        print(line, file=sys.stderr)
 
 
 @task(help={"os_": "an OS to consider (repeatable); default with --all: rebuild.os of the config",

@@ -7,6 +7,7 @@ reason that the report shows. Nothing is skipped silently.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass, field, fields
@@ -14,7 +15,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import paths, yamlfiles
+from . import benchmarks, paths, yamlfiles
 from .config import Resolved, available_os, describe_validation_error
 from .errors import UserError
 
@@ -217,10 +218,8 @@ def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
 
 
 def _benchmark_number(spec: ControlSpec, os_name: str) -> str:
-    """The number this recommendation has in the OS's own CIS benchmark ('' if none)."""
-    if os_name == "al2023":
-        return "" if spec.id.startswith("GA-") else spec.id
-    return spec.refs.get(os_name, "")
+    """The number(s) this recommendation has in the OS's own CIS benchmark ('' if none)."""
+    return ", ".join(benchmarks.numbers_of(spec.id, spec.refs, os_name))
 
 
 def controls_for(cfg: Resolved) -> ControlSet:
@@ -290,27 +289,20 @@ def _exception(control_id: str, override: Any, weakening: str = "") -> dict[str,
                                                          if exception.approved_by else {})}
 
 
-BENCHMARK_INDEX = paths.CONTROLS_DIR / "benchmarks" / "level1-automated.yaml"
-
-
-def coverage(chosen: ControlSet) -> dict[str, Any]:
-    """How much of the OS benchmark's automatable Level 1 set the controls in force cover.
-
-    A recommendation counts when an applicable control in force carries its number for this
-    OS (every control has a remediation and a check: tests/unit/test_catalogue.py sees to it).
-    """
-    benchmark = {str(i) for i in (yamlfiles.load_cached(BENCHMARK_INDEX) or {}).get(chosen.os, [])}
-    covered: set[str] = set()
-    for control in chosen.applicable:
-        numbers = {n.strip() for n in control.os_id.split(",") if n.strip()}
-        covered |= numbers & benchmark
+def coverage(chosen: ControlSet, os_data: Any) -> dict[str, Any]:
+    """How the controls in force account for the OS's whole CIS benchmark (see benchmarks.py):
+    per Server level and assessment, how many recommendations are implemented and checked, not
+    applicable, manual, known gaps, outside this profile, or unaccounted."""
+    bench = benchmarks.load(chosen.os)
+    table_rows = benchmarks.rows(bench, load_catalogue(), chosen)
     return {
         "os": chosen.os,
         "profile": chosen.profile,
         "in_force": len(chosen.controls),
         "applicable": len(chosen.applicable),
         "not_applicable": len(chosen.controls) - len(chosen.applicable),
-        "benchmark_level1_automated": len(benchmark),
-        "benchmark_covered": len(covered),
-        "benchmark_missing": sorted(benchmark - covered, key=lambda s: [int(p) if p.isdigit() else p for p in s.split(".")]),
+        "benchmark": bench.title,
+        "table": benchmarks.coverage_table(table_rows),
+        "proven_on_running_system": os_data.proven_on_running_system,
+        "recommendations": [dataclasses.asdict(row) for row in table_rows],
     }

@@ -133,6 +133,10 @@ class OsData(_Strict):
     sbom: OsSbom
     targets: dict[Literal["aws", "local"], TargetOsData]
     settings: dict[str, Any] = Field(default_factory=dict)
+    # How the test suite runs this OS's checks on a booted instance of it; empty when it never
+    # does (checks proven only on snapshots). `invoke controls` prints it; a unit test holds it
+    # to what tests/e2e builds.
+    proven_on_running_system: str = ""
 
 
 # --- pipeline settings -----------------------------------------------------------------------
