@@ -20,6 +20,7 @@ from golden_ami.procs import terminate_as_interrupt
 from golden_ami.progress import Progress
 
 TARGET_HELP = "aws or local (default: local, a real VM under QEMU; no AWS account needed)"
+PROFILE_HELP = "baseline, cis-level1-server or cis-level2-server (the default: see README, Profiles)"
 OS_HELP = "one of: " + ", ".join(gconfig.available_os())
 CONFIG_HELP = "a config file (default: ./golden-ami.yaml if present, or $GOLDEN_AMI_CONFIG)"
 JSON_HELP = "print the result as JSON on stdout"
@@ -103,7 +104,7 @@ def _settings_target(target: str, config_file, region=None):
 
 @task(help={"os_": OS_HELP, "target": TARGET_HELP, "out": "directory to write (default: under the state dir)",
             "source_ami": "aws: pin the source AMI id instead of resolving it",
-            "profile": "baseline or cis-level1-server", "config_": CONFIG_HELP, "json_": JSON_HELP})
+            "profile": PROFILE_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
 def render(c, os_=None, target="local", out=None, source_ami=None, profile=None, config_=None, json_=False):
     """Render the Packer template, hardening scripts and variables for one OS into a build directory.
@@ -152,7 +153,7 @@ def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, point_r
 
 @task(help={"os_": OS_HELP, "target": TARGET_HELP, "source_ami": "aws: pin the source AMI id",
             "from_render": "build exactly this rendered directory (its fingerprint is recomputed)",
-            "profile": "baseline or cis-level1-server", "accelerator": ACCEL_HELP, "config_": CONFIG_HELP,
+            "profile": PROFILE_HELP, "accelerator": ACCEL_HELP, "config_": CONFIG_HELP,
             "accept_unpinned_host_key": UNPINNED_HELP, "json_": JSON_HELP})
 @_user_errors
 def build(c, os_=None, target="local", source_ami=None, from_render=None, profile=None, accelerator=None,
@@ -390,7 +391,7 @@ def doctor(c, target=None, json_=False):
         raise Exit(code=1)
 
 
-@task(help={"os_": OS_HELP, "target": TARGET_HELP, "profile": "baseline or cis-level1-server",
+@task(help={"os_": OS_HELP, "target": TARGET_HELP, "profile": PROFILE_HELP,
             "config_": CONFIG_HELP, "json_": JSON_HELP})
 @_user_errors
 def controls(c, os_=None, target="local", profile=None, config_=None, json_=False):

@@ -97,6 +97,11 @@ def load(os_name: str) -> Benchmark:
     return benchmark
 
 
+def server_levels(os_name: str) -> dict[str, Optional[int]]:
+    """Benchmark number -> its level in the Server profiles (None: not in them)."""
+    return {r.number: r.server for r in load(os_name).recommendations}
+
+
 def numbers_of(control_id: str, refs: dict[str, str], os_name: str) -> list[str]:
     """The benchmark numbers a catalogue control carries on os_name. The catalogue's ids are
     CIS Amazon Linux 2023 numbers (GA- ids are the pipeline's own); other OSes map through refs."""

@@ -20,7 +20,13 @@ from .config import Resolved, available_os, describe_validation_error
 from .errors import UserError
 
 CATALOGUE_GLOB = "*.yaml"  # controls/NN-<area>.yaml, read in name order
-PROFILES = ("baseline", "cis-level1-server")
+# baseline: the first hardening set (patching, firewall, SSH, agents, hygiene).
+# cis-level1-server: exactly the OS benchmark's Level 1 Server recommendations the catalogue
+# implements, plus the pipeline's own level-1 GA- controls; cis-level2-server: Level 1 and 2.
+# A control joins the CIS profiles by the level its numbers have in the OS's benchmark list
+# (controls/benchmarks/<os>.yaml), so one control can be Level 1 on one OS and 2 on another.
+PROFILES = ("baseline", "cis-level1-server", "cis-level2-server")
+_CIS_PROFILE_LEVEL = {"cis-level1-server": 1, "cis-level2-server": 2}
 
 # A parameter value ends up in scripts and config files: keep strings to a plain alphabet.
 _SAFE_PARAM_STRING = re.compile(r"^[A-Za-z0-9._@/:+-]{1,255}$")
@@ -47,7 +53,8 @@ class ControlSpec(BaseModel):
     title: str
     section: str
     level: Literal[1, 2]
-    profiles: list[Literal["baseline", "cis-level1-server"]]
+    # baseline and/or cis (the CIS profiles, at the level the OS's benchmark gives it)
+    profiles: list[Literal["baseline", "cis"]]
     refs: dict[str, str] = Field(default_factory=dict)
     applies: Applies = Applies()
     params: dict[str, Any] = Field(default_factory=dict)
@@ -222,6 +229,20 @@ def _benchmark_number(spec: ControlSpec, os_name: str) -> str:
     return ", ".join(benchmarks.numbers_of(spec.id, spec.refs, os_name))
 
 
+def level_on(spec: ControlSpec, os_name: str, levels: dict[str, Optional[int]]) -> int:
+    """The control's Server level on os_name: the lowest level its numbers have in the OS's
+    benchmark (a control that meets a Level 1 recommendation is needed at Level 1), else the
+    catalogue's own (GA- controls, numbers the benchmark puts in no Server profile)."""
+    known = [levels[n] for n in benchmarks.numbers_of(spec.id, spec.refs, os_name) if levels.get(n)]
+    return min(known) if known else spec.level
+
+
+def in_profile_at(spec: ControlSpec, profile: str, level: int) -> bool:
+    if profile in _CIS_PROFILE_LEVEL:
+        return "cis" in spec.profiles and level <= _CIS_PROFILE_LEVEL[profile]
+    return profile in spec.profiles
+
+
 def controls_for(cfg: Resolved) -> ControlSet:
     """The controls in force for this OS, target and profile, with user overrides applied."""
     specs = load_catalogue()
@@ -231,12 +252,15 @@ def controls_for(cfg: Resolved) -> ControlSet:
             raise UserError(f"config names unknown control {control_id!r}: see `invoke controls`")
     chosen: list[Control] = []
     exceptions: list[dict[str, Any]] = []
+    levels = benchmarks.server_levels(cfg.os.name)
     for spec in specs:
         override = cfg.settings.controls.get(spec.id)
         enabled = spec.enabled if override is None or override.enabled is None else override.enabled
-        if cfg.profile in spec.profiles and spec.enabled and not enabled:
+        level = level_on(spec, cfg.os.name, levels)
+        in_profile = in_profile_at(spec, cfg.profile, level)
+        if in_profile and spec.enabled and not enabled:
             exceptions.append(_exception(spec.id, override))
-        if cfg.profile not in spec.profiles or not enabled:
+        if not in_profile or not enabled:
             continue
         params = dict(spec.params)
         for name, value in spec.params_by_os.get(cfg.os.name, {}).items():
@@ -259,7 +283,7 @@ def controls_for(cfg: Resolved) -> ControlSet:
                 id=spec.id,
                 title=spec.title,
                 section=spec.section,
-                level=spec.level,
+                level=level,
                 refs=dict(spec.refs),
                 remediation=spec.remediation,
                 check=spec.check,

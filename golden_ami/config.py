@@ -326,7 +326,7 @@ class ControlOverride(_Strict):
 
 
 class Settings(_Strict):
-    profile: Literal["baseline", "cis-level1-server"] = "cis-level1-server"
+    profile: Literal["baseline", "cis-level1-server", "cis-level2-server"] = "cis-level2-server"
     state_dir: Optional[str] = None
     # Expiring exceptions for failing controls (golden_ami/waivers.py); relative to the config file.
     waivers_file: Optional[str] = None

@@ -30,12 +30,12 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_good_build_is_approved_and_latest(local_state, approved_build):
-    """The default build (profile cis-level1-server) passes every applicable control."""
+    """The default build (profile cis-level2-server) passes every applicable control."""
     state, env = local_state
     assert approved_build["status"] == "approved", approved_build
     build_dir = Path(approved_build["build_dir"])
     report = json.loads((build_dir / "verify" / "report.json").read_text())
-    assert report["image_id"] == approved_build["image_id"] and report["profile"] == "cis-level1-server"
+    assert report["image_id"] == approved_build["image_id"] and report["profile"] == "cis-level2-server"
     outcomes = {row["id"]: row["outcome"] for row in report["controls"]}
     assert outcomes["GA-SSH-PASSWORD"] == "pass" and outcomes["GA-FW-INBOUND"] == "pass"
     assert outcomes["GA-AGENT-SSM"] == "not-applicable"

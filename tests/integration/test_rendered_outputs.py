@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from golden_ami import config, packer, render, sshkeys
+from golden_ami import catalogue, config, packer, render, sshkeys
 from tests.conftest import provenance_vars, required_tool
 
 INSTALLER = "scripts/install.sh"
@@ -17,7 +17,7 @@ LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location
                                   checksum="sha256:" + "1" * 64)
 AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd64-20261101", location="us-east-1")
 CASES = [(os_name, target) for os_name in config.available_os() for target in config.TARGETS]
-PROFILES = ("baseline", "cis-level1-server")
+PROFILES = catalogue.PROFILES
 
 
 def _runtime_vars(target, tmp_path):

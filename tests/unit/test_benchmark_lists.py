@@ -141,3 +141,25 @@ def test_proven_on_a_running_system_only_where_the_e2e_tier_boots_that_os():
     booted = set(re.findall(r"--os=([a-z0-9]+)", e2e))
     claimed = {name for name in _systems() if config.load_os_data(name).proven_on_running_system}
     assert claimed == booted, "os/<os>.yaml proven_on_running_system must match the OSes tests/e2e builds"
+
+
+@pytest.mark.parametrize("os_name", _systems())
+def test_each_cis_profile_holds_exactly_the_levels_its_name_says(os_name):
+    """cis-level1-server: every control that carries a Level 1 Server number of this OS's
+    benchmark, none whose numbers are all Level 2, the GA- controls of level 1; cis-level2-server:
+    every CIS control. Both hold all of baseline."""
+    levels = benchmarks.server_levels(os_name)
+    specs = catalogue.load_catalogue()
+    in_force = {}
+    for profile in ("cis-level1-server", "cis-level2-server", "baseline"):
+        cfg = config.resolve(os_name, "local", overrides={"profile": profile})
+        in_force[profile] = {c.id for c in catalogue.controls_for(cfg).controls}
+    for spec in specs:
+        server = {levels.get(n) for n in benchmarks.numbers_of(spec.id, spec.refs, os_name)} - {None}
+        if "cis" not in spec.profiles:
+            assert spec.id not in in_force["cis-level2-server"]
+            continue
+        level1 = 1 in server if server else spec.level == 1
+        assert (spec.id in in_force["cis-level1-server"]) == level1, (spec.id, server, spec.level)
+        assert spec.id in in_force["cis-level2-server"], spec.id
+    assert in_force["baseline"] <= in_force["cis-level1-server"]

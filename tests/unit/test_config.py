@@ -31,7 +31,7 @@ def test_layers_apply_in_order(state_dir, tmp_path):
     cfg = config.resolve("debian12", "local", str(user), overrides={"profile": "baseline"})
     assert cfg.settings.local.memory_mb == 2048  # user file over defaults
     assert cfg.settings.local.cpus == 3  # per_os over the general user setting
-    assert cfg.settings.profile == "baseline"  # flags over everything (the default is cis-level1-server)
+    assert cfg.settings.profile == "baseline"  # flags over everything (the default is cis-level2-server)
     assert cfg.settings.local.disk_size_mb == 4096  # defaults where nobody spoke
     other = config.resolve("al2023", "local", str(user))
     assert other.settings.local.cpus == 1

@@ -7,7 +7,7 @@ import subprocess
 import jinja2
 import pytest
 
-from golden_ami import config, render
+from golden_ami import catalogue, config, render
 from golden_ami.errors import UserError
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
@@ -59,7 +59,7 @@ def test_build_directory_layout(state_dir, tmp_path):
     json.loads((aws.directory / "files" / "cloudwatch" / "amazon-cloudwatch-agent.json").read_text())
 
 
-@pytest.mark.parametrize("profile", ["baseline", "cis-level1-server"])
+@pytest.mark.parametrize("profile", catalogue.PROFILES)
 def test_every_applicable_control_id_appears_in_the_rendered_remediation(state_dir, tmp_path, profile):
     for os_name in config.available_os():
         for target, source in (("local", LOCAL_SOURCE), ("aws", AWS_SOURCE)):

@@ -5,13 +5,13 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from golden_ami import config, paths, render
+from golden_ami import catalogue, config, paths, render
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
                                   checksum="sha256:" + "1" * 64)
 AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd64-20261101", location="us-east-1")
 CASES = [(os_name, target) for os_name in config.available_os() for target in config.TARGETS]
-PROFILES = ("baseline", "cis-level1-server")
+PROFILES = catalogue.PROFILES
 
 # A shell function definition at the start of a line (indented ones included): `name() {`.
 DEFINITION = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_]*)\(\)[ \t]*\{", re.MULTILINE)

@@ -5,8 +5,8 @@
         --os debian12 --out tests/data/facts/debian12-base.json
 
 Boots the disk on a throw-away overlay (the local target's VM, host key pinned from its
-console), gathers the facts the verify suite reads for the OS's cis-level1-server controls on
-the local target - the same collector, request and dynamic commands as a verify run - and
+console), gathers the facts the verify suite reads for the OS's controls of the default profile
+(cis-level2-server) on the local target - the same collector, request and dynamic commands as a verify run - and
 writes the snapshot. The collector never lets a secret out (password hashes are reduced to
 their scheme, private keys are not read); the file is checked for private key material once
 more before it is written.
