@@ -147,7 +147,8 @@ def test_proven_on_a_running_system_only_where_the_e2e_tier_boots_that_os():
 def test_each_cis_profile_holds_exactly_the_levels_its_name_says(os_name):
     """cis-level1-server: every control that carries a Level 1 Server number of this OS's
     benchmark, none whose numbers are all Level 2, the GA- controls of level 1; cis-level2-server:
-    every CIS control. Both hold all of baseline."""
+    every CIS control and all of baseline. (Not Level 1 all of baseline: baseline holds the
+    auditd and nftables-rule-set controls, which the benchmarks rate Level 2.)"""
     levels = benchmarks.server_levels(os_name)
     specs = catalogue.load_catalogue()
     in_force = {}
@@ -162,4 +163,4 @@ def test_each_cis_profile_holds_exactly_the_levels_its_name_says(os_name):
         level1 = 1 in server if server else spec.level == 1
         assert (spec.id in in_force["cis-level1-server"]) == level1, (spec.id, server, spec.level)
         assert spec.id in in_force["cis-level2-server"], spec.id
-    assert in_force["baseline"] <= in_force["cis-level1-server"]
+    assert in_force["baseline"] <= in_force["cis-level2-server"]
