@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import hostkeys, paths, sshkeys, waivers
-from . import report as readable
-from .report import summarise
+from . import report as readable  # (run() calls its report dict `report`)
 from .config import Resolved
 from .files import write_atomic
 from .errors import UserError, VerificationError
@@ -111,7 +110,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
-            report["summary"] = summarise(report["controls"])
+            report["summary"] = readable.summarise(report["controls"])
             write_reports(run_dir, report)
             key.private_key_path.unlink()  # the private key dies with the instance
             _swap_in(run_dir, verify_dir)
