@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import hostkeys, paths, sshkeys, waivers
-from .report import markdown, summarise
+from . import report as readable  # (run() calls its report dict `report`)
 from .config import Resolved
 from .files import write_atomic
 from .errors import UserError, VerificationError
@@ -30,6 +30,7 @@ from .targets.base import Image, Target
 
 REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
+HTML_FILE = "report.html"  # the same report as one self-contained page (no external assets)
 JUNIT_FILE = "junit.xml"
 FACTS_FILE = "facts.json"  # the raw snapshot the verdicts were made on (written by verify/)
 SBOM_FILE = "sbom.cdx.json"  # CycloneDX, from that snapshot's package list (written by verify/)
@@ -109,9 +110,8 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report["host_key"] = pinned
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
-            report["summary"] = summarise(report["controls"])
-            _write_report(run_dir / REPORT_FILE, report)
-            write_atomic(run_dir / MARKDOWN_FILE, markdown(report))
+            report["summary"] = readable.summarise(report["controls"])
+            write_reports(run_dir, report)
             key.private_key_path.unlink()  # the private key dies with the instance
             _swap_in(run_dir, verify_dir)
             seal(target, image, verify_dir)
@@ -139,7 +139,7 @@ def exception_rows(exceptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # What a verify run leaves in verify/, replaced as a set (the report last: it names the run).
-RUN_OUTPUTS = (MARKDOWN_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts", REPORT_FILE)
+RUN_OUTPUTS = (MARKDOWN_FILE, HTML_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts", REPORT_FILE)
 
 
 def _swap_in(run_dir: Path, verify_dir: Path) -> None:
@@ -217,8 +217,12 @@ def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Pat
         raise VerificationError(f"the verify suite wrote no report (pytest exit {status}): see {log_path}")
 
 
-def _write_report(path: Path, report: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+def write_reports(directory: Path, report: dict[str, Any]) -> None:
+    """report.json and its two readable views, from the one report dict: whoever writes the
+    report writes all three, so the views never lag behind the JSON."""
+    write_atomic(directory / MARKDOWN_FILE, readable.markdown(report))
+    write_atomic(directory / HTML_FILE, readable.html(report))
+    write_atomic(directory / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], work_dir: Path,

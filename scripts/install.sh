@@ -26,8 +26,9 @@ apt-get install -y -q --no-install-recommends \
 
 if [ "$requirements" = requirements-test.txt ]; then
   # systemd-analyze: the tests verify the shipped systemd units; jq, openssl: the tests run
-  # docs/consumers.md's signature check.
-  apt-get install -y -q --no-install-recommends systemd jq openssl
+  # docs/consumers.md's signature check; chromium: the tests open verify/report.html in a
+  # headless browser (counts, rows and filter as rendered, a screenshot).
+  apt-get install -y -q --no-install-recommends systemd jq openssl chromium
 fi
 
 if [ ! -x .venv/bin/python ]; then
