@@ -52,13 +52,15 @@ def view(report: dict[str, Any]) -> dict[str, Any]:
         "image_id": str(report.get("image_id", "?")),
         "header": [
             ("OS / target / profile", f"{report.get('os')} / {report.get('target')} / {report.get('profile')}"),
+            ("benchmark", str(report.get("benchmark", ""))),
             ("fingerprint", str(report.get("fingerprint", ""))),
             ("build", str(report.get("build_id", ""))),
             ("verified", f"{report.get('started_at', '')} - {report.get('finished_at', '')}"),
             ("host key", str(report.get("host_key", "pinned from the console"))),
         ],
         "counts": outcome_counts(report),
-        "columns": ("control", "OS benchmark", "title", "outcome", "detail"),
+        # The OS's own benchmark number leads: it is what an auditor holds the report against.
+        "columns": ("OS benchmark", "control", "title", "outcome", "detail"),
         "rows": [{"id": str(r["id"]), "os_id": str(r.get("os_id") or ""), "title": str(r.get("title") or ""),
                   "outcome": str(r["outcome"]), "detail": row_detail(r)} for r in ordered_rows(report)],
         "waiver_columns": ("control", "scope", "expires", "state", "justification"),
@@ -85,7 +87,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Verification report: {shown['image_id']}", ""]
     lines += [f"- {label}: {value}" for label, value in shown["header"]]
     lines += ["- summary: " + ", ".join(f"{count} {outcome}" for outcome, count in shown["counts"]), ""]
-    lines += _table(shown["columns"], [(r["id"], r["os_id"], r["title"], r["outcome"], r["detail"])
+    lines += _table(shown["columns"], [(r["os_id"], r["id"], r["title"], r["outcome"], r["detail"])
                                        for r in shown["rows"]])
     for title, columns, rows in (("Waivers", "waiver_columns", "waivers"),
                                  ("Exceptions", "exception_columns", "exceptions")):

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from . import hostkeys, paths, sshkeys, waivers
+from . import benchmarks, hostkeys, paths, sshkeys, waivers
 from . import report as readable  # (run() calls its report dict `report`)
 from .config import Resolved
 from .files import write_atomic
@@ -108,6 +108,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             report["controls"].extend(exception_rows(exceptions))
             report["exceptions"] = exceptions
             report["host_key"] = pinned
+            report["benchmark"] = benchmarks.load(cfg.os.name).title  # what its os_id numbers refer to
             report["waivers"] = waivers.apply(report["controls"], waivers.load(cfg.waivers_file), cfg.os.name,
                                               cfg.target)
             report["summary"] = readable.summarise(report["controls"])

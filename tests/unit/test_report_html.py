@@ -152,7 +152,8 @@ def test_host_text_is_escaped_never_markup(realistic):
 def test_every_control_row_in_order_and_the_bar_counts_the_summary(realistic):
     page = Page(report.html(realistic))
     assert len(page.rows) == len(realistic["controls"])
-    assert [row["cells"][0] for row in page.rows] == [r["id"] for r in report.ordered_rows(realistic)]
+    assert [row["cells"][1] for row in page.rows] == [r["id"] for r in report.ordered_rows(realistic)]
+    assert [row["cells"][0] for row in page.rows] == [r.get("os_id") or "" for r in report.ordered_rows(realistic)]
     assert [row["cells"][4] for row in page.rows] == [report.row_detail(r) for r in report.ordered_rows(realistic)]
     assert Counter(row["outcome"] for row in page.rows) == Counter(realistic["summary"])
     # Every outcome of the summary, "error" included, and the known ones even at zero.
@@ -167,9 +168,10 @@ def test_every_control_row_in_order_and_the_bar_counts_the_summary(realistic):
 
 def test_markdown_shows_the_same_rows_in_the_same_order(realistic):
     lines = report.markdown(realistic).splitlines()
-    table = lines[lines.index("| control | OS benchmark | title | outcome | detail |") + 2:]
-    ids = [line.split(" | ")[0].removeprefix("| ") for line in table[:len(realistic["controls"])]]
-    assert ids == [r["id"] for r in report.ordered_rows(realistic)]
+    table = lines[lines.index("| OS benchmark | control | title | outcome | detail |") + 2:]
+    cells = [line.removeprefix("| ").split(" | ") for line in table[:len(realistic["controls"])]]
+    assert [c[1] for c in cells] == [r["id"] for r in report.ordered_rows(realistic)]
+    assert [c[0] for c in cells] == [r.get("os_id") or "" for r in report.ordered_rows(realistic)]
     assert "## Waivers" in lines and "## Exceptions" in lines
 
 
