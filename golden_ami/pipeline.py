@@ -22,6 +22,7 @@ from .config import Resolved
 from .files import write_atomic
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
+from .render_for_target import render_for_target
 from .progress import Progress
 from .targets import get_target
 from .targets.base import BuildContext, Image, Target
@@ -80,7 +81,7 @@ def target_for(cfg: Resolved) -> Target:
 
 
 def render_only(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> render.RenderResult:
-    return render.render_for_target(cfg, out_dir, source_pin)
+    return render_for_target(cfg, out_dir, source_pin)
 
 
 def _check_prerequisites(target: Target, cfg: Resolved) -> None:

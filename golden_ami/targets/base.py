@@ -7,6 +7,10 @@ pipeline) talks only to this and never asks which target it has.
     boot a test instance           run_instances               QEMU on an overlay
     console text (host keys)       get_console_output          the VM's serial log
     where tags live                EC2 image tags              the local image store
+    prune older approved images    aws/prune.py: deprecate,    local/prune.py: delete from
+                                   deregister (per region)     the store
+    reap what crashed runs left    aws/reap.py: instances,     local/reap.py: QEMU/Packer
+                                   key pairs, groups, AMIs     processes, runtime dirs
 """
 from __future__ import annotations
 
@@ -14,12 +18,16 @@ import abc
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..config import Resolved, Settings
 from ..progress import Progress
 from ..render import SourceImage
 from ..sshkeys import KeyPair
+
+if TYPE_CHECKING:  # plans.py uses age_order from here: a runtime import would be a cycle
+    from ..plans import PrunePlan, ReapPlan
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,18 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
         """Change tags, then read them back; raise if the change did not land."""
+
+    # --- lifecycle (golden_ami/lifecycle.py: invoke prune; golden_ami/reaper.py: invoke reap) ---
+    @abc.abstractmethod
+    def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
+                    now: Optional[datetime] = None) -> list[PrunePlan]:
+        """What to do with the older approved images of each OS (only reads). refused[os]: the
+        images tagged approved whose signed approval does not verify (never counted)."""
+
+    @abc.abstractmethod
+    def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
+                  now: Optional[datetime] = None) -> ReapPlan:
+        """What crashed or killed runs left behind (only reads)."""
 
     # --- approval statements (golden_ami/attest.py) ---
     signs_approvals = False  # True: an image counts as approved only with a statement that verifies

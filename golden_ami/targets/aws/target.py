@@ -17,7 +17,8 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from datetime import datetime
+from typing import Any, Iterator, Mapping, Optional
 
 import botocore.exceptions
 
@@ -28,7 +29,7 @@ from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
 from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
-from . import checks, clients, signing, source
+from . import checks, clients, prune, reap, signing, source
 
 MANAGED_BY = provenance.MANAGED_BY
 # The approval statement's digest and signature, on the image: they name the one statement in
@@ -246,6 +247,21 @@ class AwsTarget(Target):
         if not images:
             raise UserError(f"no AMI {image_id} in {self.region}")
         return _image(images[0], self.region)
+
+    # --- lifecycle ---
+    def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
+                    now: Optional[datetime] = None) -> list[prune.AwsPrunePlan]:
+        """One plan per region (aws.region and every copy region) and OS. Copies in other regions
+        carry the tags but not a statement of their own: they are counted by their tags."""
+        aws = self.settings.aws
+        regions = list(dict.fromkeys([aws.region, *aws.copy_regions]))
+        return [prune.plan_aws(self.settings, name, region, now=now,
+                               refused=refused.get(name, {}) if region == aws.region else {})
+                for region in regions for name in os_names]
+
+    def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
+                  now: Optional[datetime] = None) -> reap.AwsReapPlan:
+        return reap.plan_aws(self.settings, older_than_hours, candidates_older_than_hours, now=now)
 
     def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]:
         filters = [{"Name": "tag:ManagedBy", "Values": [MANAGED_BY]}]
