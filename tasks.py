@@ -376,7 +376,7 @@ def doctor(c, target=None, json_=False):
     """Check this machine: Packer, QEMU, a working accelerator, base images, AWS credentials."""
     from golden_ami import doctor as checks
 
-    if target not in (None, "aws", "local"):
+    if target is not None and target not in gconfig.TARGETS:
         raise UserError(f"unknown --target {target!r}: choose aws or local")
     cfg = gconfig.resolve(gconfig.available_os()[0], "local", None)
     findings = checks.check(cfg.state_dir, (target,) if target else ("local", "aws"))

@@ -231,20 +231,9 @@ def _packer_variables(cfg: Resolved, source: SourceImage) -> dict[str, Any]:
         "source_image_name": source.name,
         "profile": cfg.profile,
     }
-    if cfg.target == "local":
-        local = cfg.settings.local
-        variables.update(
-            {
-                "source_image_checksum": source.checksum,
-                "cpus": local.cpus,
-                "memory_mb": local.memory_mb,
-                "disk_size_mb": local.disk_size_mb,
-                "ssh_timeout_minutes": local.ssh_timeout_minutes,
-            }
-        )
-    else:
-        aws = cfg.settings.aws
-        variables.update({"region": aws.region, "instance_type": aws.instance_type})
+    # The target's own (cpus and memory for QEMU, region and instance type for EC2): its
+    # settings section, named like the target (config.Settings.local / .aws), says which.
+    variables.update(getattr(cfg.settings, cfg.target).template_variables(source.checksum))
     return variables
 
 

@@ -11,12 +11,15 @@ pipeline) talks only to this and never asks which target it has.
                                    deregister (per region)     the store
     reap what crashed runs left    aws/reap.py: instances,     local/reap.py: QEMU/Packer
                                    key pairs, groups, AMIs     processes, runtime dirs
+    invoke doctor                  aws/doctor.py: credentials  local/doctor.py: QEMU, KVM,
+                                                               base images
 """
 from __future__ import annotations
 
 import abc
 import contextlib
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
@@ -54,6 +57,26 @@ def age_order(image_id: str, tags: Mapping[str, str], created: str = "") -> tupl
     let prune remove the one `latest` prints. (Both stamps are UTC ISO 8601: text order is
     time order.)"""
     return (tags.get("CreatedAt") or created, image_id)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of `invoke doctor`: what this machine has or lacks, with its fix."""
+
+    area: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def tool_finding(area: str, binary: str, package: str) -> Finding:
+    path = shutil.which(binary)
+    if path:
+        return Finding(area, True, f"{binary}: {path}")
+    return Finding(area, False, f"{binary} is not installed", f"apt-get install {package}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +174,11 @@ class Target(abc.ABC):
     def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
                   now: Optional[datetime] = None) -> ReapPlan:
         """What crashed or killed runs left behind (only reads)."""
+
+    # --- invoke doctor ---
+    def doctor_findings(self, probe_kvm: bool = True) -> list[Finding]:
+        """What this machine has and lacks for this target (tools, accelerators, credentials)."""
+        return []
 
     # --- approval statements (golden_ami/attest.py) ---
     signs_approvals = False  # True: an image counts as approved only with a statement that verifies

@@ -29,7 +29,7 @@ from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
 from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
-from . import checks, clients, prune, reap, signing, source
+from . import checks, clients, doctor, prune, reap, signing, source
 
 MANAGED_BY = provenance.MANAGED_BY
 # The approval statement's digest and signature, on the image: they name the one statement in
@@ -247,6 +247,9 @@ class AwsTarget(Target):
         if not images:
             raise UserError(f"no AMI {image_id} in {self.region}")
         return _image(images[0], self.region)
+
+    def doctor_findings(self, probe_kvm: bool = True) -> list[doctor.Finding]:
+        return [doctor.credentials_finding()]
 
     # --- lifecycle ---
     def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],

@@ -17,7 +17,7 @@ from ...render import SourceImage
 from ...sshkeys import KeyPair, generate
 from ..base import BuildContext, Image, Problem, Target, TestInstance
 from . import accel as accelerators
-from . import base_image, prune, reap, vm
+from . import base_image, doctor, prune, reap, vm
 from .seed import write_seed_files
 from .store import Store, StoredImage
 
@@ -118,6 +118,9 @@ class LocalTarget(Target):
     # --- registry ---
     def get_image(self, image_id: str) -> Image:
         return _image(self.store.get(image_id))
+
+    def doctor_findings(self, probe_kvm: bool = True) -> list[doctor.Finding]:
+        return doctor.findings(self.state_dir, probe_kvm)
 
     # --- lifecycle ---
     def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
