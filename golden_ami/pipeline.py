@@ -36,7 +36,7 @@ class BuildResult:
     build_id: str
     build_dir: Path
     image: Optional[Image]
-    decision: Optional[approve.Decision]
+    decision: Optional[approve.ApprovalDecision]
     fingerprint: str
     # What publish did after an approval (pointer, sharing, launch template versions); the
     # signed statement was made before it, so it cannot name these.
@@ -191,7 +191,7 @@ def publish_if_approved(cfg: Resolved, target: Target, image: Image, progress: P
 
 
 def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str,
-                      progress: Progress) -> approve.Decision:
+                      progress: Progress) -> approve.ApprovalDecision:
     """Verify a candidate, then approve or reject it. A broken verification rejects too."""
     report = None
     error = None

@@ -8,7 +8,7 @@ from ..base import Finding
 
 def credentials_finding() -> Finding:
     try:
-        import boto3
+        import boto3  # here, not at the top: a failure to import it is itself the finding
 
         session = boto3.Session()
         credentials = session.get_credentials()

@@ -20,6 +20,7 @@ from pathlib import Path
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Optional
 
+import boto3
 import botocore.exceptions
 
 from ... import provenance
@@ -90,8 +91,6 @@ class AwsTarget(Target):
         if shutil.which(self.settings.packer.binary) is None:
             found.append(Problem("packer is not installed", "apt-get install packer"))
         try:
-            import boto3
-
             if boto3.Session().get_credentials() is None:
                 found.append(Problem("no AWS credentials", "set AWS_PROFILE, run aws sso login, or use a role"))
         except Exception as exc:  # noqa: BLE001 - reported as the problem
@@ -325,7 +324,7 @@ class AwsTarget(Target):
         return signer
 
     def _pinned_key(self) -> Any:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         path = self.settings.aws.signing_public_key
         if not path:

@@ -142,12 +142,12 @@ class LocalTarget(Target):
     signs_approvals = True
 
     def approval_signer(self) -> Any:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         return attest.local_signer(self.state_dir)
 
     def approval_keys(self) -> list[Any]:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         # Never made here: without the key there is no statement to check either.
         return [attest.local_signer(self.state_dir).public_key] if (self.state_dir / attest.KEY_FILE).exists() else []
