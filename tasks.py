@@ -112,10 +112,10 @@ def render(c, os_=None, target="local", out=None, source_ami=None, profile=None,
     The directory is self-contained and deterministic (same inputs, same bytes); its
     fingerprint (sha256 over every rendered byte plus the resolved source image) is printed.
     """
-    from golden_ami import render as grender  # not the pipeline: a render needs none of its imports
+    from golden_ami.render_for_target import render_for_target  # not the pipeline: a render needs none of it
 
     cfg = _resolve(os_, target, config_, profile)
-    result = grender.render_for_target(cfg, Path(out) if out else None, source_ami)
+    result = render_for_target(cfg, Path(out) if out else None, source_ami)
     _emit(json_, {"directory": str(result.directory), "fingerprint": result.fingerprint,
                  "source_image": result.source.as_dict(), "files": result.files},
           f"rendered {len(result.files)} files into {result.directory}\nfingerprint {result.fingerprint}")
@@ -377,7 +377,7 @@ def doctor(c, target=None, json_=False):
     """Check this machine: Packer, QEMU, a working accelerator, base images, AWS credentials."""
     from golden_ami import doctor as checks
 
-    if target not in (None, "aws", "local"):
+    if target is not None and target not in gconfig.TARGETS:
         raise UserError(f"unknown --target {target!r}: choose aws or local")
     cfg = gconfig.resolve(gconfig.available_os()[0], "local", None)
     findings = checks.check(cfg.state_dir, (target,) if target else ("local", "aws"))
@@ -484,8 +484,7 @@ def prune(c, os_=None, target="local", yes=False, config_=None, json_=False):
     for name in names:
         if name not in gconfig.available_os():
             raise UserError(f"unknown --os {name!r}: {OS_HELP}")
-    plans = lifecycle.plan(cfg.settings, target, cfg.state_dir, names or None)
-    _apply_plans(plans, yes, json_, lambda each: lifecycle.apply(each), "prune")
+    _apply_plans(lifecycle.plan(cfg.settings, target, cfg.state_dir, names or None), yes, json_, "prune")
 
 
 @task(help={"target": TARGET_HELP, "older_than_hours": "leftovers younger than this are kept, a run may still "
@@ -511,20 +510,18 @@ def reap(c, target="local", older_than_hours=None, candidates_older_than_hours=N
                 hours[name] = math.nan
             if not math.isfinite(hours[name]):  # (nan and inf parse as floats)
                 raise UserError(f"--{name.replace('_', '-')} must be a number of hours, not {value!r}")
-    plan = reaper.plan(cfg.settings, target, cfg.state_dir, **hours)
-    _apply_plans([plan], yes, json_, lambda each: reaper.apply(each, yes=True, settings=cfg.settings), "reap")
+    _apply_plans([reaper.plan(cfg.settings, target, cfg.state_dir, **hours)], yes, json_, "reap")
 
 
-def _apply_plans(plans, yes, as_json, apply_one, verb):
-    """Print each plan; with yes, carry out those with something to do (prune and reap)."""
+def _apply_plans(plans, yes, as_json, verb):
+    """Print each plan (golden_ami/plans.py); with yes, carry out those with something to do."""
     outcomes = []
     for each in plans:
         for line in each.describe():
             print(line, file=sys.stderr)
-        has_work = getattr(each, "actions", None) or getattr(each, "leftovers", None)
-        if yes and has_work:
-            outcomes += [{"action": o.action, "status": o.status, "detail": o.detail} for o in apply_one(each)]
-    if not yes and any(getattr(p, "actions", None) or getattr(p, "leftovers", None) for p in plans):
+        if yes and each.has_work:
+            outcomes += [{"action": o.action, "status": o.status, "detail": o.detail} for o in each.apply()]
+    if not yes and any(p.has_work for p in plans):
         print(f"{verb}: nothing changed; run again with --yes to carry out the plan above", file=sys.stderr)
     if as_json:
         print(json.dumps({"applied": bool(yes), "plans": [p.as_dict() for p in plans], "outcomes": outcomes},

@@ -22,7 +22,7 @@ from .verify_runner import REPORT_FILE, seal_problems
 
 
 @dataclass
-class Decision:
+class ApprovalDecision:
     approved: bool
     failed_controls: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -83,7 +83,7 @@ def _controls_document(build_dir: Path) -> dict[str, Any] | str:
 
 
 def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
-           waivers_in_force: Sequence[waivers.Waiver] = ()) -> Decision:
+           waivers_in_force: Sequence[waivers.Waiver] = ()) -> ApprovalDecision:
     """Judge a candidate by its report; pure (reads files, changes nothing).
 
     A "waived" row counts only while a waiver in waivers_in_force (the waivers file, read
@@ -91,9 +91,9 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
     own waiver is never believed."""
     reasons: list[str] = []
     if report is None:
-        return Decision(False, [], ["no verification report"])
+        return ApprovalDecision(False, [], ["no verification report"])
     if not isinstance(report, dict):
-        return Decision(False, [], ["the verification report is not a JSON object"])
+        return ApprovalDecision(False, [], ["the verification report is not a JSON object"])
     reasons.extend(seal_problems(image, build_dir / "verify"))
     if report.get("image_id") != image.id:
         reasons.append(f"the report names image {report.get('image_id')!r}, not {image.id}")
@@ -110,12 +110,12 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
 
     document = _controls_document(build_dir)
     if isinstance(document, str):
-        return Decision(False, [], reasons + [document])
+        return ApprovalDecision(False, [], reasons + [document])
     in_force = document.get("controls", [])
     exceptions = document.get("exceptions", [])
     problem = _rows_problem(report, in_force, exceptions)
     if problem:
-        return Decision(False, [], reasons + [problem])
+        return ApprovalDecision(False, [], reasons + [problem])
     rows = {row["id"]: row for row in report["controls"]}
     failed: list[str] = []
     for control in in_force:  # (controls checked from outside the instance, the AWS API, included)
@@ -150,7 +150,7 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
             reasons.append(f"{control_id} is disabled in the report, but the build has no exception for it")
     if not in_force:
         reasons.append("the build directory lists no controls")
-    return Decision(approved=not failed and not reasons, failed_controls=sorted(set(failed)), reasons=reasons)
+    return ApprovalDecision(approved=not failed and not reasons, failed_controls=sorted(set(failed)), reasons=reasons)
 
 
 def load_report(build_dir: Path) -> Optional[dict[str, Any]]:
@@ -163,7 +163,7 @@ def load_report(build_dir: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def apply(target: Target, image: Image, decision: Decision, build_dir: Path) -> Image:
+def apply(target: Target, image: Image, decision: ApprovalDecision, build_dir: Path) -> Image:
     """Write the decision as tags and read them back (Target.set_tags checks they landed)."""
     # (ReportDigest is the verify run's seal, never recomputed here from whatever file is there.)
     envelope = None

@@ -159,6 +159,11 @@ class LocalSettings(_Strict):
     debian_mirror: Url = "http://deb.debian.org/debian"
     debian_security_mirror: Url = "http://deb.debian.org/debian-security"
 
+    def template_variables(self, source_checksum: str) -> dict[str, Any]:
+        """What templates/local.pkr.hcl.j2 reads as var.*, beyond the common ones (render.py)."""
+        return {"source_image_checksum": source_checksum, "cpus": self.cpus, "memory_mb": self.memory_mb,
+                "disk_size_mb": self.disk_size_mb, "ssh_timeout_minutes": self.ssh_timeout_minutes}
+
 
 def _cidr(value: str) -> str:
     """A network as ipaddress reads it: 999.999.999.999/99 or 10.0.0.1/8 (host bits set) are
@@ -252,6 +257,10 @@ class AwsSettings(_Strict):
         default_factory=list)
     # How long to wait for cloud-init's host-key block in the console output.
     console_timeout_seconds: int = Field(900, ge=60, le=7200)
+
+    def template_variables(self, source_checksum: str) -> dict[str, Any]:
+        """What templates/aws.pkr.hcl.j2 reads as var.*, beyond the common ones (render.py)."""
+        return {"region": self.region, "instance_type": self.instance_type}
 
 
 class RebuildSettings(_Strict):

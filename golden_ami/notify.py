@@ -11,7 +11,7 @@ and the Markdown. SNS refuses a message over 256 KiB, so a longer body is cut at
 boundary and ends with a note saying so and where the whole summary is.
 
 Nothing here knows how a rebuild decides or builds: it reads the per-OS rows that
-golden_ami.rebuild's Outcome.as_dict() produces.
+golden_ami.rebuild's RebuildOutcome.as_dict() produces.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class OsSummary:
 
     @classmethod
     def from_outcome(cls, outcome: Any) -> "OsSummary":
-        """From a golden_ami.rebuild Outcome (or its as_dict())."""
+        """From a golden_ami.rebuild.RebuildOutcome (or its as_dict())."""
         row = outcome.as_dict() if hasattr(outcome, "as_dict") else dict(outcome)
         decision = row.get("decision") or {}
         error = decision.get("error") or ""
@@ -274,6 +274,7 @@ def publish_sns(topic_arn: str, summary: RunSummary, *, client: Any = None, full
     The client defaults to one for the topic's own region (from the ARN). Raises UserError
     with one line when SNS refuses or answers without a message id.
     """
+    # Deferred: boto3 and botocore load only when a run publishes to SNS.
     import botocore.exceptions
 
     from .targets.aws import clients

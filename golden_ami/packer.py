@@ -20,8 +20,10 @@ from typing import Any, Optional
 from .errors import StepFailed, UserError
 from .procs import run_streaming
 from .progress import Progress
-from .render import TEMPLATE_FILE, VARIABLES_FILE
 from .yamlfiles import RACY_NS
+
+TEMPLATE_FILE = "template.pkr.hcl"
+VARIABLES_FILE = "variables.pkrvars.json"  # build-time values, kept out of the fingerprint
 
 RUNTIME_VARS_FILE = "runtime.pkrvars.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -22,6 +22,7 @@ from .config import Resolved
 from .files import write_atomic
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
+from .render_for_target import render_for_target
 from .progress import Progress
 from .targets import get_target
 from .targets.base import BuildContext, Image, Target
@@ -35,7 +36,7 @@ class BuildResult:
     build_id: str
     build_dir: Path
     image: Optional[Image]
-    decision: Optional[approve.Decision]
+    decision: Optional[approve.ApprovalDecision]
     fingerprint: str
     # What publish did after an approval (pointer, sharing, launch template versions); the
     # signed statement was made before it, so it cannot name these.
@@ -80,7 +81,7 @@ def target_for(cfg: Resolved) -> Target:
 
 
 def render_only(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> render.RenderResult:
-    return render.render_for_target(cfg, out_dir, source_pin)
+    return render_for_target(cfg, out_dir, source_pin)
 
 
 def _check_prerequisites(target: Target, cfg: Resolved) -> None:
@@ -190,7 +191,7 @@ def publish_if_approved(cfg: Resolved, target: Target, image: Image, progress: P
 
 
 def verify_and_decide(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str,
-                      progress: Progress) -> approve.Decision:
+                      progress: Progress) -> approve.ApprovalDecision:
     """Verify a candidate, then approve or reject it. A broken verification rejects too."""
     report = None
     error = None

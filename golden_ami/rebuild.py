@@ -39,7 +39,7 @@ from .targets.base import Image, Target
 
 def pending_updates_probe(cfg: Resolved, target: Target, image: Image) -> list[str]:
     """Security updates an approved image lacks today (a fresh instance of it answers)."""
-    from .verify_runner import probe
+    from .verify_runner import probe  # deferred: paramiko and the verify suite, only when probing
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="probe-", dir=cfg.state_dir))
@@ -52,7 +52,7 @@ def pending_updates_probe(cfg: Resolved, target: Target, image: Image) -> list[s
 
 
 @dataclass
-class Decision:
+class RebuildDecision:
     os: str
     build: bool
     reasons: list[str]
@@ -61,9 +61,9 @@ class Decision:
 
 
 @dataclass
-class Outcome:
+class RebuildOutcome:
     os: str
-    decision: Decision
+    decision: RebuildDecision
     status: str = "skipped"  # skipped | approved | rejected | failed | error
     image_id: Optional[str] = None
     build_id: Optional[str] = None
@@ -85,14 +85,14 @@ def _created_at(image: Image) -> Optional[dt.datetime]:
 
 
 def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
-           probe=None) -> Decision:
+           probe=None) -> RebuildDecision:
     """Whether cfg's OS needs a build, with every reason (never raises for a per-OS problem)."""
     name = cfg.os.name
     try:
         source = target.resolve_source(cfg)  # first: a source that cannot be resolved is an error
         approved, _ = attest.approved_images(target, name)  # a forged approval does not stop a rebuild
         if not approved:
-            return Decision(name, True, [f"no approved image yet (source {source.id})"])
+            return RebuildDecision(name, True, [f"no approved image yet (source {source.id})"])
         current = approved[-1]
         reasons: list[str] = []
         was = current.tags.get(provenance.SOURCE_IMAGE) or "?"
@@ -118,15 +118,15 @@ def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
             if pending:
                 reasons.append(f"pending security updates on {current.id}: {', '.join(pending[:10])}")
         if reasons:
-            return Decision(name, True, reasons, current.id)
+            return RebuildDecision(name, True, reasons, current.id)
         found = f"nothing to do: source image, content and age unchanged for {current.id}"
-        return Decision(name, False, [found + ("; no pending security updates" if probe else "")], current.id)
+        return RebuildDecision(name, False, [found + ("; no pending security updates" if probe else "")], current.id)
     except UserError as exc:
-        return Decision(name, False, [], error=str(exc))
+        return RebuildDecision(name, False, [], error=str(exc))
 
 
 def _invoke_build(os_name: str, cfg: Resolved, config_file: Optional[str], progress: Progress,
-                  stop: threading.Event, children: list) -> Outcome:
+                  stop: threading.Event, children: list) -> RebuildOutcome:
     """One `invoke build` in its own process; its JSON result becomes the outcome."""
     invoke = str(Path(sys.executable).with_name("invoke"))
     argv = [invoke, "--search-root", str(paths.PROJECT_ROOT), "build", f"--os={os_name}", f"--target={cfg.target}",
@@ -144,27 +144,27 @@ def _invoke_build(os_name: str, cfg: Resolved, config_file: Optional[str], progr
         out, _ = proc.communicate()
     seconds = round(time.monotonic() - started, 1)
     if stop.is_set():
-        return Outcome(os_name, Decision(os_name, True, []), "failed", seconds=seconds, detail="interrupted")
+        return RebuildOutcome(os_name, RebuildDecision(os_name, True, []), "failed", seconds=seconds, detail="interrupted")
     try:
         result = json.loads(out.decode())
     except ValueError:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return Outcome(os_name, Decision(os_name, True, []), "failed", seconds=seconds, detail=tail[0][:300])
-    return Outcome(os_name, Decision(os_name, True, []), result.get("status", "failed"), result.get("image_id"),
+        return RebuildOutcome(os_name, RebuildDecision(os_name, True, []), "failed", seconds=seconds, detail=tail[0][:300])
+    return RebuildOutcome(os_name, RebuildDecision(os_name, True, []), result.get("status", "failed"), result.get("image_id"),
                    result.get("build_id"), result.get("failed_controls", []), seconds, result.get("decision") or "")
 
 
 def run(configs: list[Resolved], config_file: Optional[str], dry_run: bool, jobs: int, progress: Progress,
-        probe=None) -> list[Outcome]:
+        probe=None) -> list[RebuildOutcome]:
     """Decide for every OS, then build those that need it (unless dry_run), jobs at a time."""
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, RebuildOutcome] = {}
     for cfg in configs:
         target = get_target(cfg.target, cfg.settings, cfg.state_dir)
         decision = decide(cfg, target, probe=probe)
         why = decision.error or "; ".join(decision.reasons)
         progress.say(f"{cfg.os.name}: {'build' if decision.build else 'error' if decision.error else 'skip'} - {why}")
         status = "error" if decision.error else "planned" if decision.build else "skipped"
-        outcomes[cfg.os.name] = Outcome(cfg.os.name, decision, status, detail=decision.error)
+        outcomes[cfg.os.name] = RebuildOutcome(cfg.os.name, decision, status, detail=decision.error)
     wanted = [cfg for cfg in configs if outcomes[cfg.os.name].decision.build]
     if dry_run or not wanted:
         return [outcomes[cfg.os.name] for cfg in configs]

@@ -27,14 +27,13 @@ from typing import Any, Iterable, Optional
 
 import jinja2
 
-from . import paths
+from . import packer, paths
 from .catalogue import ControlSet, controls_for
 from .config import Resolved
 from .errors import UserError
+from .packer import TEMPLATE_FILE, VARIABLES_FILE
 
 RENDER_MANIFEST = "render.json"
-TEMPLATE_FILE = "template.pkr.hcl"
-VARIABLES_FILE = "variables.pkrvars.json"
 CONTROLS_FILE = "controls.json"
 
 # Hardening sections run in the order of their number (hardening/NN-name.sh.j2); a section is
@@ -232,20 +231,9 @@ def _packer_variables(cfg: Resolved, source: SourceImage) -> dict[str, Any]:
         "source_image_name": source.name,
         "profile": cfg.profile,
     }
-    if cfg.target == "local":
-        local = cfg.settings.local
-        variables.update(
-            {
-                "source_image_checksum": source.checksum,
-                "cpus": local.cpus,
-                "memory_mb": local.memory_mb,
-                "disk_size_mb": local.disk_size_mb,
-                "ssh_timeout_minutes": local.ssh_timeout_minutes,
-            }
-        )
-    else:
-        aws = cfg.settings.aws
-        variables.update({"region": aws.region, "instance_type": aws.instance_type})
+    # The target's own (cpus and memory for QEMU, region and instance type for EC2): its
+    # settings section, named like the target (config.Settings.local / .aws), says which.
+    variables.update(getattr(cfg.settings, cfg.target).template_variables(source.checksum))
     return variables
 
 
@@ -319,8 +307,6 @@ def packer_plugins_wanted(cfg: Resolved) -> bool:
     syntax = cfg.settings.packer.syntax
     if syntax != "auto":
         return syntax == "plugins"
-    from . import packer
-
     try:
         return packer.version(cfg.settings.packer.binary) >= (1, 7, 0)
     except UserError:
@@ -374,18 +360,6 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
         files={rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()},
         source=source,
     )
-
-
-def render_for_target(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> RenderResult:
-    """invoke render: the target names the source image, then render. Imports only the target,
-    not the build pipeline (approval, signing, AWS clients), so a render starts quickly."""
-    from datetime import datetime, timezone
-
-    from .targets import get_target
-
-    source = get_target(cfg.target, cfg.settings, cfg.state_dir).resolve_source(cfg, source_pin)
-    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
-    return render(cfg, source, out)
 
 
 def load_render(directory: Path) -> tuple[dict[str, Any], str]:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from . import benchmarks, hostkeys, paths, sshkeys, waivers
 from . import report as readable  # (run() calls its report dict `report`)
+from .catalogue import controls_for
 from .config import Resolved
 from .files import write_atomic
 from .errors import UserError, VerificationError
@@ -233,8 +234,6 @@ def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], w
     Used by rebuild to ask an approved image for pending security updates (control 1.8)
     without a build directory; the same pinning and teardown as a full verification.
     """
-    from .catalogue import controls_for
-
     chosen = controls_for(cfg).as_dict()
     chosen["controls"] = [c for c in chosen["controls"] if c["id"] in control_ids]
     work_dir.mkdir(parents=True, exist_ok=True)

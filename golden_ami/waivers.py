@@ -22,7 +22,8 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import describe_validation_error
+from .catalogue import load_catalogue
+from .config import TARGETS, available_os, describe_validation_error
 from .errors import UserError
 
 
@@ -77,9 +78,6 @@ def load(path: Optional[Path]) -> list[Waiver]:
 def _refuse_what_matches_nothing(path: Path, waivers: list[Waiver]) -> None:
     """A waiver for a control, OS or target that does not exist excuses nothing and hides a
     typo; two waivers of one control for the same OS and target leave which one counts open."""
-    from .catalogue import load_catalogue
-    from .config import TARGETS, available_os
-
     controls, systems = {spec.id for spec in load_catalogue()}, set(available_os())
     for index, waiver in enumerate(waivers, start=1):
         where = f"{path} waiver {index}"

@@ -9,6 +9,7 @@ from .base import Target
 
 
 def get_target(name: str, settings: Settings, state_dir: Path) -> Target:
+    # Imported on demand: the aws target pulls in boto3, which a local run never needs.
     if name == "local":
         from .local.target import LocalTarget
 

@@ -7,19 +7,30 @@ pipeline) talks only to this and never asks which target it has.
     boot a test instance           run_instances               QEMU on an overlay
     console text (host keys)       get_console_output          the VM's serial log
     where tags live                EC2 image tags              the local image store
+    prune older approved images    aws/prune.py: deprecate,    local/prune.py: delete from
+                                   deregister (per region)     the store
+    reap what crashed runs left    aws/reap.py: instances,     local/reap.py: QEMU/Packer
+                                   key pairs, groups, AMIs     processes, runtime dirs
+    invoke doctor                  aws/doctor.py: credentials  local/doctor.py: QEMU, KVM,
+                                                               base images
 """
 from __future__ import annotations
 
 import abc
 import contextlib
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..config import Resolved, Settings
 from ..progress import Progress
 from ..render import SourceImage
 from ..sshkeys import KeyPair
+
+if TYPE_CHECKING:  # plans.py uses age_order from here: a runtime import would be a cycle
+    from ..plans import PrunePlan, ReapPlan
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,26 @@ def age_order(image_id: str, tags: Mapping[str, str], created: str = "") -> tupl
     let prune remove the one `latest` prints. (Both stamps are UTC ISO 8601: text order is
     time order.)"""
     return (tags.get("CreatedAt") or created, image_id)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of `invoke doctor`: what this machine has or lacks, with its fix."""
+
+    area: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def tool_finding(area: str, binary: str, package: str) -> Finding:
+    path = shutil.which(binary)
+    if path:
+        return Finding(area, True, f"{binary}: {path}")
+    return Finding(area, False, f"{binary} is not installed", f"apt-get install {package}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,23 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def set_tags(self, image_id: str, tags: dict[str, Optional[str]]) -> Image:
         """Change tags, then read them back; raise if the change did not land."""
+
+    # --- lifecycle (golden_ami/lifecycle.py: invoke prune; golden_ami/reaper.py: invoke reap) ---
+    @abc.abstractmethod
+    def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
+                    now: Optional[datetime] = None) -> list[PrunePlan]:
+        """What to do with the older approved images of each OS (only reads). refused[os]: the
+        images tagged approved whose signed approval does not verify (never counted)."""
+
+    @abc.abstractmethod
+    def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
+                  now: Optional[datetime] = None) -> ReapPlan:
+        """What crashed or killed runs left behind (only reads)."""
+
+    # --- invoke doctor ---
+    def doctor_findings(self, probe_kvm: bool = True) -> list[Finding]:
+        """What this machine has and lacks for this target (tools, accelerators, credentials)."""
+        return []
 
     # --- approval statements (golden_ami/attest.py) ---
     signs_approvals = False  # True: an image counts as approved only with a statement that verifies

@@ -41,7 +41,7 @@ def approved(state_dir, tmp_path):
     (verify_dir / "report.json").write_text(json.dumps(
         {"image_id": stored.id, "controls": [{"id": "4.2.7", "outcome": "pass", "message": ""}]}))
     image = verify_runner.seal(target, target.get_image(stored.id), verify_dir)
-    image = approve.apply(target, image, approve.Decision(approved=True), verify_dir.parent)
+    image = approve.apply(target, image, approve.ApprovalDecision(approved=True), verify_dir.parent)
     (tmp_path / "golden-ami-signing.pem").write_text(attest.public_key_pem(target.approval_keys()[0]))
     return target, image
 

@@ -42,7 +42,7 @@ def _candidate(target, tmp_path, name: str, created: str = "2026-11-01T00:00:00Z
 
 def _approved(target, tmp_path, name: str, created: str = "2026-11-01T00:00:00Z"):
     image, build_dir = _candidate(target, tmp_path, name, created)
-    return approve.apply(target, image, approve.Decision(approved=True), build_dir), build_dir
+    return approve.apply(target, image, approve.ApprovalDecision(approved=True), build_dir), build_dir
 
 
 def _problems(target, image, **kwargs):
@@ -86,7 +86,7 @@ def _foreign_key(target, tmp_path):
     original = target.approval_signer
     target.approval_signer = lambda: impostor
     try:
-        return approve.apply(target, image, approve.Decision(approved=True), build_dir)
+        return approve.apply(target, image, approve.ApprovalDecision(approved=True), build_dir)
     finally:
         target.approval_signer = original
 
@@ -149,7 +149,7 @@ def test_an_expired_waiver_inside_the_statement_is_named(target, tmp_path):
 
 def test_a_rejection_removes_the_earlier_statement(target, tmp_path):
     image, build_dir = _approved(target, tmp_path, "later-rejected")
-    approve.apply(target, image, approve.Decision(approved=False, failed_controls=["4.2.7"]), build_dir)
+    approve.apply(target, image, approve.ApprovalDecision(approved=False, failed_controls=["4.2.7"]), build_dir)
     assert target.load_statement(image.id) is None
 
 

@@ -66,7 +66,7 @@ def _candidate(target, tmp_path, name: str, created: str = "2026-11-01T00:00:00Z
 
 def _approved(target, tmp_path, name: str, created: str = "2026-11-01T00:00:00Z"):
     image, build_dir = _candidate(target, tmp_path, name, created)
-    return approve.apply(target, image, approve.Decision(approved=True), build_dir)
+    return approve.apply(target, image, approve.ApprovalDecision(approved=True), build_dir)
 
 
 def test_an_honest_approval_is_signed_by_kms_kept_in_ssm_and_verifies(target, tmp_path):
@@ -181,7 +181,7 @@ def test_an_expired_waiver_inside_a_signed_statement_is_named(target, tmp_path):
 
 def test_a_rejection_after_an_approval_removes_the_statement_and_its_tags(target, tmp_path):
     image = _approved(target, tmp_path, "revoked")
-    after = approve.apply(target, image, approve.Decision(approved=False, failed_controls=["4.2.7"]), tmp_path)
+    after = approve.apply(target, image, approve.ApprovalDecision(approved=False, failed_controls=["4.2.7"]), tmp_path)
     assert target.load_statement(image.id) is None
     assert SIGNATURE_TAG not in after.tags and STATEMENT_DIGEST_TAG not in after.tags
 
@@ -189,7 +189,7 @@ def test_a_rejection_after_an_approval_removes_the_statement_and_its_tags(target
 def test_without_a_signing_key_aws_approvals_are_tags_and_every_listing_says_so(aws_env, tmp_path):
     unsigned = _target(tmp_path)
     image, build_dir = _candidate(unsigned, tmp_path, "unsigned")
-    approve.apply(unsigned, image, approve.Decision(approved=True), build_dir)
+    approve.apply(unsigned, image, approve.ApprovalDecision(approved=True), build_dir)
     found, _ = attest.check(unsigned, unsigned.get_image(image.id))
     assert found and "not signed (set aws.signing_kms_key_id)" in found[0]
     assert [i.id for i in attest.approved_images(unsigned, "debian12")[0]] == [image.id]

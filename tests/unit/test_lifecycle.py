@@ -14,7 +14,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from golden_ami import lifecycle
+from golden_ami import lifecycle, plans
+from golden_ami.targets.aws import images as aws_images
+from golden_ami.targets.aws import prune as aws_prune
+from golden_ami.targets.local import prune as local_prune
 from golden_ami.config import Settings
 from golden_ami.progress import Progress
 from golden_ami.targets.local.store import Store
@@ -40,7 +43,7 @@ def _approved(ec2, n: int, os_name: str = "debian12") -> str:
     instance = ec2.run_instances(ImageId=BASE_AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     image_id = ec2.create_image(InstanceId=instance, Name=f"golden-{os_name}-{n}")["ImageId"]
     ec2.terminate_instances(InstanceIds=[instance])
-    snapshots = lifecycle.snapshots_of(ec2.describe_images(ImageIds=[image_id])["Images"][0])
+    snapshots = aws_images.snapshots_of(ec2.describe_images(ImageIds=[image_id])["Images"][0])
     ec2.create_tags(Resources=[image_id, *snapshots], Tags=[{"Key": k, "Value": v} for k, v in {
         "ManagedBy": "golden-ami", "OS": os_name, "Status": "approved", "BuildId": f"{os_name}-{n}",
         "CreatedAt": f"2026-11-{n + 1:02d}T00:00:00Z", "ApprovedAt": f"2026-11-{n + 1:02d}T01:00:00Z"}.items()])
@@ -48,21 +51,21 @@ def _approved(ec2, n: int, os_name: str = "debian12") -> str:
 
 
 def _exists(ec2, image_id: str) -> bool:
-    return not lifecycle.image_gone(ec2, image_id)
+    return not aws_images.image_gone(ec2, image_id)
 
 
 def _world(ec2, ssm) -> dict:
     """Everything prune could change, for before/after comparisons."""
     images = ec2.describe_images(Owners=["self"])["Images"]
     return {
-        "images": sorted((i["ImageId"], i["State"], i.get("DeprecationTime"), tuple(sorted(lifecycle.tags_of(i).items())))
+        "images": sorted((i["ImageId"], i["State"], i.get("DeprecationTime"), tuple(sorted(aws_images.tags_of(i).items())))
                          for i in images),
         "snapshots": sorted(s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]),
         "parameters": sorted((p["Name"], p.get("Version")) for p in ssm.describe_parameters()["Parameters"]),
     }
 
 
-def _only_deregistrations(plan: lifecycle.Plan) -> lifecycle.Plan:
+def _only_deregistrations(plan: plans.PrunePlan) -> plans.PrunePlan:
     # moto has no enable_image_deprecation: deprecations are applied in the Stubber tests below.
     return replace(plan, actions=[a for a in plan.actions if a.kind == "deregister"])
 
@@ -84,7 +87,7 @@ def test_prune_never_removes_what_is_still_in_use(aws):
     old = ec2.run_instances(ImageId=a0, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     ec2.terminate_instances(InstanceIds=[old])
 
-    plan = lifecycle.plan_aws(_settings(keep_approved=2), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=2), "debian12", ec2=ec2, ssm=ssm, now=NOW)
 
     by_kind = {kind: [a.image_id for a in plan.actions if a.kind == kind] for kind in ("deregister", "deprecate")}
     assert by_kind["deregister"] == [a0]
@@ -96,12 +99,12 @@ def test_prune_never_removes_what_is_still_in_use(aws):
     assert f"instance {instance} (stop" in why[a3]
     assert "launch template api version 1" in why[a4] and "/team/web/ami" in why[a4]
     assert "within keep_approved=2" in why[a5]
-    snapshots = lifecycle.snapshots_of(ec2.describe_images(ImageIds=[a0])["Images"][0])
+    snapshots = aws_images.snapshots_of(ec2.describe_images(ImageIds=[a0])["Images"][0])
     assert plan.actions[[a.image_id for a in plan.actions].index(a0)].snapshots == tuple(snapshots) and snapshots
 
     outcomes = lifecycle.apply(_only_deregistrations(plan), ec2=ec2, ssm=ssm)
     assert [o.status for o in outcomes] == ["done"]
-    assert not _exists(ec2, a0) and all(lifecycle.snapshot_gone(ec2, s) for s in snapshots)
+    assert not _exists(ec2, a0) and all(aws_images.snapshot_gone(ec2, s) for s in snapshots)
     assert all(_exists(ec2, image) for image in (a1, a2, a3, a4, a5, a6))
 
 
@@ -109,29 +112,29 @@ def test_keep_n_is_honoured_and_snapshots_go_with_their_image(aws):
     ec2, ssm = aws
     images = [_approved(ec2, n) for n in range(5)]
     other_os = _approved(ec2, 9, "al2023")
-    snapshots = {i: lifecycle.snapshots_of(ec2.describe_images(ImageIds=[i])["Images"][0]) for i in images}
+    snapshots = {i: aws_images.snapshots_of(ec2.describe_images(ImageIds=[i])["Images"][0]) for i in images}
 
-    plan = lifecycle.plan_aws(_settings(keep_approved=3), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=3), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert sorted(a.image_id for a in plan.actions if a.kind == "deregister") == sorted(images[:2])
     lifecycle.apply(_only_deregistrations(plan), ec2=ec2, ssm=ssm)
 
     left = [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]]
     assert sorted(left) == sorted(images[2:] + [other_os])
     for gone in images[:2]:
-        assert all(lifecycle.snapshot_gone(ec2, s) for s in snapshots[gone])
+        assert all(aws_images.snapshot_gone(ec2, s) for s in snapshots[gone])
     for kept in images[2:]:
-        assert not any(lifecycle.snapshot_gone(ec2, s) for s in snapshots[kept])
-    again = lifecycle.plan_aws(_settings(keep_approved=3), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+        assert not any(aws_images.snapshot_gone(ec2, s) for s in snapshots[kept])
+    again = aws_prune.plan_aws(_settings(keep_approved=3), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert [a for a in again.actions if a.kind == "deregister"] == []
 
 
 def test_keep_one_still_spares_the_newest(aws):
     ec2, ssm = aws
     images = [_approved(ec2, n) for n in range(3)]
-    plan = lifecycle.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert sorted(a.image_id for a in plan.actions) == sorted(images[:2])
     assert images[2] not in {a.image_id for a in plan.actions}
-    assert lifecycle.plan_aws(_settings(), "al2023", ec2=ec2, ssm=ssm, now=NOW).actions == []
+    assert aws_prune.plan_aws(_settings(), "al2023", ec2=ec2, ssm=ssm, now=NOW).actions == []
 
 
 def test_a_plan_alone_changes_nothing(aws):
@@ -148,7 +151,7 @@ def test_a_plan_alone_changes_nothing(aws):
 def test_apply_checks_again_before_deregistering(aws):
     ec2, ssm = aws
     old, _newer = _approved(ec2, 0), _approved(ec2, 1)
-    plan = lifecycle.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert [a.image_id for a in plan.actions] == [old]
     # Between the plan and --yes, someone launched from the old image.
     ec2.run_instances(ImageId=old, MinCount=1, MaxCount=1)
@@ -161,21 +164,21 @@ def test_a_snapshot_that_backs_another_image_is_kept(aws, monkeypatch):
     ec2, ssm = aws
     old = _approved(ec2, 0)
     _approved(ec2, 1)
-    snapshot = lifecycle.snapshots_of(ec2.describe_images(ImageIds=[old])["Images"][0])[0]
+    snapshot = aws_images.snapshots_of(ec2.describe_images(ImageIds=[old])["Images"][0])[0]
     # moto's register_image makes a snapshot of its own, so the sharing is told by a stand-in.
-    real = lifecycle.snapshot_users
+    real = aws_images.snapshot_users
 
     def shared(client):
         users = real(client)
         assert users[snapshot] == {old}  # the real lookup sees the snapshot under its image
         return {**users, snapshot: {old, "ami-0000000000000twin"}}
 
-    monkeypatch.setattr(lifecycle, "snapshot_users", shared)
-    plan = lifecycle.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    monkeypatch.setattr(aws_images, "snapshot_users", shared)
+    plan = aws_prune.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert plan.actions[0].image_id == old and plan.actions[0].snapshots == ()
     assert any(snapshot in note for note in plan.notes)
     lifecycle.apply(plan, ec2=ec2, ssm=ssm)
-    assert not _exists(ec2, old) and not lifecycle.snapshot_gone(ec2, snapshot)
+    assert not _exists(ec2, old) and not aws_images.snapshot_gone(ec2, snapshot)
 
 
 def test_unreadable_launch_templates_fail_closed(aws):
@@ -183,14 +186,14 @@ def test_unreadable_launch_templates_fail_closed(aws):
     stub = Stubber(ec2)
     stub.add_client_error("describe_launch_templates", "UnauthorizedOperation", "not allowed")
     with stub, pytest.raises(lifecycle.UserError, match="UnauthorizedOperation"):
-        lifecycle.image_references(ec2, ssm, ["ami-0123456789abcdef0"], [])
+        aws_images.image_references(ec2, ssm, ["ami-0123456789abcdef0"], [])
 
 
 # --- deprecation: moto lacks enable_image_deprecation, so Stubber stands in ----------------------
 def _deprecation_plan(aws):
     ec2, ssm = aws
     older, newest = _approved(ec2, 0), _approved(ec2, 1)
-    plan = lifecycle.plan_aws(_settings(keep_approved=3, deprecate_after_days=30), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=3, deprecate_after_days=30), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     return plan, older, newest
 
 
@@ -215,13 +218,13 @@ def test_a_deprecation_that_did_not_land_fails_loudly(aws):
     stub = Stubber(ec2)
     stub.add_response("enable_image_deprecation", {"Return": True}, {"ImageId": older, "DeprecateAt": ANY})
     stub.add_response("describe_images", {"Images": [{"ImageId": older}]}, {"ImageIds": [older]})
-    with stub, pytest.raises(lifecycle.NotApplied, match=f"deprecate {older}") as raised:
+    with stub, pytest.raises(plans.NotApplied, match=f"deprecate {older}") as raised:
         lifecycle.apply(plan, ec2=ec2, ssm=boto3.client("ssm", REGION))
     assert raised.value.outcomes[0].status == "failed"
 
     stub = Stubber(ec2)
     stub.add_client_error("enable_image_deprecation", "UnauthorizedOperation", "no")
-    with stub, pytest.raises(lifecycle.NotApplied, match="UnauthorizedOperation"):
+    with stub, pytest.raises(plans.NotApplied, match="UnauthorizedOperation"):
         lifecycle.apply(plan, ec2=ec2, ssm=boto3.client("ssm", REGION))
 
 
@@ -252,7 +255,7 @@ def test_local_keeps_n_and_never_the_newest(state_dir, tmp_path):
     lone = _stored(store, tmp_path, 1, "approved", "al2023")
 
     before = sorted(p.name for p in store.root.iterdir())
-    plan = lifecycle.plan_local(_settings(keep_approved=2), state_dir, "debian12", processes={})
+    plan = local_prune.plan_local(_settings(keep_approved=2), state_dir, "debian12", processes={})
     assert sorted(p.name for p in store.root.iterdir()) == before  # planning changed nothing
     assert sorted(a.image_id for a in plan.actions) == sorted(i.id for i in approved[:3])
     assert all(a.kind == "delete" for a in plan.actions)
@@ -262,8 +265,8 @@ def test_local_keeps_n_and_never_the_newest(state_dir, tmp_path):
     outcomes = lifecycle.apply(plan)
     assert [o.status for o in outcomes] == ["done"] * 3
     assert sorted(i.id for i in store.list()) == sorted([approved[3].id, approved[4].id, candidate.id, rejected.id, lone.id])
-    assert lifecycle.plan_local(_settings(keep_approved=2), state_dir, "debian12", processes={}).actions == []
-    assert lifecycle.plan_local(_settings(keep_approved=1), state_dir, "al2023", processes={}).actions == []
+    assert local_prune.plan_local(_settings(keep_approved=2), state_dir, "debian12", processes={}).actions == []
+    assert local_prune.plan_local(_settings(keep_approved=1), state_dir, "al2023", processes={}).actions == []
 
 
 def test_local_image_in_use_by_a_process_is_kept(state_dir, tmp_path):
@@ -274,7 +277,7 @@ def test_local_image_in_use_by_a_process_is_kept(state_dir, tmp_path):
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until the file is really open
-            plan = lifecycle.plan_local(_settings(keep_approved=1), state_dir, "debian12")
+            plan = local_prune.plan_local(_settings(keep_approved=1), state_dir, "debian12")
             if len(plan.actions) == 1:
                 break
             time.sleep(0.1)
@@ -352,7 +355,7 @@ def test_latest_and_prune_agree_on_the_newest_when_an_older_build_is_approved_ag
     store.set_tags(older.id, {"ApprovedAt": "2026-11-20T00:00:00Z"})
     cfg = config.resolve("debian12", "local")
     latest = LocalTarget(cfg.settings, cfg.state_dir).list_images("debian12", "approved")[-1]
-    plan = lifecycle.plan_local(_settings(keep_approved=1), state_dir, "debian12", processes={})
+    plan = local_prune.plan_local(_settings(keep_approved=1), state_dir, "debian12", processes={})
     assert latest.id == newer.id
     assert plan.protected[0].image_id == newer.id and [a.image_id for a in plan.actions] == [older.id]
 
@@ -366,6 +369,6 @@ def test_latest_and_prune_agree_on_the_newest_on_aws(aws, state_dir):
     ec2.create_tags(Resources=[older], Tags=[{"Key": "ApprovedAt", "Value": "2026-11-20T00:00:00Z"}])
     cfg = config.resolve("debian12", "aws")
     latest = AwsTarget(cfg.settings, cfg.state_dir).list_images("debian12", "approved")[-1]
-    plan = lifecycle.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
+    plan = aws_prune.plan_aws(_settings(keep_approved=1), "debian12", ec2=ec2, ssm=ssm, now=NOW)
     assert latest.id == newer
     assert plan.protected[0].image_id == newer and older in {a.image_id for a in plan.actions}

@@ -26,7 +26,7 @@ REGION = "eu-west-1"
 
 def _outcome(os_name, status, *, build=True, reasons=("new source image: ami-0new, was ami-0old",), error="",
              image_id=None, build_id=None, failed=(), seconds=0.0, detail=""):
-    """A row in the shape of golden_ami.rebuild.Outcome.as_dict()."""
+    """A row in the shape of golden_ami.rebuild.RebuildOutcome.as_dict()."""
     return {"os": os_name, "status": status, "image_id": image_id, "build_id": build_id,
             "failed_controls": list(failed), "seconds": seconds, "detail": detail,
             "decision": {"os": os_name, "build": build, "reasons": list(reasons), "current_image": None,
@@ -101,7 +101,7 @@ def test_a_dry_run_says_so_and_is_ok_without_failures(tmp_path):
 def test_rows_from_the_rebuild_modules_own_outcome():
     from golden_ami import rebuild
 
-    outcome = rebuild.Outcome("debian12", rebuild.Decision("debian12", True, ["older than 30 days"]), "approved",
+    outcome = rebuild.RebuildOutcome("debian12", rebuild.RebuildDecision("debian12", True, ["older than 30 days"]), "approved",
                               "li-123", "debian12-b1", [], 61.0, "approved")
     row = notify.OsSummary.from_outcome(outcome)
     assert (row.os, row.decision, row.reason, row.status, row.image_id, row.build_id, row.duration_seconds) == (

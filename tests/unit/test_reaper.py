@@ -17,11 +17,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from golden_ami import config, lifecycle, reaper, sshkeys
+from golden_ami import config, reaper, sshkeys
 from golden_ami.config import Settings
 from golden_ami.errors import UserError
 from golden_ami.progress import Progress
+from golden_ami.targets.aws import images as aws_images
+from golden_ami.targets.aws import reap as aws_reap
 from golden_ami.targets.aws.target import AwsTarget
+from golden_ami.targets.local import processes
+from golden_ami.targets.local import reap as local_reap
 from golden_ami.targets.local.store import Store
 
 REGION = "us-east-1"
@@ -64,7 +68,7 @@ def _candidate(ec2, build_id: str) -> tuple[str, list[str]]:
     instance = ec2.run_instances(ImageId=BASE_AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     image_id = ec2.create_image(InstanceId=instance, Name=f"golden-{build_id}")["ImageId"]
     ec2.terminate_instances(InstanceIds=[instance])
-    snapshots = lifecycle.snapshots_of(ec2.describe_images(ImageIds=[image_id])["Images"][0])
+    snapshots = aws_images.snapshots_of(ec2.describe_images(ImageIds=[image_id])["Images"][0])
     ec2.create_tags(Resources=[image_id, *snapshots], Tags=_tags({
         "ManagedBy": "golden-ami", "BuildId": build_id, "OS": "debian12", "Status": "candidate",
         "CreatedAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}))
@@ -100,12 +104,12 @@ def test_a_killed_run_is_reaped_completely_and_only_with_yes(aws, tmp_path):
     settings = Settings()
 
     # Right after the crash everything is young: nothing to reap, all of it listed as kept.
-    young = reaper.plan_aws(settings, ec2=ec2, ssm=ssm)
+    young = aws_reap.plan_aws(settings, ec2=ec2, ssm=ssm)
     assert young.leftovers == []
     assert {verify["instance"], build["instance"], image_id} <= {k.ident for k in young.kept}
 
     now = datetime.now(timezone.utc) + LATER
-    plan = reaper.plan_aws(settings, ec2=ec2, ssm=ssm, now=now)
+    plan = aws_reap.plan_aws(settings, ec2=ec2, ssm=ssm, now=now)
     found = {(x.kind, x.ident) for x in plan.leftovers}
     assert found == {("instance", verify["instance"]), ("instance", build["instance"]),
                      ("key-pair", verify["key"]), ("key-pair", build["key"]),
@@ -118,7 +122,7 @@ def test_a_killed_run_is_reaped_completely_and_only_with_yes(aws, tmp_path):
     before = sorted(_live_instances(ec2))
     with pytest.raises(UserError, match="--yes"):
         reaper.apply(plan, yes=False, ec2=ec2, ssm=ssm)
-    assert sorted(_live_instances(ec2)) == before and not lifecycle.image_gone(ec2, image_id)
+    assert sorted(_live_instances(ec2)) == before and not aws_images.image_gone(ec2, image_id)
 
     outcomes = reaper.apply(plan, yes=True, settings=settings, ec2=ec2, ssm=ssm)
     assert {o.status for o in outcomes} == {"done"}
@@ -126,9 +130,9 @@ def test_a_killed_run_is_reaped_completely_and_only_with_yes(aws, tmp_path):
     assert {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]} == {bystander_key}
     groups = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert not {verify["group"], build["group"]} & groups
-    assert lifecycle.image_gone(ec2, image_id) and all(lifecycle.snapshot_gone(ec2, s) for s in snapshots)
+    assert aws_images.image_gone(ec2, image_id) and all(aws_images.snapshot_gone(ec2, s) for s in snapshots)
 
-    again = reaper.plan_aws(settings, ec2=ec2, ssm=ssm, now=now)
+    again = aws_reap.plan_aws(settings, ec2=ec2, ssm=ssm, now=now)
     assert again.leftovers == [], again.describe()
 
 
@@ -147,12 +151,12 @@ def test_untagged_packer_leftovers_wait_for_the_packer_timeout(aws):
 
     # Packer builds may run 3 h here: an untagged 3 h old group might still be a live build's.
     slow = Settings.model_validate({"packer": {"timeout_minutes": 180}})
-    assert reaper.plan_aws(slow, ec2=ec2, ssm=ssm, now=now).leftovers == []
+    assert aws_reap.plan_aws(slow, ec2=ec2, ssm=ssm, now=now).leftovers == []
     # With the default 90 min Packer timeout the 3 h old group is past it; the key pair is not:
     # its CreateTime (now) is younger than its name, and the younger age wins.
-    plan = reaper.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=now)
+    plan = aws_reap.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=now)
     assert {(x.kind, x.ident) for x in plan.leftovers} == {("security-group", group)}
-    plan = reaper.plan_aws(slow, ec2=ec2, ssm=ssm, now=now + timedelta(hours=4))
+    plan = aws_reap.plan_aws(slow, ec2=ec2, ssm=ssm, now=now + timedelta(hours=4))
     assert {(x.kind, x.ident) for x in plan.leftovers} == {("key-pair", three_hours_old), ("security-group", group)}
     assert "untagged" in " ".join(x.reason for x in plan.leftovers)
     kept = {k.ident: k.why for k in plan.kept}
@@ -167,7 +171,7 @@ def test_an_old_candidate_still_in_use_is_kept(aws):
     ec2, ssm = aws
     image_id, _ = _candidate(ec2, "debian12-20261129T010000Z-cccccc")
     ec2.create_launch_template(LaunchTemplateName="trial", LaunchTemplateData={"ImageId": image_id})
-    plan = reaper.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER)
+    plan = aws_reap.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER)
     assert plan.leftovers == []
     assert "launch template trial" in {k.ident: k.why for k in plan.kept}[image_id]
 
@@ -178,17 +182,17 @@ def test_orphaned_snapshots_and_volumes_are_found(aws):
     ec2.deregister_image(ImageId=image_id)  # a prune that died before deleting the snapshot
     volume = ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=8, TagSpecifications=[
         {"ResourceType": "volume", "Tags": _tags({"ManagedBy": "golden-ami", "Purpose": "build"})}])["VolumeId"]
-    plan = reaper.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER)
+    plan = aws_reap.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER)
     assert {(x.kind, x.ident) for x in plan.leftovers} == {("snapshot", s) for s in snapshots} | {("volume", volume)}
     reaper.apply(plan, yes=True, ec2=ec2, ssm=ssm)
-    assert reaper.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER).leftovers == []
+    assert aws_reap.plan_aws(Settings(), ec2=ec2, ssm=ssm, now=datetime.now(timezone.utc) + LATER).leftovers == []
 
 
 def test_packer_name_time():
-    assert reaper.packer_name_time("packer_5f5e1000-0a1b-2c3d-4e5f-0123456789ab") == datetime(
+    assert aws_reap.packer_name_time("packer_5f5e1000-0a1b-2c3d-4e5f-0123456789ab") == datetime(
         2020, 9, 13, 12, 26, 40, tzinfo=timezone.utc)
-    assert reaper.packer_name_time("packer-5f5e1000") is None
-    assert reaper.packer_name_time("packer_zzzzzzzz-0a1b-2c3d-4e5f-0123456789ab") is None
+    assert aws_reap.packer_name_time("packer-5f5e1000") is None
+    assert aws_reap.packer_name_time("packer_zzzzzzzz-0a1b-2c3d-4e5f-0123456789ab") is None
 
 
 # --- local -------------------------------------------------------------------------------------
@@ -234,7 +238,7 @@ def _killed_local_run(state: Path, tmp_path: Path) -> dict:
 
 def test_a_killed_local_run_is_reaped_completely(state_dir, tmp_path):
     made = _killed_local_run(state_dir, tmp_path)
-    plan = reaper.plan_local(state_dir, processes={})
+    plan = local_reap.plan_local(state_dir, processes={})
     assert {(x.kind, x.ident) for x in plan.leftovers} == {
         ("store-image", made["candidate"].id), ("store-partial", made["partial"].name),
         ("runtime-dir", made["build"].name), ("verify-leftover", made["build"].name)}
@@ -252,17 +256,17 @@ def test_a_killed_local_run_is_reaped_completely(state_dir, tmp_path):
     assert not (build / "verify" / ".run-k1ll3d").exists()
     assert (build / "verify" / "instance" / "serial.log").exists() and (build / "verify" / "key" / "id_ed25519_li-x.pub").exists()
     assert [i.id for i in Store(state_dir / "store").list()] == [made["approved"].id]
-    assert reaper.plan_local(state_dir, processes={}).leftovers == []
+    assert local_reap.plan_local(state_dir, processes={}).leftovers == []
 
 
 def test_young_leftovers_and_a_live_build_are_kept(state_dir, tmp_path):
     made = _killed_local_run(state_dir, tmp_path)
-    plan = reaper.plan_local(state_dir, older_than_hours=5, candidates_older_than_hours=48, processes={})
+    plan = local_reap.plan_local(state_dir, older_than_hours=5, candidates_older_than_hours=48, processes={})
     assert plan.leftovers == []
     # A live process working in the build directory (Packer does: its cwd) protects it, however old.
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=made["build"])
     try:
-        plan = reaper.plan_local(state_dir)
+        plan = local_reap.plan_local(state_dir)
         assert {x.kind for x in plan.leftovers} == {"store-image", "store-partial"}
         assert f"PID {worker.pid}" in {k.ident: k.why for k in plan.kept}[made["build"].name]
     finally:
@@ -272,7 +276,7 @@ def test_young_leftovers_and_a_live_build_are_kept(state_dir, tmp_path):
 
 def _process(pid, ppid, argv, started_hours_ago=3.0, state="S"):
     started = datetime.now(timezone.utc) - timedelta(hours=started_hours_ago)
-    return reaper.ProcessInfo(pid, ppid, tuple(argv), state, 1000 + pid, started)
+    return processes.ProcessInfo(pid, ppid, tuple(argv), state, 1000 + pid, started)
 
 
 def test_which_qemu_and_packer_processes_lost_their_pipeline(state_dir):
@@ -300,7 +304,7 @@ def test_which_qemu_and_packer_processes_lost_their_pipeline(state_dir):
         _process(96, 1, ["qemu-system-x86_64", "-drive", "file=/srv/vm.qcow2"]),
         _process(97, 1, ["qemu-system-x86_64", f"{state}/x"], state="Z"),
     ]}
-    plan = reaper.plan_local(state_dir, processes=table)
+    plan = local_reap.plan_local(state_dir, processes=table)
     assert [x.ident for x in plan.leftovers] == ["70", "72", "80"]  # Packer first: it stops its own VM
     kept = {k.ident: k.why for k in plan.kept}
     assert set(kept) == {"60", "61", "63", "90"}
@@ -316,17 +320,17 @@ def test_a_leaked_vm_is_stopped_by_pid_with_sigkill_if_it_ignores_sigterm(state_
                           stdout=subprocess.PIPE, text=True)
     try:
         assert vm.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
-        table = reaper.read_processes()
+        table = processes.read_processes()
         seen = table[vm.pid]
         assert seen.argv[0] == "qemu-system-x86_64"
         # As found for real: its parent (this test) is alive, so it is not touched.
-        live = reaper.plan_local(state_dir, older_than_hours=0)
+        live = local_reap.plan_local(state_dir, older_than_hours=0)
         assert [k.ident for k in live.kept if k.kind == "process"] == [str(vm.pid)] and live.leftovers == []
         # Its pipeline gone (handed to init): reaped, and a wrong start time protects a reused PID.
         orphaned = {**table, vm.pid: replace(seen, ppid=1)}
-        plan = reaper.plan_local(state_dir, older_than_hours=0, processes=orphaned)
+        plan = local_reap.plan_local(state_dir, older_than_hours=0, processes=orphaned)
         assert [(x.kind, x.ident) for x in plan.leftovers] == [("process", str(vm.pid))]
-        reaper.stop_process(vm.pid, seen.start_ticks + 1, grace_seconds=0.2)
+        processes.stop_process(vm.pid, seen.start_ticks + 1, grace_seconds=0.2)
         assert vm.poll() is None
         started = time.monotonic()
         outcomes = reaper.apply(plan, yes=True, grace_seconds=1.0)

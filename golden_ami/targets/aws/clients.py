@@ -43,6 +43,21 @@ def client(service: str, region: str) -> Any:
         raise UserError(f"{exc}: check AWS_PROFILE") from None
 
 
+def error_code(exc: Exception) -> str:
+    """The API's error code of a ClientError ("InvalidAMIID.NotFound"), else ""."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""
+
+
+def error_text(exc: Exception) -> str:
+    """An AWS failure in one short line: "Code: Message" when the API answered, else the
+    exception's type and text (no answer, or one that is not the API's)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return f"{error_code(exc) or 'Error'}: {exc.response.get('Error', {}).get('Message', '')}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 def describe_error(exc: Exception, action: str) -> UserError:
     """One actionable line for an AWS API failure (wrong endpoint, denied, expired token)."""
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
@@ -51,7 +66,5 @@ def describe_error(exc: Exception, action: str) -> UserError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return UserError(f"no AWS credentials to {action}: set AWS_PROFILE or run aws sso login")
     if isinstance(exc, botocore.exceptions.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "Error")
-        message = exc.response.get("Error", {}).get("Message", "")
-        return UserError(f"AWS refused to {action}: {code}: {message}")
+        return UserError(f"AWS refused to {action}: {error_text(exc)}")
     return UserError(f"AWS call failed to {action}: {exc}")

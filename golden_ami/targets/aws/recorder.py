@@ -262,7 +262,7 @@ def record_server_request(service: str, action: str, user_agent: str, into: Acti
 def install() -> None:
     """Record from now on: every botocore session created later carries the handler."""
     global _installed
-    import boto3
+    import boto3  # deferred: only a test run that asks for the IAM recording pays for it
     import botocore.handlers
 
     with _install_lock:

@@ -17,8 +17,10 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from datetime import datetime
+from typing import Any, Iterator, Mapping, Optional
 
+import boto3
 import botocore.exceptions
 
 from ... import provenance
@@ -28,7 +30,7 @@ from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
 from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
-from . import checks, clients, signing, source
+from . import checks, clients, doctor, prune, reap, signing, source
 
 MANAGED_BY = provenance.MANAGED_BY
 # The approval statement's digest and signature, on the image: they name the one statement in
@@ -89,8 +91,6 @@ class AwsTarget(Target):
         if shutil.which(self.settings.packer.binary) is None:
             found.append(Problem("packer is not installed", "apt-get install packer"))
         try:
-            import boto3
-
             if boto3.Session().get_credentials() is None:
                 found.append(Problem("no AWS credentials", "set AWS_PROFILE, run aws sso login, or use a role"))
         except Exception as exc:  # noqa: BLE001 - reported as the problem
@@ -247,6 +247,24 @@ class AwsTarget(Target):
             raise UserError(f"no AMI {image_id} in {self.region}")
         return _image(images[0], self.region)
 
+    def doctor_findings(self, probe_kvm: bool = True) -> list[doctor.Finding]:
+        return [doctor.credentials_finding()]
+
+    # --- lifecycle ---
+    def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
+                    now: Optional[datetime] = None) -> list[prune.AwsPrunePlan]:
+        """One plan per region (aws.region and every copy region) and OS. Copies in other regions
+        carry the tags but not a statement of their own: they are counted by their tags."""
+        aws = self.settings.aws
+        regions = list(dict.fromkeys([aws.region, *aws.copy_regions]))
+        return [prune.plan_aws(self.settings, name, region, now=now,
+                               refused=refused.get(name, {}) if region == aws.region else {})
+                for region in regions for name in os_names]
+
+    def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
+                  now: Optional[datetime] = None) -> reap.AwsReapPlan:
+        return reap.plan_aws(self.settings, older_than_hours, candidates_older_than_hours, now=now)
+
     def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]:
         filters = [{"Name": "tag:ManagedBy", "Values": [MANAGED_BY]}]
         if os_name:
@@ -306,7 +324,7 @@ class AwsTarget(Target):
         return signer
 
     def _pinned_key(self) -> Any:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         path = self.settings.aws.signing_public_key
         if not path:

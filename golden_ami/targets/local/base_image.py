@@ -32,7 +32,7 @@ from typing import Optional
 
 from ...config import Resolved
 from ...errors import StepFailed, UserError
-from ...procs import run_streaming
+from ...procs import run_streaming, stop_process
 from ...progress import Progress
 from .accel import Accelerator
 from .accel import choose as choose_accelerator
@@ -330,8 +330,6 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
 
 
 def _boot_once(argv: list[str], serial: Path, timeout_seconds: float) -> None:
-    from ...procs import stop_process
-
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

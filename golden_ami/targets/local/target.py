@@ -6,7 +6,8 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from datetime import datetime
+from typing import Any, Iterator, Mapping, Optional
 
 from ... import provenance
 from ...config import Resolved
@@ -16,7 +17,7 @@ from ...render import SourceImage
 from ...sshkeys import KeyPair, generate
 from ..base import BuildContext, Image, Problem, Target, TestInstance
 from . import accel as accelerators
-from . import base_image, vm
+from . import base_image, doctor, prune, reap, vm
 from .seed import write_seed_files
 from .store import Store, StoredImage
 
@@ -118,6 +119,19 @@ class LocalTarget(Target):
     def get_image(self, image_id: str) -> Image:
         return _image(self.store.get(image_id))
 
+    def doctor_findings(self, probe_kvm: bool = True) -> list[doctor.Finding]:
+        return doctor.findings(self.state_dir, probe_kvm)
+
+    # --- lifecycle ---
+    def prune_plans(self, os_names: list[str], refused: Mapping[str, Mapping[str, list[str]]],
+                    now: Optional[datetime] = None) -> list[prune.LocalPrunePlan]:
+        return [prune.plan_local(self.settings, self.state_dir, name, refused=refused.get(name, {}))
+                for name in os_names]
+
+    def reap_plan(self, older_than_hours: float, candidates_older_than_hours: float,
+                  now: Optional[datetime] = None) -> reap.LocalReapPlan:
+        return reap.plan_local(self.state_dir, older_than_hours, candidates_older_than_hours, now=now)
+
     def list_images(self, os_name: Optional[str] = None, status: Optional[str] = None) -> list[Image]:
         return [_image(s) for s in self.store.list(os_name, status)]
 
@@ -128,12 +142,12 @@ class LocalTarget(Target):
     signs_approvals = True
 
     def approval_signer(self) -> Any:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         return attest.local_signer(self.state_dir)
 
     def approval_keys(self) -> list[Any]:
-        from ... import attest
+        from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         # Never made here: without the key there is no statement to check either.
         return [attest.local_signer(self.state_dir).public_key] if (self.state_dir / attest.KEY_FILE).exists() else []
