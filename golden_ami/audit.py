@@ -120,6 +120,8 @@ def validate(req: AuditRequest) -> None:
         raise UsageError(f"--out {req.out} exists already: an audit writes a new directory")
     if req.out and not Path(req.out).resolve().parent.is_dir():
         raise UsageError(f"--out {req.out}: its parent directory does not exist")
+    if req.host and req.known_hosts:
+        pinned_keys(Path(req.known_hosts), req.host, req.port)  # a file without this host: said before anything
 
 
 def pinned_keys(known_hosts: Path, host: str, port: int) -> list[tuple[str, str]]:
