@@ -13,6 +13,7 @@ from golden_ami import audit, hostkeys, sshkeys
 from golden_ami.errors import UsageError
 from golden_ami.progress import Progress
 from tests.conftest import invoke_cmd
+from tests.unit.test_tasks import _one_line_error
 from tests.unit.offline_suite import FACTS, controls_document, judge_many
 
 KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO/MwkRvu2/JNUmUbjmGGzzxWa+9CLzliv7kVzHKgZLB"
@@ -24,13 +25,8 @@ def identity(tmp_path):
 
 
 def _usage_error(proc, *needles):
-    """Exit 2 and one line naming the problem; nothing written under the state dir."""
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    """Exit 2 and one line naming the problem."""
+    _one_line_error(proc, *needles, code=2)
 
 
 @pytest.mark.parametrize("args, needles", [
