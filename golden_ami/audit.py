@@ -36,7 +36,7 @@ import paramiko
 
 from . import config as gconfig
 from . import hostkeys, verify_runner
-from .errors import UsageError, UserError, VerificationError
+from .errors import HostKeyMismatch, UsageError, UserError, VerificationError
 from .files import write_atomic
 from .progress import Progress
 from .render import CONTROLS_FILE
@@ -341,8 +341,13 @@ def _audit(req: AuditRequest, settings: gconfig.Resolved, run_dir: Path, progres
     else:
         connection = _connect_ssh(req, run_dir, progress)
     # One pinned login first: a key that differs ends the audit here, before any check.
-    client = hostkeys.connect_pinned(connection.host, connection.port, req.user, Path(req.identity),
-                                     connection.known_hosts, timeout_seconds=SSH_TIMEOUT_SECONDS)
+    try:
+        client = hostkeys.connect_pinned(connection.host, connection.port, req.user, Path(req.identity),
+                                         connection.known_hosts, timeout_seconds=SSH_TIMEOUT_SECONDS)
+    except HostKeyMismatch:
+        raise HostKeyMismatch(f"{connection.host}:{connection.port} presented a host key other than the one "
+                              f"{connection.host_key.split(':', 1)[0]}: refusing to audit (possible interception, "
+                              "or the host was rebuilt: check its key out of band)") from None
     try:
         image_id, image_source = _image_of(req, connection, client)
     finally:
