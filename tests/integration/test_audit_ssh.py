@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from golden_ami import audit, config
 from golden_ami.targets.local.target import LocalTarget
 from tests.conftest import invoke_cmd
+from tests.unit.conftest import REGION, aws_env  # noqa: F401 - aws_env: moto in this process, for ec2_instance
 from tests.unit.offline_suite import controls_document
 
 pytestmark = pytest.mark.integration
@@ -111,3 +112,81 @@ def test_no_failed_control_exits_0(tmp_path, local_sshd, state_dir):
     audits = list((state_dir / "audits").iterdir())
     assert [p.name.rsplit("-", 1)[0] for p in audits] == ["127.0.0.1"]
     assert json.loads((audits[0] / "report.json").read_text())["summary"] == {"pass": 1}
+
+
+# --- the aws path, cheaply: moto in this process, this machine's sshd as the instance -------------
+
+
+@pytest.fixture
+def ec2_instance(request, local_sshd, state_dir, tmp_path, monkeypatch):
+    """A moto instance of a tagged AMI whose address is 127.0.0.1 and whose console prints the
+    key block of this machine's sshd (console_text: what get_console_output answers)."""
+    request.getfixturevalue("aws_env")
+    import time
+
+    import boto3
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.responses import ActionResult
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.responses.general import General
+    from moto.ec2.utils import Base64EncodedString
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ami = "ami-0deb1000000000001"
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": "BuildId", "Value": BUILD_ID}, {"Key": "OS", "Value": "debian12"}])
+    document = controls_document("debian12", "aws")
+    document["controls"] = [c for c in document["controls"] if c["id"] in ("5.2.1.1", "GA-HYG-MACHINEID")]
+    (state_dir / "builds" / BUILD_ID).mkdir(parents=True)
+    (state_dir / "builds" / BUILD_ID / "controls.json").write_text(json.dumps(document))
+    instance_id = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2_backends[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id).nics[0].public_ip = "127.0.0.1"
+    console = {"text": local_sshd.console_text}
+
+    def get_console_output(self):
+        return ActionResult({"InstanceId": self._get_param("InstanceId"), "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                             "Output": Base64EncodedString.from_raw_string(console["text"])})
+
+    monkeypatch.setattr(General, "get_console_output", get_console_output)
+    config = tmp_path / "golden-ami.yaml"
+    config.write_text(f"aws:\n  region: {REGION}\n  ssh_port: {local_sshd.port}\n")
+    return instance_id, ami, console, config
+
+
+def _aws_request(instance_id, config, sshd, out):
+    return audit.AuditRequest(instance_id=instance_id, target="aws", user=sshd.user,
+                              identity=str(sshd.client_key.private_key_path), out=str(out), config_file=str(config))
+
+
+def test_an_aws_audit_takes_the_ami_from_ec2_and_pins_the_key_from_the_console(ec2_instance, local_sshd, tmp_path):
+    from golden_ami.progress import Progress
+
+    instance_id, ami, _, config = ec2_instance
+    report, out = audit.run(_aws_request(instance_id, config, local_sshd, tmp_path / "out"), Progress(quiet=True))
+    assert report["image_id"] == ami and report["audit"]["image_id_source"] == "describe_instances"
+    assert report["host_key"] == "pinned from the console: ssh-ed25519"
+    assert report["audit"]["controls"] == f"from build {BUILD_ID}"
+    assert report["audit"]["instance_id"] == instance_id and report["audit"]["port"] == local_sshd.port
+    assert {row["id"] for row in report["controls"]} == {"5.2.1.1", "GA-HYG-MACHINEID"}
+    facts = json.loads((out / "facts.json").read_text())
+    assert facts["context"]["instance_id"] == instance_id and facts["context"]["login_public_key"] == ""
+
+
+def test_an_aws_audit_refuses_a_console_without_keys_or_with_other_keys(ec2_instance, local_sshd, tmp_path):
+    from golden_ami.errors import HostKeyMismatch, UserError
+    from golden_ami.progress import Progress
+
+    instance_id, _, console, config = ec2_instance
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(audit, "CONSOLE_TIMEOUT_SECONDS", 1)
+    console["text"] = "[  1.0] a console long scrolled past its key block\n"
+    try:
+        with pytest.raises(UserError, match="no SSH host key block.*--known-hosts.*--trust-first-use"):
+            audit.run(_aws_request(instance_id, config, local_sshd, tmp_path / "none"), Progress(quiet=True))
+    finally:
+        monkeypatch.undo()
+    impostor = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    console["text"] = local_sshd.console_text.replace(local_sshd.host_key_line, impostor)
+    with pytest.raises(HostKeyMismatch, match="other than the one pinned from the console"):
+        audit.run(_aws_request(instance_id, config, local_sshd, tmp_path / "other"), Progress(quiet=True))
+    assert not (tmp_path / "none").exists() and not (tmp_path / "other").exists()
