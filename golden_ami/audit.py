@@ -234,7 +234,7 @@ def _image_of(req: AuditRequest, connection: Connection, client: paramiko.SSHCli
     found = _image_id_on_host(client)
     if found:
         return found, "cloud-init instance data (ami-id)"
-    return "", "unknown (no --image-id, and the instance's cloud-init data names none)"
+    return "", "no --image-id, and the instance's cloud-init data names none"
 
 
 def _controls(req: AuditRequest, settings: gconfig.Resolved, image_id: str,
