@@ -323,6 +323,9 @@ def failed(report: dict[str, Any]) -> bool:
 def run(req: AuditRequest, progress: Progress) -> tuple[dict[str, Any], Path]:
     """Audit; returns the report and the directory its files are in."""
     validate(req)
+    # The suite runs from the project root: every path it is given must not depend on our cwd.
+    req = dataclasses.replace(req, identity=_absolute(req.identity), known_hosts=_absolute(req.known_hosts),
+                              out=_absolute(req.out))
     settings = gconfig.resolve(gconfig.available_os()[0], req.target, req.config_file)
     out = Path(req.out) if req.out else default_out(settings.state_dir, req.instance_id or req.host)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -333,6 +336,10 @@ def run(req: AuditRequest, progress: Progress) -> tuple[dict[str, Any], Path]:
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return report, out
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
 
 
 def _audit(req: AuditRequest, settings: gconfig.Resolved, run_dir: Path, progress: Progress) -> dict[str, Any]:

@@ -104,10 +104,12 @@ def test_an_audit_runs_the_suite_with_the_builds_controls_and_changes_nothing(tm
 
 
 def test_no_failed_control_exits_0(tmp_path, local_sshd, state_dir):
+    """(Paths relative to the caller's directory: the suite runs elsewhere.)"""
     image_id = _image_with_build(state_dir, tmp_path, ("GA-HYG-MACHINEID",))
+    _known_hosts(tmp_path, local_sshd.port, local_sshd.host_key_line)
+    identity = os.path.relpath(local_sshd.client_key.private_key_path, tmp_path)
     proc = invoke_cmd("audit", "--host=127.0.0.1", f"--port={local_sshd.port}", f"--user={local_sshd.user}",
-                      f"--identity={local_sshd.client_key.private_key_path}", f"--image-id={image_id}",
-                      f"--known-hosts={_known_hosts(tmp_path, local_sshd.port, local_sshd.host_key_line)}")
+                      f"--identity={identity}", f"--image-id={image_id}", "--known-hosts=known_hosts", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     audits = list((state_dir / "audits").iterdir())
     assert [p.name.rsplit("-", 1)[0] for p in audits] == ["127.0.0.1"]
