@@ -197,8 +197,11 @@ def test_an_audit_of_a_running_instance_names_its_ami_and_pins_its_key_from_the_
     client.import_key_pair(KeyName="app-team-audit", PublicKeyMaterial=key.public_key.encode())
     instance_id = None
     try:
+        # (IMDSv2 required, as the team's launch template sets it: GA-AWS-IMDSV2-ENFORCED judges it.)
         instance_id = client.run_instances(ImageId=aws_build["image_id"], InstanceType="t3.micro", MinCount=1,
-                                           MaxCount=1, KeyName="app-team-audit")["Instances"][0]["InstanceId"]
+                                           MaxCount=1, KeyName="app-team-audit",
+                                           MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                                           )["Instances"][0]["InstanceId"]
         # A running instance, as an audit finds it: booted, its key block on the console.
         hostkeys.wait_for_console_host_keys(
             lambda: client.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or "", 900)
