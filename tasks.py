@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Exit, task
 
 from golden_ami import config as gconfig
-from golden_ami.errors import UserError
+from golden_ami.errors import UsageError, UserError
 from golden_ami.procs import terminate_as_interrupt
 from golden_ami.progress import Progress
 
@@ -34,6 +34,9 @@ def _user_errors(func):
         try:
             with terminate_as_interrupt():  # SIGTERM tears down like Ctrl-C does
                 return func(*args, **kwargs)
+        except UsageError as exc:  # the command line itself: exit 2, as a parser would
+            _emit_error(kwargs.get("json_"), "usage", str(exc))
+            raise Exit(f"error: {exc}", code=2) from None
         except UserError as exc:
             _emit_error(kwargs.get("json_"), "error", str(exc))
             raise Exit(f"error: {exc}", code=1) from None
@@ -228,6 +231,46 @@ def verify(c, image_id=None, target="local", config_=None, accept_unpinned_host_
     _emit(json_, {"image_id": image.id, "approved": decision.approved, "failed_controls": decision.failed_controls,
                  "reasons": decision.reasons}, f"{image.id}: {decision.summary()}")
     if not decision.approved:
+        raise Exit(code=1)
+
+
+@task(help={"host": "SSH address of the instance to audit (or --instance-id with --target=aws)",
+            "port": "SSH port (default 22; aws: aws.ssh_port)",
+            "user": "login user on the instance; it needs passwordless sudo (required)",
+            "identity": "private key file of --user (required; read by the SSH client only, never copied)",
+            "known_hosts": "known_hosts file holding the host's key, checked out of band (required with --host "
+                           "unless --trust-first-use; aws: instead of the console's key block)",
+            "trust_first_use": "DANGEROUS: do not pin the host key, trust the first one presented (a WARNING, "
+                               "and written into the report)",
+            "instance_id": "aws: the EC2 instance to audit (address and image from describe_instances, host key "
+                           "from its console)",
+            "target": "aws with --instance-id; which registry to look the image up in otherwise (default: local)",
+            "os_": "the instance's OS, when its image has no build in this state dir (the current catalogue "
+                   "is used then); " + OS_HELP,
+            "image_id": "the image the instance was launched from, when the platform cannot say (local/SSH)",
+            "out": "directory to write the report files into; must not exist (default: "
+                   "<state>/audits/<host or instance>-<UTC time>)",
+            "config_": CONFIG_HELP, "json_": "print the report summary as JSON on stdout"})
+@_user_errors
+def audit(c, host="", port=22, user="", identity="", known_hosts="", trust_first_use=False, instance_id="",
+          target="local", os_=None, image_id="", out="", config_=None, json_=False):
+    """Run the verify suite against a running instance the pipeline did not boot (read-only).
+
+    The host key is pinned (--known-hosts, or the console with --instance-id); the report
+    (JSON, Markdown, JUnit) names the image the instance was launched from and where the
+    controls came from. Exit 0: no control failed; 1: a control failed (or the audit could
+    not run); 2: a usage error. What an audit touches on the host: docs/audit.md.
+    """
+    from golden_ami import audit as gaudit
+
+    request = gaudit.AuditRequest(host=host, port=int(port), user=user, identity=identity, known_hosts=known_hosts,
+                                  trust_first_use=trust_first_use, instance_id=instance_id, target=target,
+                                  os_name=os_ or "", image_id=image_id, out=out, config_file=config_)
+    report, directory = gaudit.run(request, Progress())
+    summary = gaudit.summary_of(report, directory)
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(summary["summary"].items()))
+    _emit(json_, summary, f"{summary['image_id'] or 'image unknown'}: {counts}\nreport: {directory}")
+    if gaudit.failed(report):
         raise Exit(code=1)
 
 

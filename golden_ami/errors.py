@@ -9,6 +9,11 @@ class UserError(Exception):
     """
 
 
+class UsageError(UserError):
+    """The command line itself is wrong (a missing or conflicting flag): exit status 2, like a
+    command-line parser's, so a script can tell it from a run that found something."""
+
+
 class StepFailed(UserError):
     """An external step (Packer, mmdebstrap, QEMU) failed; the message points at its log."""
 

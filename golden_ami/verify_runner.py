@@ -177,13 +177,14 @@ def _pin_host_keys(cfg: Resolved, instance, known_hosts: Path, timeout: float, p
 def suite_argv(*, controls_file: Path, report: Path, image_id: str, fingerprint: str, host: str = "", port: int = 22,
                user: str = "", identity: Optional[Path] = None, known_hosts: Optional[Path] = None,
                facts: Optional[Path] = None, build_id: str = "", instance_id: str = "", login_public_key: str = "",
-               junit: Optional[Path] = None, verbose: bool = True) -> list[str]:
+               junit: Optional[Path] = None, verbose: bool = True, mode: str = "verify") -> list[str]:
     """The command line of the verify suite: live (host, user, identity, known_hosts) or offline
-    (facts: a saved snapshot to judge)."""
+    (facts: a saved snapshot to judge). mode "audit": a running instance the pipeline did not
+    boot (invoke audit): the suite changes nothing on it and judges lived-in state as such."""
     argv = [sys.executable, "-m", "pytest", str(paths.VERIFY_DIR), "-c", str(paths.VERIFY_DIR / "pytest.ini"),
             "--rootdir", str(paths.VERIFY_DIR), "-v" if verbose else "-q", "--tb=line",
             f"--ga-controls={controls_file}", f"--ga-report={report}", f"--ga-image-id={image_id}",
-            f"--ga-fingerprint={fingerprint}", f"--ga-build-id={build_id}"]
+            f"--ga-fingerprint={fingerprint}", f"--ga-build-id={build_id}", f"--ga-mode={mode}"]
     if junit is not None:
         argv += ["-o", "junit_family=xunit2", f"--junitxml={junit}"]
     if facts is not None:
@@ -201,6 +202,11 @@ def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Pat
                       user=instance.login_user, identity=instance.key.private_key_path, known_hosts=known_hosts,
                       build_id=build_id, instance_id=instance.instance_id, login_public_key=instance.key.public_key,
                       junit=verify_dir / JUNIT_FILE)
+    run_suite(argv, verify_dir / REPORT_FILE, log_path, cfg.settings.verify.timeout_minutes * 60, progress)
+
+
+def run_suite(argv: list[str], report: Path, log_path: Path, timeout_seconds: float, progress: Progress) -> None:
+    """Run the suite's command line (suite_argv), its lines as progress; raise when it wrote no report."""
 
     def on_line(line: str) -> None:
         # "verify/test_ssh.py::test_root_login_disabled PASSED [ 40%]" -> a progress line
@@ -213,9 +219,8 @@ def _run_suite(cfg: Resolved, image: Image, controls_file: Path, verify_dir: Pat
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # one line per check as it finishes
     status = run_streaming(argv, cwd=paths.PROJECT_ROOT, env=env, log_path=log_path, progress=progress,
-                           on_line=on_line, timeout_seconds=cfg.settings.verify.timeout_minutes * 60,
-                           interrupt_grace_seconds=10)
-    if not (verify_dir / REPORT_FILE).is_file():
+                           on_line=on_line, timeout_seconds=timeout_seconds, interrupt_grace_seconds=10)
+    if not report.is_file():
         raise VerificationError(f"the verify suite wrote no report (pytest exit {status}): see {log_path}")
 
 

@@ -51,6 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ga-build-id", default="")
     group.addoption("--ga-instance-id", default="", help="cloud-init instance-id of this boot")
     group.addoption("--ga-login-public-key", default="", help="the one key allowed in authorized_keys")
+    group.addoption("--ga-mode", choices=("verify", "audit"), default="verify",
+                    help="verify: a fresh instance of a candidate; audit: a running instance the pipeline did not boot")
 
 
 def _controls_document(config: pytest.Config) -> dict[str, Any]:
@@ -117,7 +119,8 @@ class FactSession:
         login_user = target_os["login_user"]
         applicable = [c for c in self.document["controls"] if c["applicable"]]
         request = ga_facts.build_request(applicable, os_data, target_os, self.optional)
-        prefetch = [f"pending_updates:{os_data['package_manager']}"] if "pending_updates" in self.dynamic else []
+        updates = ga_facts.pending_updates_name(os_data["package_manager"], self.config.getoption("--ga-mode"))
+        prefetch = [updates] if "pending_updates" in self.dynamic else []
         return ga_facts.take(host, request, self._context(login_user), prefetch, announce=_progress)
 
     def _context(self, login_user: str) -> dict[str, Any]:
@@ -132,7 +135,8 @@ class FactSession:
                     pinned.append(f"{parts[1]} {parts[2]}")
         return {"os": self.document["os"], "target": self.document["target"], "login_user": login_user,
                 "image_id": opt("--ga-image-id"), "instance_id": opt("--ga-instance-id"),
-                "login_public_key": opt("--ga-login-public-key"), "pinned_host_keys": pinned}
+                "login_public_key": opt("--ga-login-public-key"), "pinned_host_keys": pinned,
+                "mode": opt("--ga-mode")}
 
     def save(self, directory: Path) -> dict[str, Any]:
         """facts.json beside the report (live runs) and its digest; offline: the input's digest."""
@@ -246,7 +250,7 @@ def secret_scan(facts) -> dict[str, Any]:
 def pending_updates(facts, os_data) -> str:
     """The upgrade simulation after refreshing the package lists (a dynamic command: it asks the
     archive, not the host; live runs start it beside the collector)."""
-    return facts.dynamic_output(f"pending_updates:{os_data['package_manager']}")
+    return facts.dynamic_output(ga_facts.pending_updates_name(os_data["package_manager"], facts.context.get("mode")))
 
 
 @pytest.fixture(scope="session")

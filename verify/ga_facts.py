@@ -109,6 +109,32 @@ DYNAMIC = {
     "pending_updates:dnf": ("dnf -q --releasever=latest updateinfo list --security --available", (0,)),
 }
 
+# Audit mode (a running instance someone else owns) must leave the host as it found it: the same
+# questions, with the package lists and caches in a temporary directory removed afterwards (apt:
+# lists and binary caches; dnf: cache, logs and history), and no update hooks run (apt reads the
+# `-c` file after its own configuration, so its #clear empties the hook lists /etc/apt set).
+_APT_READONLY_CONF = ('Dir::State::Lists "%s/lists"; Dir::Cache "%s/cache";\\n#clear APT::Update::Pre-Invoke;\\n'
+                      '#clear APT::Update::Post-Invoke;\\n#clear APT::Update::Post-Invoke-Success;\\n')
+DYNAMIC.update({
+    "pending_updates:apt:audit": (
+        "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && chmod 0755 \"$d\""
+        " && mkdir -p \"$d/lists/partial\" \"$d/cache/archives/partial\""
+        f" && printf '{_APT_READONLY_CONF}' \"$d\" \"$d\" > \"$d/apt.conf\""
+        " && apt-get -q -c \"$d/apt.conf\" -o Acquire::Languages=none update >/dev/null"
+        " && apt-get -s -c \"$d/apt.conf\" -o Debug::NoLocking=1 dist-upgrade",
+        (0,)),
+    "pending_updates:dnf:audit": (
+        "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT"
+        " && dnf -q --releasever=latest --setopt=cachedir=\"$d/cache\" --setopt=logdir=\"$d/log\""
+        " --setopt=persistdir=\"$d/lib\" updateinfo list --security --available",
+        (0,)),
+})
+
+
+def pending_updates_name(package_manager: str, mode: str = "verify") -> str:
+    """The dynamic command that asks for pending updates in this mode (audit: the read-only one)."""
+    return f"pending_updates:{package_manager}" + (":audit" if mode == "audit" else "")
+
 
 class FactUnavailable(AssertionError):
     """A fact a check needs could not be read: the check fails with this reason."""

@@ -186,6 +186,46 @@ def test_the_aws_approval_is_signed_by_kms_and_a_retagged_image_stops_counting(e
     assert run_invoke(*attest)[0] == 0
 
 
+def test_an_audit_of_a_running_instance_names_its_ami_and_pins_its_key_from_the_console(ec2, aws_build, tmp_path):
+    """invoke audit --instance-id: an application team's instance of the approved AMI, launched
+    with its own key pair; the audit takes the address and the AMI from describe_instances and
+    the host key from the console, judges with the build's controls, and finds nothing failing."""
+    from golden_ami import hostkeys, sshkeys
+
+    harness, config, client, _ = ec2
+    key = sshkeys.generate(tmp_path / "key", "id_ed25519", "app-team")
+    client.import_key_pair(KeyName="app-team-audit", PublicKeyMaterial=key.public_key.encode())
+    instance_id = None
+    try:
+        # (IMDSv2 required, as the team's launch template sets it: GA-AWS-IMDSV2-ENFORCED judges it.)
+        instance_id = client.run_instances(ImageId=aws_build["image_id"], InstanceType="t3.micro", MinCount=1,
+                                           MaxCount=1, KeyName="app-team-audit",
+                                           MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                                           )["Instances"][0]["InstanceId"]
+        # A running instance, as an audit finds it: booted, its key block on the console.
+        hostkeys.wait_for_console_host_keys(
+            lambda: client.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or "", 900)
+        out_dir = tmp_path / "audit"
+        code, out = run_invoke("audit", f"--instance-id={instance_id}", "--target=aws", f"--config={config}",
+                               f"--user={harness.login_user}", f"--identity={key.private_key_path}",
+                               f"--out={out_dir}", "--json")
+        summary = json.loads(out)
+        assert summary["image_id"] == aws_build["image_id"] and summary["image_id_source"] == "describe_instances"
+        assert summary["host_key"].startswith("pinned from the console: "), summary
+        build_id = Path(aws_build["build_dir"]).name
+        assert summary["controls"] == f"from build {build_id}"
+        assert code == 0 and summary["failed_controls"] == [], out
+        report = json.loads((out_dir / "report.json").read_text())
+        assert report["audit"]["instance_id"] == instance_id and report["audit"]["region"] == REGION
+        assert report["facts"] and (out_dir / "junit.xml").is_file()
+    finally:
+        if instance_id:
+            client.terminate_instances(InstanceIds=[instance_id])
+        client.delete_key_pair(KeyName="app-team-audit")
+    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
+    assert harness.running() == []
+
+
 def _launched(client) -> int:
     return sum(len(r["Instances"]) for r in client.describe_instances()["Reservations"])
 

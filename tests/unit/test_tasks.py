@@ -6,8 +6,8 @@ import pytest
 from tests.conftest import invoke_cmd
 
 
-def _one_line_error(proc, *needles):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+def _one_line_error(proc, *needles, code=1):
+    assert proc.returncode == code, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

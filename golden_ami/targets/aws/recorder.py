@@ -46,6 +46,9 @@ PACKER_USER_AGENT_MARKERS = ("aws-sdk-go", "Packer/")
 
 _PACKAGE_DIR = os.path.realpath(Path(__file__).resolve().parents[2]) + os.sep  # .../golden_ami/
 _THIS_FILE = os.path.realpath(__file__)
+# `invoke audit` runs with the auditor's credentials, not the pipeline's role (it reads instances the
+# pipeline never launched): its calls are not the pipeline policy's to grant (iam/README.md, Auditing).
+_AUDIT_FILE = os.path.realpath(Path(__file__).resolve().parents[2] / "audit.py")
 
 
 def iam_action(service_prefix: str, operation: str) -> str:
@@ -139,13 +142,16 @@ def _is_pipeline_file(filename: str) -> bool:
 
 
 def called_by_pipeline() -> bool:
-    """Is golden_ami's code (other than this module) anywhere on the calling stack?"""
+    """Is golden_ami's code (other than this module) anywhere on the calling stack - and not
+    under an audit (the auditor's own credentials)?"""
     frame = sys._getframe(1)
+    found = False
     while frame is not None:
-        if _is_pipeline_file(frame.f_code.co_filename):
-            return True
+        if os.path.realpath(frame.f_code.co_filename) == _AUDIT_FILE:
+            return False
+        found = found or _is_pipeline_file(frame.f_code.co_filename)
         frame = frame.f_back
-    return False
+    return found
 
 
 # (service prefix, region, resource id) -> the resource's tags now, or None when they cannot be
