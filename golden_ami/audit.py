@@ -40,7 +40,7 @@ from .errors import HostKeyMismatch, UsageError, UserError, VerificationError
 from .files import write_atomic
 from .progress import Progress
 from .render import CONTROLS_FILE
-from .report import markdown, summarise
+from .report import html, markdown, summarise
 
 SSH_TIMEOUT_SECONDS = 60.0  # a running host answers at once; this is not a boot
 CONSOLE_TIMEOUT_SECONDS = 30.0
@@ -279,9 +279,11 @@ def default_out(state_dir: Path, name: str, now: Optional[datetime] = None) -> P
 
 
 def write_report_files(directory: Path, report: dict[str, Any]) -> None:
-    """The report files of an audit (JUnit is written by the suite beside them)."""
+    """The report files of an audit: JSON, Markdown with the audit's header, the HTML page
+    (JUnit is written by the suite beside them)."""
     write_atomic(directory / verify_runner.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
     write_atomic(directory / verify_runner.MARKDOWN_FILE, audit_markdown(report))
+    write_atomic(directory / verify_runner.HTML_FILE, html(report))
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
