@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_ORDER = {"fail": 0, "disabled": 1, "waived": 2, "pass": 3, "not-applicable": 4}
+# "finding": what an audit saw an instance add (verify --ga-mode=audit); never a pass.
+_ORDER = {"fail": 0, "finding": 1, "disabled": 2, "waived": 3, "pass": 4, "not-applicable": 5}
 
 
 def _cell(text: Any) -> str:
