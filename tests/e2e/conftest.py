@@ -85,7 +85,8 @@ def app_instance(local_state, approved_build, golden_disk, tmp_path_factory):
     login_user = yaml.safe_load((paths.OS_DATA_DIR / "debian12.yaml").read_text())["targets"]["local"]["login_user"]
     work = tmp_path_factory.mktemp("app-instance")
     key = sshkeys.generate(work / "keys", "id_ed25519", "day-two-app-team")
-    timeout = 900
+    # Generous: on a loaded 2-core machine under TCG a boot to the host key block took over 15 minutes.
+    timeout = 2400
     started = time.monotonic()
     with vm.boot(golden_disk, work / "vm", login_user, key, accel.choose("auto", state), 2, 1024,
                  forward_ports=(APP_PORT, CLOSED_PORT), extra_user_data=app_user_data(), may_reboot=True) as running:
