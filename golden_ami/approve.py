@@ -95,6 +95,9 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
     if not isinstance(report, dict):
         return ApprovalDecision(False, [], ["the verification report is not a JSON object"])
     reasons.extend(seal_problems(image, build_dir / "verify"))
+    if report.get("mode", "verify") != "verify":
+        # An audit judges a running instance, which may add what the image must not ship.
+        reasons.append(f"the report is from a {report.get('mode')!r} run, not a verification of the image")
     if report.get("image_id") != image.id:
         reasons.append(f"the report names image {report.get('image_id')!r}, not {image.id}")
     fingerprint = image.tags.get("Fingerprint", "")

@@ -15,7 +15,8 @@ import jinja2
 from . import paths
 
 # Problems first: the order of the control rows and of the summary bar.
-_ORDER = {"fail": 0, "disabled": 1, "waived": 2, "pass": 3, "not-applicable": 4}
+# "finding": what an audit saw an instance add (verify --ga-mode=audit); never a pass.
+_ORDER = {"fail": 0, "finding": 1, "disabled": 2, "waived": 3, "pass": 4, "not-applicable": 5}
 HTML_TEMPLATE = "report.html.j2"
 
 

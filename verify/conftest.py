@@ -26,7 +26,7 @@ import json
 import yaml
 
 import ga_facts
-from ga_report import ControlReport, control_id_of
+from ga_report import MODES, ControlReport, control_id_of
 
 OS_DATA_DIR = Path(__file__).resolve().parent.parent / "os"
 FACTS_FILE = "facts.json"
@@ -51,8 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ga-build-id", default="")
     group.addoption("--ga-instance-id", default="", help="cloud-init instance-id of this boot")
     group.addoption("--ga-login-public-key", default="", help="the one key allowed in authorized_keys")
-    group.addoption("--ga-mode", choices=("verify", "audit"), default="verify",
-                    help="verify: a fresh instance of a candidate; audit: a running instance the pipeline did not boot")
+    group.addoption("--ga-mode", default="verify", choices=MODES,
+                    help="verify: the golden image itself (default); audit: a running instance made from it, "
+                         "where what the instance may add (firewall drop-ins) is reported as a finding")
 
 
 def _controls_document(config: pytest.Config) -> dict[str, Any]:
@@ -191,12 +192,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "os": document["os"],
         "target": document["target"],
         "profile": document["profile"],
+        "mode": config.getoption("--ga-mode"),
     }
     facts = FactSession(config, document)
     facts.connect_early()
     config.pluginmanager.register(facts, "ga_facts_session")
     config.pluginmanager.register(
-        ControlReport(Path(config.getoption("--ga-report")), header, document["controls"], facts), "ga_control_report"
+        ControlReport(Path(config.getoption("--ga-report")), header, document["controls"], facts,
+                      mode=config.getoption("--ga-mode")), "ga_control_report"
     )
 
 
@@ -232,6 +235,12 @@ def facts(pytestconfig: pytest.Config) -> ga_facts.Snapshot:
     snapshot = session.get()
     session.timings.setdefault("facts_fixture_seconds", round(time.monotonic() - started, 3))
     return snapshot
+
+
+@pytest.fixture(scope="session")
+def ga_mode(pytestconfig: pytest.Config) -> str:
+    """"verify" (the golden image: anything an instance would add is a failure) or "audit"."""
+    return pytestconfig.getoption("--ga-mode")
 
 
 @pytest.fixture(scope="session")

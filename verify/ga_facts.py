@@ -153,7 +153,7 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
     """What the collector gathers for these controls (the applicable ones in force)."""
     by_id = {c["id"]: c for c in controls}
     stat = list(STAT)
-    modules, units = [], list(CHECKED_UNITS)
+    modules, units, dropins = [], list(CHECKED_UNITS), []
     for control in controls:
         for name, value in control["params"].items():
             stat += _paths_in(value)
@@ -163,11 +163,14 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
                 units += list(value)
             elif name == "service":
                 units.append(f"{value}.service")
+            elif name.endswith("_dropins"):
+                dropins.append(f"{value}/*")  # every entry, read: what each file opens, and its owner
     for name in [*os_data.get("services", {}).values(), *os_data.get("conflicting_firewalls", []),
                  *(agent["service"] for agent in target_os.get("agents", {}).values() if agent.get("service"))]:
         units.append(name if "." in name else f"{name}.service")
     paths = os_data.get("paths", {})
-    read = list(READ) + [p for p in paths.values() if isinstance(p, str) and p.startswith("/") and not p.endswith("_dir")]
+    read = list(READ) + dropins + [p for p in paths.values()
+                                   if isinstance(p, str) and p.startswith("/") and not p.endswith("_dir")]
     if paths.get("chrony_sources_dir"):
         read += [f"{paths['chrony_sources_dir']}/*.sources", f"{paths['chrony_sources_dir']}/*.conf"]
     for key in ("chrony_conf", "nftables_conf"):

@@ -4,6 +4,11 @@ Every check carries @pytest.mark.control("<id>"). A control passes when all of i
 pass; fails when any fails (the message names the control id); is not-applicable (with the
 catalogue's reason) when the build's controls.json says so. An applicable control with no
 check at all is a failure ("no check implemented"), never a silent gap.
+
+Audit mode (`--ga-mode=audit`, a running application instance rather than the golden image
+itself): a check may raise Finding for what an instance is allowed to add (its own firewall
+drop-ins); the control's row is then "finding", with what was found. A finding is never a
+pass: the approval gate accepts only "pass". In verify mode a Finding is an ordinary failure.
 """
 from __future__ import annotations
 
@@ -14,6 +19,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+
+
+MODES = ("verify", "audit")
+
+
+class Finding(Exception):
+    """Raised by a check, in audit mode only, for something the instance added that is allowed
+    there but must be seen (the message says what)."""
 
 
 def control_id_of(item: pytest.Item) -> Optional[str]:
@@ -43,8 +56,10 @@ def _short_message(report: pytest.TestReport) -> str:
 class ControlReport:
     """pytest plugin: collects outcomes per control and writes the JSON report."""
 
-    def __init__(self, path: Path, header: dict[str, Any], controls: list[dict[str, Any]], facts=None):
+    def __init__(self, path: Path, header: dict[str, Any], controls: list[dict[str, Any]], facts=None,
+                 mode: str = "verify"):
         self.path = path
+        self.mode = mode
         self.facts = facts  # the run's FactSession: facts.json is saved and sealed with the report
         self.seconds = {"setup": 0.0, "call": 0.0, "teardown": 0.0}
         self.checks_run = 0
@@ -60,6 +75,10 @@ class ControlReport:
         report = outcome.get_result()
         control_id = control_id_of(item)
         report.user_properties.append(("control", control_id or ""))
+        if self.mode == "audit" and call.excinfo is not None and call.excinfo.errisinstance(Finding):
+            # Seen, not failed: recorded as a finding (pytest counts it as passed).
+            report.outcome, report.longrepr = "passed", None
+            report.ga_finding = str(call.excinfo.value)
         if control_id and report.failed and control_id in self.controls:
             # Name the control in the failure text JUnit shows, too.
             title = self.controls[control_id]["title"]
@@ -83,6 +102,10 @@ class ControlReport:
         control_id = dict(report.user_properties).get("control")
         if not control_id or control_id not in self.checks:
             return
+        finding = getattr(report, "ga_finding", None)
+        if finding is not None:
+            self.checks[control_id].append({"test": report.nodeid, "outcome": "finding", "message": finding})
+            return
         outcome = "pass" if report.passed else "skip" if report.skipped else "fail"
         self.checks[control_id].append({"test": report.nodeid, "outcome": outcome, "message": _short_message(report)})
 
@@ -103,6 +126,9 @@ class ControlReport:
                 # An applicable control whose check skipped was not verified: that is a failure.
                 outcome = "fail"
                 message = "check skipped: " + "; ".join(c["message"] for c in checks if c["outcome"] == "skip")
+            elif any(c["outcome"] == "finding" for c in checks):
+                outcome = "finding"
+                message = "; ".join(c["message"] for c in checks if c["outcome"] == "finding")
             else:
                 outcome, message = "pass", ""
             rows.append({

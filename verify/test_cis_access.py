@@ -401,6 +401,32 @@ def test_inactive_accounts_disabled(facts, params):
     assert not wrong, f"accounts not disabled within {limit} days after their password expired: {', '.join(wrong)}"
 
 
+# shadow's "never": login.defs' stock PASS_MAX_DAYS; 273 years after the last change.
+_NEVER_DAYS = 99999
+
+
+@pytest.mark.control("GA-AGEING-KEYONLY")
+def test_no_password_ageing_without_password(facts, params):
+    # The mechanism: run at boot and on every change of /etc/shadow, so accounts made after the
+    # image (cloud-init, useradd) are covered - the verify instance's own accounts alone could
+    # not show that.
+    script = facts.stat(params["script"])
+    assert script is not None, f"{params['script']} does not exist"
+    assert script.owner == "root" and not script.mode & 0o022, \
+        f"{params['script']} is not root-owned and writable by root only ({script.owner}, {script.mode:04o})"
+    path_unit, service = params["units"]
+    state = unit_state(facts, path_unit)
+    assert (state.enabled, state.active) == ("enabled", "active"), \
+        f"{path_unit} is {state.enabled}/{state.active}: changes of /etc/shadow are not watched"
+    state = unit_state(facts, service)
+    assert state.enabled == "enabled", f"{service} is {state.enabled}: it does not run at boot"
+    # The result: no account without a usable hash has a maximum age (max days below "never")
+    # that can expire it; accounts with a hash are held to 4.6.1.x instead.
+    expiring = [f"{e[0]} (max {e[4]}, inactive {e[6] or 'none'})" for e in getent(facts, "shadow")
+                if not has_password(e) and 0 <= number(e[4], -1) < _NEVER_DAYS]
+    assert not expiring, f"accounts without a password whose ageing can lock out their key logins: {', '.join(expiring)}"
+
+
 @pytest.mark.control("4.6.1.5")
 def test_no_password_change_in_the_future(facts):
     # The host's clock when the snapshot was taken.

@@ -6,6 +6,8 @@ chain jumps to count as part of that base chain.
 """
 import pytest
 
+from ga_dropins import included_by_hook, openings, port_numbers
+from ga_report import Finding
 from ga_system import chain_rules, hook_chains, installed, nft_chains, nft_ruleset, unit_state
 
 
@@ -125,9 +127,40 @@ def _new_tcp_ports(rule, inherited):
     return found
 
 
+def _dropin_ports(facts, controls) -> dict[str, set[int]]:
+    """Audit mode: protocol -> the ports the instance's input drop-ins declare they open."""
+    control = controls.get("GA-FW-DROPIN")
+    if control is None or not control["applicable"]:
+        return {}
+    found = [o for path in _dropin_files(facts, control["params"])[0] for o in openings(facts.text(path) or "")]
+    return {proto: port_numbers(tuple(p for o in found for p in o.ports), proto) for proto in ("tcp", "udp", "sctp")}
+
+
+def _opened_by_dropins(rule, inherited, ports_by_proto) -> bool:
+    """Whether an accept rule only opens ports a drop-in declares (in audit mode that is the
+    GA-FW-DROPIN row's finding, not a failure here)."""
+    dports = [m for m in inherited + rule.matches if m.left.endswith(" dport")]
+    if not dports or rule.other:
+        return False
+    for match in dports:
+        declared = ports_by_proto.get(match.left.split()[0], set())
+        values = set()
+        for value in match.values:
+            if isinstance(value, tuple):
+                values |= set(range(int(value[0]), int(value[1]) + 1))
+            elif isinstance(value, int):
+                values.add(value)
+            else:
+                return False
+        if match.op not in ("==", "in") or not values or not values <= declared:
+            return False
+    return True
+
+
 @pytest.mark.control("GA-FW-INBOUND")
-def test_only_allow_listed_ports_accepted(ruleset, params):
+def test_only_allow_listed_ports_accepted(facts, ruleset, params, ga_mode, controls):
     allowed = set(params["allowed_tcp_ports"])
+    from_dropins = _dropin_ports(facts, controls) if ga_mode == "audit" else {}
     unexpected, opened = [], set()
     for inherited, rule in _input_rules(ruleset):
         if rule.verdict != "accept":
@@ -135,6 +168,8 @@ def test_only_allow_listed_ports_accepted(ruleset, params):
         if _is_loopback_accept(rule, inherited) or _is_established_accept(rule, inherited):
             continue
         if params["allow_icmpv6_nd"] and _is_neighbour_discovery(rule, inherited):
+            continue
+        if from_dropins and _opened_by_dropins(rule, inherited, from_dropins):
             continue
         ports = _new_tcp_ports(rule, inherited)
         if ports is not None and ports <= allowed:
@@ -157,3 +192,41 @@ def test_ruleset_persisted_and_loaded_at_boot(facts, os_data, ruleset):
     assert check.rc == 0, f"{conf} does not load: {check.describe()}"
     assert any(chain.policy == "drop" for chain in nft_chains(ruleset) if chain.hook == "input"), \
         "the running ruleset has no drop-policy input chain after boot"
+
+
+def _dropin_files(facts, params) -> tuple[list[str], list[str]]:
+    """(input drop-ins, forward drop-ins): every entry of the two directories but the forward
+    directory itself - also files the ruleset would not read (not *.nft): none belong here."""
+    inputs = [p for p in facts.glob(f"{params['input_dropins']}/*") if p != params["forward_dropins"]]
+    return inputs, facts.glob(f"{params['forward_dropins']}/*")
+
+
+def _writable_by_others(stat) -> bool:
+    return stat.owner != "root" or bool(stat.mode & 0o022)
+
+
+@pytest.mark.control("GA-FW-DROPIN")
+def test_dropins_included_root_only_and_none_shipped(facts, os_data, params, ga_mode):
+    conf_path = os_data["paths"]["nftables_conf"]
+    included = included_by_hook(facts.content(conf_path))
+    for hook, directory in (("input", params["input_dropins"]), ("forward", params["forward_dropins"])):
+        assert f"{directory}/*.nft" in included.get(hook, []), \
+            f"{conf_path} does not include {directory}/*.nft inside its {hook} chain"
+        stat = facts.stat(directory)
+        assert stat is not None and stat.type == "directory", f"{directory} is not a directory"
+        assert not _writable_by_others(stat), \
+            f"{directory} is not root-owned and writable by root only ({stat.owner}, {stat.mode:04o})"
+    inputs, forwards = _dropin_files(facts, params)
+    loose = [f"{path} ({facts.stat(path).owner}, {facts.stat(path).mode:04o})" for path in inputs + forwards
+             if _writable_by_others(facts.stat(path))]
+    # Both modes: a drop-in someone other than root can write is a hole in the firewall.
+    assert not loose, f"firewall drop-ins not root-owned or writable by others than root: {', '.join(loose)}"
+    present = []
+    for chain, paths in (("input", inputs), ("forward", forwards)):
+        for path in paths:
+            text = facts.text(path) or ""
+            what = ", ".join(o.text for o in openings(text)) or "accepts nothing"
+            present.append(f"{path} ({chain}{'' if path.endswith('.nft') else ', not read: not *.nft'}): {what}")
+    if present and ga_mode == "audit":
+        raise Finding("firewall drop-ins: " + "; ".join(present))
+    assert not present, "the image ships firewall drop-ins: " + "; ".join(present)

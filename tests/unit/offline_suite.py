@@ -44,9 +44,12 @@ def _rows(report: Path, log: Path) -> dict[str, dict]:
     return {row["id"]: row for row in json.loads(report.read_text())["controls"]}
 
 
-def judge(work: Path, snapshot: Path | dict, document: dict, name: str = "run") -> dict[str, dict]:
-    """The report's rows by control id, from one suite run in a subprocess."""
+def judge(work: Path, snapshot: Path | dict, document: dict, name: str = "run",
+          options: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The report's rows by control id, from one suite run in a subprocess (options: more
+    suite options, e.g. --ga-mode=audit)."""
     argv, report = _prepare(work, name, snapshot, document)
+    argv += list(options)
     log = report.with_name("pytest.log")
     with log.open("w") as out:
         subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)

@@ -108,6 +108,20 @@ def test_a_failing_control_rejects_with_its_id(built):
     assert after.status == "rejected" and after.tags["FailedControls"] == "GA-SSH-PASSWORD"
 
 
+def test_a_finding_is_never_a_pass(built):
+    _, image, build_dir, report = built
+    row = next(r for r in report["controls"] if r["id"] == "GA-FW-DROPIN")
+    row["outcome"], row["message"] = "finding", "firewall drop-ins: /etc/nftables.d/app.nft (input): tcp 8080"
+    decision = approve.decide(image, report, build_dir)
+    assert not decision.approved and decision.failed_controls == ["GA-FW-DROPIN"]
+
+
+def test_an_audit_report_is_not_a_verification(built):
+    _, image, build_dir, report = built
+    decision = approve.decide(image, {**report, "mode": "audit"}, build_dir)
+    assert not decision.approved and "'audit' run" in decision.summary()
+
+
 def test_missing_rows_unexplained_not_applicable_and_no_report(built):
     _, image, build_dir, report = built
     short = {**report, "controls": [r for r in report["controls"] if r["id"] != "4.2.7"]}

@@ -145,6 +145,26 @@ def _add_dropin(path: str, content: str) -> Callable[[dict], None]:
     return apply
 
 
+INPUT_DROPINS = "/etc/nftables.d"
+
+
+def nft_dropin(name: str, content: str, mode: str = "0644") -> Callable[[dict], None]:
+    """A file in the firewall's input drop-in directory, as the collector reports one."""
+    def apply(snapshot: dict) -> None:
+        facts = snapshot["collected"]
+        path = f"{INPUT_DROPINS}/{name}"
+        stat = {**facts["files"]["/etc/nftables.conf"]["stat"], "mode": mode, "size": len(content)}
+        facts["files"][path] = {"stat": stat, "content": content}
+        facts["globs"][f"{INPUT_DROPINS}/*"] = sorted([*facts["globs"][f"{INPUT_DROPINS}/*"], path])
+    return apply
+
+
+def unit_file_state(unit: str, state: str) -> Callable[[dict], None]:
+    """`systemctl show` reporting another UnitFileState for unit."""
+    edit = sub(rf"^(Id={re.escape(unit)}\n(?:[^\n]+\n)*?)UnitFileState=\w+", rf"\1UnitFileState={state}")
+    return collected(["units", "show"], lambda show: {**show, "stdout": edit(show["stdout"])})
+
+
 LISTEN = "tcp   LISTEN 0      128          0.0.0.0:{port}      0.0.0.0:*    users:((\"{proc}\",pid=900,fd=3))"
 
 # (control, what changes, the change, a word the failure message must contain)
@@ -158,6 +178,12 @@ CASES = [
      nft(lambda items: _remove_rule(items, "input", lambda e: _has(e, "established"))), "established"),
     ("GA-FW-INBOUND", "SSH rule widened to port 23", nft(_widen_ssh), "23"),
     ("GA-FW-INBOUND", "a jumped-to chain accepts 8080", nft(_jump_to_open_chain), "8080"),
+    # firewall drop-ins: none in the image, root's only, included where they belong
+    ("GA-FW-DROPIN", "a drop-in opening 8080", nft_dropin("app.nft", "tcp dport 8080 accept\n"), "tcp 8080"),
+    ("GA-FW-DROPIN", "a group-writable drop-in that opens nothing", nft_dropin("empty.nft", "# nothing\n", "0664"),
+     "writable"),
+    ("GA-FW-DROPIN", "the input chain's include left out",
+     file("/etc/nftables.conf", sub(r'^\s*include "/etc/nftables\.d/\*\.nft"\n', "")), "input chain"),
     # listening sockets (ss)
     ("2.4", "a web server on 0.0.0.0:8080", command("ss_listen", lambda t: t + LISTEN.format(port=8080, proc="python3")
                                                      + "\n"), "8080"),
@@ -213,6 +239,11 @@ CASES = [
     ("3.3.7", "reverse path filtering off",
      collected(["sysctl", "values", "net.ipv4.conf.all.rp_filter"], "0"), "rp_filter"),
     ("4.6.5", "login.defs UMASK 022", file("/etc/login.defs", sub(r"^UMASK\s+\d+", "UMASK 022")), "UMASK"),
+    # key-only accounts and password ageing
+    ("GA-AGEING-KEYONLY", "a key-only account with useradd's ageing",
+     command("getent_shadow", sub(r"^(debian:!:\d+):0:99999:7:::$", r"\1:0:365:7:45::")), "debian"),
+    ("GA-AGEING-KEYONLY", "the path unit disabled",
+     unit_file_state("golden-ami-keyonly-ageing.path", "disabled"), "not watched"),
 ]
 
 

@@ -11,12 +11,27 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any, Optional
+
+import yaml
 
 from ...errors import UserError
 
 
-def write_seed_files(directory: Path, instance_id: str, hostname: str, login_user: str, public_key: str) -> list[Path]:
-    """meta-data and user-data; the values are JSON-encoded, which YAML reads as plain strings."""
+# The top-level keys the seed itself sets: extra user-data may add others, never replace these.
+SEED_KEYS = ("ssh_authorized_keys", "ssh_pwauth", "disable_root", "manage_etc_hosts", "system_info")
+
+
+def write_seed_files(directory: Path, instance_id: str, hostname: str, login_user: str, public_key: str,
+                     extra_user_data: Optional[dict[str, Any]] = None) -> list[Path]:
+    """meta-data and user-data; the values are JSON-encoded, which YAML reads as plain strings.
+
+    extra_user_data: more cloud-config (write_files, runcmd, ...), as an application team's
+    launch would add it; it may not touch the seed's own keys (SEED_KEYS)."""
+    extra = dict(extra_user_data or {})
+    clash = sorted(set(extra) & set(SEED_KEYS))
+    if clash:
+        raise ValueError(f"extra user-data may not set the seed's own keys: {', '.join(clash)}")
     directory.mkdir(parents=True, exist_ok=True)
     meta = directory / "meta-data"
     user = directory / "user-data"
@@ -32,6 +47,7 @@ def write_seed_files(directory: Path, instance_id: str, hostname: str, login_use
         # A base disk built here names its default user; an imported cloud image may not.
         f"system_info:\n  default_user:\n    name: {json.dumps(login_user)}\n"
         "    sudo: [\"ALL=(ALL) NOPASSWD:ALL\"]\n    lock_passwd: true\n"
+        + (yaml.safe_dump(extra, sort_keys=True) if extra else "")
     )
     return [meta, user]
 

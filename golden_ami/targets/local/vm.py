@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 from ...errors import UserError, VerificationError
 from ...procs import stop_process
@@ -32,6 +32,7 @@ class RunningVm:
     serial_log: Path
     instance_id: str
     process: subprocess.Popen
+    forwards: dict[int, int]  # guest TCP port -> its port on 127.0.0.1 (22 included)
 
     def console_text(self) -> str:
         if self.process.poll() is not None:
@@ -58,7 +59,14 @@ def boot(
     accel: Accelerator,
     cpus: int,
     memory_mb: int,
+    *,
+    forward_ports: Sequence[int] = (),
+    extra_user_data: Optional[dict[str, Any]] = None,
+    may_reboot: bool = False,
 ) -> Iterator[RunningVm]:
+    """forward_ports: guest TCP ports reachable on 127.0.0.1 beside SSH; extra_user_data: more
+    cloud-config for the seed; may_reboot: a reboot inside the guest restarts it instead of
+    ending QEMU (verification keeps -no-reboot: a test VM that reboots has gone wrong)."""
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         raise UserError("QEMU is not installed (qemu-system-x86 and qemu-utils): run invoke doctor")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -75,21 +83,23 @@ def boot(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image.resolve()), str(overlay)],
             check=True, capture_output=True,
         )
-        write_seed_files(seed_dir, instance_id, "golden-verify", login_user, key.public_key)
+        write_seed_files(seed_dir, instance_id, "golden-verify", login_user, key.public_key, extra_user_data)
         make_iso(seed_dir, seed_iso)
-        port = free_loopback_port()
+        forwards = {guest: free_loopback_port() for guest in dict.fromkeys([22, *forward_ports])}
+        port = forwards[22]
         argv = [
             "qemu-system-x86_64", *accel.qemu_args, "-smp", str(cpus), "-m", str(memory_mb),
-            "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
+            "-nodefaults", "-display", "none", "-vga", "none", *([] if may_reboot else ["-no-reboot"]),
             "-serial", f"file:{serial}",
             "-drive", f"file={overlay},format=qcow2,if=virtio",
             "-drive", f"file={seed_iso},format=raw,if=virtio,readonly=on",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-netdev", "user,id=net0," + ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                                                  for guest, host in forwards.items()),
             "-device", "virtio-net-pci,netdev=net0",
         ]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=(work_dir / "qemu.log").open("wb"), start_new_session=True)
-        yield RunningVm("127.0.0.1", port, login_user, key, serial, instance_id, proc)
+        yield RunningVm("127.0.0.1", port, login_user, key, serial, instance_id, proc, forwards)
     finally:
         if proc is not None:
             stop_process(proc, grace_seconds=5)
