@@ -288,6 +288,62 @@ def login_defs_values(text: str, key: str) -> list[str]:
     return values
 
 
+# --- password hashing cost: what pam_unix and shadow really use ----------------------------------
+PAM_UNIX_HASHES = ("md5", "bigcrypt", "sha256", "sha512", "blowfish", "gost_yescrypt", "yescrypt")
+SHA_CRYPT_DEFAULT_ROUNDS = 5000  # the SHA-crypt specification's default
+YESCRYPT_DEFAULT_COST = 5  # libxcrypt's, pam_unix's and shadow's default
+
+
+def _last_int(text: str, key: str) -> Optional[int]:
+    values = login_defs_values(text, key)
+    return int(values[-1]) if values and values[-1].lstrip("-").isdigit() else None
+
+
+def pam_unix_hash_cost(arguments: list[str], login_defs: str) -> tuple[str, int]:
+    """(algorithm, cost) of the hashes pam_unix writes with these arguments, as its _set_ctrl
+    works them out: login.defs' ENCRYPT_METHOD (and SHA_CRYPT_MAX_ROUNDS) first, then the
+    arguments, the last hash named winning; a rounds= value out of the algorithm's range is
+    replaced by the default without a word. Cost: the yescrypt / gost-yescrypt / blowfish cost
+    factor, the SHA-crypt round count, 0 for the algorithms that have none."""
+    methods = login_defs_values(login_defs, "ENCRYPT_METHOD")
+    algorithm = methods[-1].lower() if methods and methods[-1].lower() in PAM_UNIX_HASHES else ""
+    rounds = _last_int(login_defs, "SHA_CRYPT_MAX_ROUNDS") if algorithm in ("sha256", "sha512") else None
+    for argument in arguments:
+        if argument in PAM_UNIX_HASHES:
+            algorithm = argument
+        elif argument.startswith("rounds="):
+            value = argument.split("=", 1)[1]
+            rounds = int(value) if value.isdigit() else 0
+    algorithm = algorithm or "des"  # pam_unix's own default when nothing names one: crypt(3) DES
+    if algorithm in ("yescrypt", "gost_yescrypt"):
+        return algorithm, rounds if rounds is not None and 3 <= rounds <= 11 else YESCRYPT_DEFAULT_COST
+    if algorithm == "blowfish":
+        return algorithm, rounds if rounds is not None and 4 <= rounds <= 31 else 5
+    if algorithm in ("sha256", "sha512"):
+        if rounds is None or rounds < 1000:
+            return algorithm, SHA_CRYPT_DEFAULT_ROUNDS
+        return algorithm, min(rounds, 9999999)
+    return algorithm, 0
+
+
+def login_defs_hash_cost(login_defs: str) -> tuple[str, int]:
+    """(ENCRYPT_METHOD, cost) of the hashes shadow's tools (chpasswd -c, newusers) write: for
+    SHA-crypt the lowest round count SHA_CRYPT_MIN/MAX_ROUNDS allow (one alone sets both, a
+    minimum above the maximum wins), for yescrypt YESCRYPT_COST_FACTOR; 0 when there is none."""
+    methods = login_defs_values(login_defs, "ENCRYPT_METHOD")
+    method = methods[-1].upper() if methods else "DES"
+    if method in ("SHA256", "SHA512"):
+        low, high = _last_int(login_defs, "SHA_CRYPT_MIN_ROUNDS"), _last_int(login_defs, "SHA_CRYPT_MAX_ROUNDS")
+        if low is None and high is None:
+            return method, SHA_CRYPT_DEFAULT_ROUNDS
+        low = high if low is None else low
+        return method, min(max(low, 1000), 999999999)
+    if method == "YESCRYPT":
+        cost = _last_int(login_defs, "YESCRYPT_COST_FACTOR")
+        return method, cost if cost is not None and 1 <= cost <= 11 else YESCRYPT_DEFAULT_COST
+    return method, 0
+
+
 def number(text: str, default: int) -> int:
     """A shadow / login.defs number; default when the field is empty or not a number."""
     return int(text) if text.strip().lstrip("-").isdigit() else default

@@ -159,6 +159,8 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
             stat += _paths_in(value)
             if name == "module":
                 modules.append(value)
+            elif name == "modules":
+                modules += list(value)
             elif name == "units":
                 units += list(value)
             elif name == "service":

@@ -7,10 +7,10 @@ import posixpath
 import pytest
 
 from ga_access import (
-    conf_values, declares, faillock_seconds, has_password, integer, login_defs_values, number, pam_lines,
-    pam_module_args, pam_option, parse_login_shell_env, pwquality_classes, sets_variable, shell_assignments,
-    sudo_defaults, sudo_reported_timeout, sudoers_lines, umask_is_weaker, umask_mask, umask_values, umask_weaker,
-    with_arguments,
+    conf_values, declares, faillock_seconds, has_password, integer, login_defs_hash_cost, login_defs_values, number,
+    pam_lines, pam_module_args, pam_option, pam_unix_hash_cost, parse_login_shell_env, pwquality_classes, sets_variable,
+    shell_assignments, sudo_defaults, sudo_reported_timeout, sudoers_lines, umask_is_weaker, umask_mask, umask_values,
+    umask_weaker, with_arguments,
 )
 from ga_facts import FactUnavailable
 from ga_system import active_lines, getent, installed, login_shells, unit_state
@@ -356,6 +356,37 @@ def test_strong_password_hashing(facts, params):
     methods = login_defs_values(facts.content("/etc/login.defs"), "ENCRYPT_METHOD")
     assert methods == [params["encrypt_method"]], \
         f"login.defs ENCRYPT_METHOD is {methods or 'not set'}, expected {params['encrypt_method']}"
+
+
+def _cost_expected(params, algorithm):
+    """The least cost GA-PAM-HASH-COST accepts for an algorithm (None: the algorithm has no cost
+    worth setting - 4.5.4 fails it anyway)."""
+    if algorithm.lower() in ("yescrypt", "gost_yescrypt"):
+        return params["yescrypt_cost"]
+    if algorithm.lower() in ("sha256", "sha512"):
+        return params["sha_crypt_rounds"]
+    return None
+
+
+@pytest.mark.control("GA-PAM-HASH-COST")
+def test_password_hashes_cost_more_than_the_default(facts, params):
+    login_defs = facts.content("/etc/login.defs")
+    wrong = []
+    for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_unix.so").items():
+        if not lines:
+            wrong.append(f"{path} has no pam_unix password line")
+        for arguments in lines:
+            algorithm, cost = pam_unix_hash_cost(arguments, login_defs)
+            least = _cost_expected(params, algorithm)
+            if least is None or cost < least:
+                wrong.append(f"{path}: pam_unix hashes with {algorithm} at cost {cost}, "
+                             f"expected {'yescrypt or SHA-512' if least is None else f'at least {least}'}")
+    method, cost = login_defs_hash_cost(login_defs)
+    least = _cost_expected(params, method)
+    if least is None or cost < least:
+        wrong.append(f"login.defs ENCRYPT_METHOD {method} at cost {cost} (SHA_CRYPT_MIN/MAX_ROUNDS, "
+                     f"YESCRYPT_COST_FACTOR), expected {'yescrypt or SHA-512' if least is None else f'at least {least}'}")
+    assert not wrong, "; ".join(wrong)
 
 
 # --- 4.6 accounts and the login environment ---------------------------------------------------

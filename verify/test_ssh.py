@@ -60,6 +60,24 @@ def test_x11_forwarding_disabled(sshd):
     _expect(sshd, "x11forwarding", "no")
 
 
+# Every kind of forwarding sshd offers; "no" is off for each (the others also take all/local/remote).
+_FORWARDING = ("allowtcpforwarding", "allowagentforwarding", "x11forwarding", "allowstreamlocalforwarding")
+
+
+@pytest.mark.control("4.2.13")
+def test_forwarding_disabled(sshd):
+    # DisableForwarding yes overrides the single switches; without it each of them must be off.
+    wrong = []
+    for where, config in sshd.items():
+        if _value(config, "disableforwarding") != "yes":
+            on = [f"{key} {_value(config, key)!r}" for key in _FORWARDING if _value(config, key) != "no"]
+            if on:
+                wrong.append(f"{where}: disableforwarding is {_value(config, 'disableforwarding')!r} and {', '.join(on)}")
+    assert not wrong, f"{'; '.join(wrong)}, expected disableforwarding 'yes' (or every kind of forwarding 'no')"
+    # Required as well: it is what the Amazon Linux benchmark's audit (and a scanner) reads.
+    _expect(sshd, "allowtcpforwarding", "no")
+
+
 @pytest.mark.control("4.2.16")
 def test_max_auth_tries(sshd, params):
     limit = params["max_auth_tries"]
