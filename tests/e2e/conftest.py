@@ -74,12 +74,12 @@ def golden_disk(local_state, approved_build) -> Path:
     return Path({row["id"]: row["location"] for row in listing}[approved_build["image_id"]])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_instance(local_state, approved_build, golden_disk, tmp_path_factory):
     """The approved image booted as an application team would: a QEMU VM on a qcow2 overlay,
     cloud-init user-data from app_instance.app_user_data(), 127.0.0.1 forwards to guest 22,
     8080 and 8081, host keys pinned from the serial console. The interface is AppInstance's
-    (see its docstring): other tests rely on it. One boot per session (measured: boot_seconds);
+    (see its docstring): other tests rely on it. One boot per module that uses it (test_day_two.py; measured: boot_seconds);
     the VM is stopped and its overlay removed on any failure and at session end (vm.boot)."""
     state, _ = local_state
     login_user = yaml.safe_load((paths.OS_DATA_DIR / "debian12.yaml").read_text())["targets"]["local"]["login_user"]

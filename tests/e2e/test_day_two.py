@@ -4,8 +4,12 @@ The `app_instance` fixture (conftest.py, app_instance.py) launches the image as 
 user-data writes a firewall drop-in for TCP 8080 and starts listeners on 8080 and 8081.
   - key-only accounts made after the build are not locked out by password ageing, accounts
     with a password still are (GA-AGEING-KEYONLY beside 4.6.1.1/4.6.1.4);
+  - `invoke audit` of the lived-in instance (issue 13 item 3) finds no failing control,
+    names the image, reports the drop-in as a finding, and leaves apt's state as it was;
   - the drop-in opens 8080 and nothing else, before and after a reboot (GA-FW-DROPIN), with
     the host keys unchanged. The reboot test runs last: the others need no reboot.
+The fixture is module-scoped: the VM stops when this module ends, so it does not idle beside
+the other e2e modules.
 
 Cost: one boot of the image (to SSH and cloud-init done) and one reboot. Measured on the
 2-core development machine under TCG with a load average of about 9 (other builds running):
@@ -15,6 +19,7 @@ included); whole module 1411 s. On an idle machine a boot is nearer 1-2 minutes.
 from __future__ import annotations
 
 import http.client
+import json
 import secrets
 import shlex
 import time
@@ -25,6 +30,7 @@ import paramiko
 import pytest
 
 from golden_ami import sshkeys
+from tests.conftest import invoke_cmd
 from tests.e2e.app_instance import APP_PORT, CLOSED_PORT, DROPIN, LISTENER
 
 pytestmark = pytest.mark.e2e
@@ -134,6 +140,40 @@ def _assert_only_the_app_port_is_open(app) -> None:
     # ... and 8081 does listen: the firewall is what keeps it out, not a missing listener.
     inside = app.run("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8081/').status)\"")
     assert inside.stdout.strip() == "200", f"no listener on 8081 inside the guest: {inside.stderr[-500:]}"
+
+
+# What an audit must not change on the host: apt's lists and caches (the pending-updates
+# question runs with throw-away ones), listed with their times.
+APT_STATE = "sudo find /var/lib/apt/lists /var/cache/apt -printf '%p %T@\\n' | sort"
+
+
+def _text(result) -> str:
+    return getattr(result, "stdout", result)
+
+
+def test_an_audit_of_a_lived_in_instance_finds_no_failure_and_reports_the_drop_in(app_instance, local_state, tmp_path):
+    state, env = local_state
+    # The guest's own apt timers may refresh the lists at any time; held still while the audit
+    # runs, so that a change can only be the audit's.
+    app_instance.run("sudo systemctl stop apt-daily.timer apt-daily-upgrade.timer apt-daily.service "
+                     "apt-daily-upgrade.service")
+    before = _text(app_instance.run(APT_STATE))
+    out = tmp_path / "audit"
+    proc = invoke_cmd("audit", f"--host={app_instance.ssh_host}", f"--port={app_instance.ssh_port}",
+                      f"--user={app_instance.login_user}", f"--identity={app_instance.identity}",
+                      f"--known-hosts={app_instance.known_hosts}", f"--image-id={app_instance.image_id}",
+                      f"--out={out}", "--json", env=env, timeout=1800)
+    summary = json.loads(proc.stdout)
+    assert summary["failed_controls"] == [] and proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert summary["image_id"] == app_instance.image_id
+    assert summary["controls"].startswith("from build "), summary["controls"]  # the image's own build
+    assert summary["host_key"].startswith(f"pinned from {app_instance.known_hosts}")
+    drop_ins = [f for f in summary["findings"] if ".nft" in f["message"] and "8080" in f["message"]]
+    assert drop_ins, summary["findings"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["image_id"] == app_instance.image_id
+    assert (out / "report.md").read_text().startswith(f"# Audit of {app_instance.ssh_host}:{app_instance.ssh_port}")
+    assert _text(app_instance.run(APT_STATE)) == before
 
 
 def test_the_drop_in_opens_its_port_and_nothing_else_across_a_reboot(app_instance):
