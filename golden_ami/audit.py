@@ -36,6 +36,7 @@ import paramiko
 
 from . import config as gconfig
 from . import hostkeys, verify_runner
+from .targets import get_target, target_class
 from .errors import HostKeyMismatch, UsageError, UserError, VerificationError
 from .files import write_atomic
 from .progress import Progress
@@ -97,7 +98,7 @@ def validate(req: AuditRequest) -> None:
     if bool(req.host) == bool(req.instance_id):
         raise UsageError("give either --host (an SSH address) or --instance-id with --target=aws, not "
                          + ("both" if req.host else "neither"))
-    if req.instance_id and req.target != "aws":
+    if req.instance_id and not target_class(req.target).finds_instances_by_id:
         raise UsageError(f"--instance-id needs --target=aws (got --target={req.target})")
     if not req.user:
         raise UsageError("--user is required: the login user of the instance (it needs passwordless sudo)")
@@ -161,37 +162,16 @@ def _fingerprint(blob: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode().rstrip("=")
 
 
-def _connect_aws(req: AuditRequest, cfg: gconfig.Resolved, run_dir: Path, progress: Progress) -> Connection:
-    """The instance's address and image from describe_instances; its host key from its console
-    (or the caller's known_hosts, or - loudly - the first key seen)."""
-    import botocore.exceptions
-
-    from .targets.aws import clients
-
-    aws = cfg.settings.aws
-    ec2 = clients.client("ec2", aws.region)
-    try:
-        reservations = ec2.describe_instances(InstanceIds=[req.instance_id])["Reservations"]
-    except botocore.exceptions.ClientError as exc:
-        raise clients.describe_error(exc, f"describe {req.instance_id}") from None
-    if not reservations or not reservations[0]["Instances"]:
-        raise UserError(f"no instance {req.instance_id} in {aws.region}")
-    described = reservations[0]["Instances"][0]
-    state = described.get("State", {}).get("Name", "")
-    if state != "running":
-        raise UserError(f"{req.instance_id} is {state or 'in no known state'}, not running: nothing to audit")
-    address = described.get("PublicIpAddress") if aws.ssh_interface == "public_ip" else described.get("PrivateIpAddress")
-    if not address:
-        raise UserError(f"{req.instance_id} has no {aws.ssh_interface.replace('_', ' ')}: set aws.ssh_interface")
-    port = req.port if req.port != 22 else aws.ssh_port
-    image_id = described.get("ImageId", "")
-    details = {"region": aws.region, "state": state, "launched": str(described.get("LaunchTime", ""))}
+def _connect_instance(req: AuditRequest, cfg: gconfig.Resolved, run_dir: Path, progress: Progress) -> Connection:
+    """The instance's address and image from its target; its host key from its console (or the
+    caller's known_hosts, or - loudly - the first key seen)."""
+    found = get_target(req.target, cfg.settings, cfg.state_dir).find_instance(cfg, req.instance_id)
+    address, image_id, details = found.address, found.image_id, found.details
+    port = req.port if req.port != 22 else found.port
     if req.known_hosts or req.trust_first_use:
         connection = _connect_ssh(dataclasses.replace(req, host=address, port=port), run_dir, progress)
     else:
-        def console_text() -> str:
-            return ec2.get_console_output(InstanceId=req.instance_id, Latest=True).get("Output") or ""
-
+        console_text = found.console_text
         progress.say(f"reading {req.instance_id}'s console for its host-key block")
         try:
             keys = hostkeys.wait_for_console_host_keys(console_text, CONSOLE_TIMEOUT_SECONDS, poll_seconds=3)
@@ -242,8 +222,6 @@ def _controls(req: AuditRequest, settings: gconfig.Resolved, image_id: str,
     """(controls.json, which controls, the config resolved for the image's OS, the image's tags)."""
     tags: dict[str, str] = {}
     if image_id:
-        from .targets import get_target
-
         registry = "aws" if image_id.startswith("ami-") else "local"
         try:
             tags = get_target(registry, settings.settings, settings.state_dir).get_image(image_id).tags
@@ -346,7 +324,7 @@ def _absolute(path: str) -> str:
 
 def _audit(req: AuditRequest, settings: gconfig.Resolved, run_dir: Path, progress: Progress) -> dict[str, Any]:
     if req.instance_id:
-        connection = _connect_aws(req, settings, run_dir, progress)
+        connection = _connect_instance(req, settings, run_dir, progress)
     else:
         connection = _connect_ssh(req, run_dir, progress)
     # One pinned login first: a key that differs ends the audit here, before any check.

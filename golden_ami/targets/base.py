@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..config import Resolved, Settings
+from ..errors import UserError
 from ..progress import Progress
 from ..render import SourceImage
 from ..sshkeys import KeyPair
@@ -113,8 +114,23 @@ class TestInstance:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunningInstance:
+    """An instance found by its id (`invoke audit --instance-id`): where its SSH answers, what
+    it was launched from, and its console (where its host keys are pinned from)."""
+
+    instance_id: str
+    address: str
+    port: int
+    image_id: str
+    details: dict[str, Any]
+    console_text: Callable[[], str]
+
+
 class Target(abc.ABC):
     name: str
+    # Whether instances can be named by id (`invoke audit --instance-id`): see find_instance.
+    finds_instances_by_id: bool = False
 
     def __init__(self, settings: Settings, state_dir: Path):
         self.settings = settings
@@ -176,6 +192,10 @@ class Target(abc.ABC):
         """What crashed or killed runs left behind (only reads)."""
 
     # --- invoke doctor ---
+    def find_instance(self, cfg: Resolved, instance_id: str) -> RunningInstance:
+        """A running instance by its id (an application's server, not one the pipeline booted)."""
+        raise UserError(f"the {self.name} target cannot find instances by id: audit it with --host")
+
     def doctor_findings(self, probe_kvm: bool = True) -> list[Finding]:
         """What this machine has and lacks for this target (tools, accelerators, credentials)."""
         return []

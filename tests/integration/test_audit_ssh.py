@@ -84,7 +84,7 @@ def test_an_audit_runs_the_suite_with_the_builds_controls_and_changes_nothing(tm
     assert summary["controls"] == f"from build {BUILD_ID}"
     assert summary["host_key"].startswith("pinned from ") and summary["host_key"].endswith("ssh-ed25519")
     assert sorted(p.name for p in out.iterdir()) == ["controls.json", "facts.json", "junit.xml", "known_hosts",
-                                                     "pytest.log", "report.json", "report.md", "sbom.cdx.json"]
+                                                     "pytest.log", "report.html", "report.json", "report.md", "sbom.cdx.json"]
     report = json.loads((out / "report.json").read_text())
     rows = {row["id"]: row for row in report["controls"]}
     assert set(rows) == set(CONTROLS)

@@ -29,7 +29,8 @@ from ...errors import UserError, VerificationError
 from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair
-from ..base import BuildContext, Image, Problem, Target, TestInstance, age_order, statement_parameter
+from ..base import (BuildContext, Image, Problem, RunningInstance, Target, TestInstance, age_order,
+                    statement_parameter)
 from . import checks, clients, doctor, prune, reap, signing, source
 
 MANAGED_BY = provenance.MANAGED_BY
@@ -74,6 +75,7 @@ def runner_cidrs(configured: list[str]) -> list[str]:
 
 class AwsTarget(Target):
     name = "aws"
+    finds_instances_by_id = True
 
     @property
     def region(self) -> str:
@@ -238,6 +240,32 @@ class AwsTarget(Target):
         return checks.image_checks(self._ec2(), image.id)
 
     # --- registry ---
+    def find_instance(self, cfg: Resolved, instance_id: str) -> RunningInstance:
+        """The instance from describe_instances: its SSH address by aws.ssh_interface, the AMI
+        it was launched from, and its console output (host keys)."""
+        aws = cfg.settings.aws
+        ec2 = self._ec2(aws.region)
+        try:
+            reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except botocore.exceptions.ClientError as exc:
+            raise clients.describe_error(exc, f"describe {instance_id}") from None
+        if not reservations or not reservations[0]["Instances"]:
+            raise UserError(f"no instance {instance_id} in {aws.region}")
+        described = reservations[0]["Instances"][0]
+        state = described.get("State", {}).get("Name", "")
+        if state != "running":
+            raise UserError(f"{instance_id} is {state or 'in no known state'}, not running: nothing to audit")
+        address = described.get("PublicIpAddress") if aws.ssh_interface == "public_ip" else described.get("PrivateIpAddress")
+        if not address:
+            raise UserError(f"{instance_id} has no {aws.ssh_interface.replace('_', ' ')}: set aws.ssh_interface")
+
+        def console_text() -> str:
+            return ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+
+        return RunningInstance(instance_id, address, aws.ssh_port, described.get("ImageId", ""),
+                               {"region": aws.region, "state": state, "launched": str(described.get("LaunchTime", ""))},
+                               console_text)
+
     def get_image(self, image_id: str) -> Image:
         try:
             images = self._ec2().describe_images(ImageIds=[image_id])["Images"]
