@@ -1,11 +1,10 @@
 """The checks added for the independent audit (issue 12 item 6), proven both ways offline.
 
-The recorded hardened snapshot (tests/data/facts/debian12-hardened.json) predates this
-hardening, so it cannot show these checks passing. `compliant()` edits a copy of it into what
-the new hardening leaves on a host - the kernel values of the sysctl.d drop-in, the FireWire
-modules refused, sshd's forwarding off and MaxSessions 4, pam_unix's and login.defs' hashing
-cost - and every applicable control must pass on it (so the edits are complete and break
-nothing else). Then the smallest non-compliant change to it fails the check that reads it, and
+The recorded hardened snapshot (tests/data/facts/debian12-hardened.json, re-recorded from an
+approved build with this hardening) shows what it leaves on a host - the kernel values of the
+sysctl.d drop-in, the FireWire modules refused, sshd's forwarding off and MaxSessions 4,
+pam_unix's and login.defs' hashing cost - and every applicable control passes on it. Then the
+smallest non-compliant change to it fails the check that reads it, and
 the alternative compliant forms a check accepts pass. The unhardened base snapshot fails each
 of them for the right reason, not merely for a fact it lacks.
 """
@@ -47,19 +46,14 @@ def _sshd_set(snapshot: dict, settings: dict[str, str], names=("sshd_T", "sshd_T
 
 
 def compliant() -> dict:
-    """The hardened snapshot as the new hardening leaves the host (see the module docstring)."""
+    """The recorded hardened snapshot: an approved build with this hardening, booted fresh. It
+    must show what the hardening leaves (so the mutations below start from the real thing)."""
     snapshot = json.loads(HARDENED.read_text())
-    snapshot["collected"]["sysctl"]["values"].update(KERNEL_VALUES)
+    assert {k: snapshot["collected"]["sysctl"]["values"].get(k) for k in KERNEL_VALUES} == KERNEL_VALUES
     for module in FIREWIRE:
-        _modprobe(snapshot, module, 0, "install /bin/false \n")
-    showconfig = snapshot["collected"]["commands"]["modprobe_showconfig"]
-    showconfig["stdout"] += "".join(f"blacklist {m.replace('-', '_')}\n" for m in FIREWIRE)
-    _sshd_set(snapshot, SSHD_FORWARDING_OFF)
-    files = snapshot["collected"]["files"]
-    pam = files["/etc/pam.d/common-password"]
-    pam["content"], n = re.subn(r"^(password\s.*pam_unix\.so)", r"\1 rounds=6", pam["content"], flags=re.M)
-    assert n == 1
-    files["/etc/login.defs"]["content"] += "SHA_CRYPT_MIN_ROUNDS 100000\nSHA_CRYPT_MAX_ROUNDS 100000\n"
+        assert snapshot["collected"]["commands"][f"modprobe_dry_run:{module}"]["stdout"].startswith("install /bin/false")
+    pam = snapshot["collected"]["files"]["/etc/pam.d/common-password"]["content"]
+    assert re.search(r"^password\s.*pam_unix\.so rounds=6 ", pam, flags=re.M)
     return snapshot
 
 
