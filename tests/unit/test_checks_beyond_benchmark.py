@@ -124,6 +124,12 @@ PASSING = [
     ("GA-PAM-HASH-COST", "SHA-512 in pam_unix at 200000 rounds",
      file(PAM, sub(r" rounds=6(.*) yescrypt", r" rounds=200000\1 sha512"))),
 ]
+# GA-PAM-HASH-COST is held back in the catalogue (enabled: false, see its comment): its cases
+# cannot be judged while it is not in force. They come back with it.
+HELD_BACK = {"GA-PAM-HASH-COST"}
+NEW_IDS = tuple(i for i in NEW_IDS if i not in HELD_BACK)
+FAILING = [case for case in FAILING if case[0] not in HELD_BACK]
+PASSING = [case for case in PASSING if case[0] not in HELD_BACK]
 
 
 @pytest.fixture(scope="module")
