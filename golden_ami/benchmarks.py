@@ -16,6 +16,7 @@ recommendation that is not accounted and on any catalogue number that is not in 
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -82,18 +83,29 @@ class Benchmark(BaseModel):
         return f"{self.benchmark.name} {self.benchmark.version}"
 
 
+# Validated lists by path and (mtime_ns, size): every render asks for its OS's list (levels),
+# and the models are frozen, so one validation per process serves them all.
+_LOADED: dict[str, tuple[tuple[int, int], Benchmark]] = {}
+
+
 def load(os_name: str) -> Benchmark:
     path = BENCHMARKS_DIR / f"{os_name}.yaml"
     if not path.is_file():
         raise UserError(f"no benchmark list for {os_name}: controls/benchmarks/{os_name}.yaml")
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(str(path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
     try:
         benchmark = Benchmark.model_validate(yamlfiles.load_cached(path))
     except ValidationError as exc:
         raise UserError(f"controls/benchmarks/{path.name}: {describe_validation_error(exc)}") from None
-    numbers = [r.number for r in benchmark.recommendations]
-    twice = sorted({n for n in numbers if numbers.count(n) > 1})
+    counts = Counter(r.number for r in benchmark.recommendations)
+    twice = sorted(n for n, count in counts.items() if count > 1)
     if twice:
         raise UserError(f"controls/benchmarks/{path.name}: listed twice: {', '.join(twice)}")
+    _LOADED[str(path)] = (key, benchmark)
     return benchmark
 
 
