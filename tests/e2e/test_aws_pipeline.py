@@ -6,10 +6,21 @@ filter, run Packer amazon-ebs (temporary key pair and security group from the ru
 encrypted copy, provenance tags), set ImdsSupport, boot a test instance with IMDSv2 required,
 pin its host key from the console output, verify, approve, publish the SSM pointer - and leave
 no instance, key pair or security group behind. The scheduled path: a rebuild right after
-builds nothing; a new source image is named by a dry run, built by a real run, the earlier
-image deprecated, and the next run builds nothing again; prune spares the pointer's image.
-Then a verification that fails on purpose (the console lies about the host key) must reject
-and clean up just the same, and one killed outright leaves what `reap --yes` removes.
+builds nothing; a new source image is named by a dry run that launches nothing; prune spares
+the pointer's image. Then a verification that fails on purpose (the console lies about the host
+key) must reject and clean up just the same, and one killed outright leaves what `reap --yes`
+removes.
+
+Cost, measured by `.ci/run`'s durations: one Packer build (two boots of the golden disk: the
+builder and the test instance), one boot for the failed verification, a few seconds for the
+killed one. Two things are deliberately not repeated here, each costing minutes of TCG:
+  - a second real build from the new source image (its decision is the dry run's; the build
+    is this module's; deprecation after approval and prune with removals run against moto in
+    tests/unit/test_lifecycle.py and test_rebuild.py);
+  - `invoke audit --instance-id` of an instance of the approved AMI (the aws path - address and
+    AMI from describe_instances, key pinned from the console, refusals - runs against moto and
+    this machine's sshd in tests/integration/test_audit_ssh.py; an audit of a booted approved
+    image runs in tests/e2e/test_day_two.py).
 """
 from __future__ import annotations
 
@@ -186,46 +197,6 @@ def test_the_aws_approval_is_signed_by_kms_and_a_retagged_image_stops_counting(e
     assert run_invoke(*attest)[0] == 0
 
 
-def test_an_audit_of_a_running_instance_names_its_ami_and_pins_its_key_from_the_console(ec2, aws_build, tmp_path):
-    """invoke audit --instance-id: an application team's instance of the approved AMI, launched
-    with its own key pair; the audit takes the address and the AMI from describe_instances and
-    the host key from the console, judges with the build's controls, and finds nothing failing."""
-    from golden_ami import hostkeys, sshkeys
-
-    harness, config, client, _ = ec2
-    key = sshkeys.generate(tmp_path / "key", "id_ed25519", "app-team")
-    client.import_key_pair(KeyName="app-team-audit", PublicKeyMaterial=key.public_key.encode())
-    instance_id = None
-    try:
-        # (IMDSv2 required, as the team's launch template sets it: GA-AWS-IMDSV2-ENFORCED judges it.)
-        instance_id = client.run_instances(ImageId=aws_build["image_id"], InstanceType="t3.micro", MinCount=1,
-                                           MaxCount=1, KeyName="app-team-audit",
-                                           MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
-                                           )["Instances"][0]["InstanceId"]
-        # A running instance, as an audit finds it: booted, its key block on the console.
-        hostkeys.wait_for_console_host_keys(
-            lambda: client.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or "", 900)
-        out_dir = tmp_path / "audit"
-        code, out = run_invoke("audit", f"--instance-id={instance_id}", "--target=aws", f"--config={config}",
-                               f"--user={harness.login_user}", f"--identity={key.private_key_path}",
-                               f"--out={out_dir}", "--json")
-        summary = json.loads(out)
-        assert summary["image_id"] == aws_build["image_id"] and summary["image_id_source"] == "describe_instances"
-        assert summary["host_key"].startswith("pinned from the console: "), summary
-        build_id = Path(aws_build["build_dir"]).name
-        assert summary["controls"] == f"from build {build_id}"
-        assert code == 0 and summary["failed_controls"] == [], out
-        report = json.loads((out_dir / "report.json").read_text())
-        assert report["audit"]["instance_id"] == instance_id and report["audit"]["region"] == REGION
-        assert report["facts"] and (out_dir / "junit.xml").is_file()
-    finally:
-        if instance_id:
-            client.terminate_instances(InstanceIds=[instance_id])
-        client.delete_key_pair(KeyName="app-team-audit")
-    assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
-    assert harness.running() == []
-
-
 def _launched(client) -> int:
     return sum(len(r["Instances"]) for r in client.describe_instances()["Reservations"])
 
@@ -249,69 +220,41 @@ def test_a_rebuild_right_after_the_build_builds_nothing_and_says_why(ec2, aws_bu
 NEW_SOURCE_AMI = "ami-0deb1000000000009"
 
 
-@pytest.fixture(scope="module")
-def rebuilt(ec2, aws_build, golden_disk):
-    """Debian publishes a new image: a dry run names it, a real run builds from it."""
-    harness, config, client, _ = ec2
+def test_a_new_source_image_is_named_by_a_dry_run_that_launches_nothing(ec2, aws_build, golden_disk):
+    """Debian publishes a new image: the scheduled dry run names it as the reason to build."""
+    harness, config, client, ssm = ec2
     launched = _launched(client)
     add_moto_ami(NEW_SOURCE_AMI, "debian-12-amd64-20261128-9", DEBIAN_OWNER, dt.datetime(2026, 11, 28))
     harness.disks[NEW_SOURCE_AMI] = golden_disk
     code, out = run_invoke("rebuild", "--all", "--target=aws", "--dry-run", f"--config={config}", "--json")
     assert code == 0, out
     (planned,) = json.loads(out)["outcomes"]
-    assert _launched(client) == launched  # a dry run launches nothing
-    code, out = run_invoke("rebuild", "--all", "--target=aws", f"--config={config}", "--json")
-    assert code == 0, out
-    (built,) = json.loads(out)["outcomes"]
-    return planned, built
-
-
-def test_a_new_source_image_is_named_then_built(ec2, aws_build, rebuilt):
-    harness, config, client, ssm = ec2
-    planned, built = rebuilt
     assert planned["status"] == "planned" and planned["decision"]["build"], planned
     assert planned["decision"]["reasons"] == [
         f"new source image: {NEW_SOURCE_AMI} (debian-12-amd64-20261128-9), was {SOURCE_AMI}"]
-    assert built["status"] == "approved" and built["image_id"] != aws_build["image_id"], built
-    tags = {t["Key"]: t["Value"] for t in client.describe_images(ImageIds=[built["image_id"]])["Images"][0]["Tags"]}
-    assert tags["SourceImage"] == NEW_SOURCE_AMI and tags["Status"] == "approved"
-    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == built["image_id"]
-    # The lifecycle ran after the approval: the earlier image is deprecated, not removed.
-    earlier = client.describe_images(ImageIds=[aws_build["image_id"]])["Images"][0]
-    assert earlier.get("DeprecationTime"), earlier
+    assert _launched(client) == launched  # a dry run launches nothing
+    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == aws_build["image_id"]
     assert _leftovers(client) == {"instances": [], "key_pairs": [], "security_groups": []}
 
-    # The second run in a row builds nothing, and says why.
-    launched = _launched(client)
-    code, out = run_invoke("rebuild", "--all", "--target=aws", f"--config={config}", "--json")
-    assert code == 0, out
-    (again,) = json.loads(out)["outcomes"]
-    assert again["status"] == "skipped" and again["decision"]["reasons"] == [
-        f"nothing to do: source image, content and age unchanged for {built['image_id']}"]
-    assert _launched(client) == launched
 
-
-def test_prune_keeps_the_image_the_pointer_names(ec2, aws_build, rebuilt):
+def test_prune_keeps_the_image_the_pointer_names(ec2, aws_build):
     harness, config, client, ssm = ec2
-    newest = rebuilt[1]["image_id"]
-    code, out = run_invoke("prune", "--os=debian12", "--target=aws", f"--config={config}", "--json")
-    assert code == 0, out
-    (plan,) = json.loads(out)["plans"]
-    assert newest in {p["image_id"] for p in plan["protected"]}
-    assert all(action["image_id"] != newest for action in plan["actions"])
-    # keep_approved 1: the earlier image goes, with its snapshots; the pointer's image stays.
+    image_id = aws_build["image_id"]
+    # keep_approved 1, the strictest setting: the pointer's image is protected, and stays.
     strict = Path(config).with_name("keep-one.yaml")
     strict.write_text(yaml.safe_dump({**yaml.safe_load(Path(config).read_text()), "lifecycle": {"keep_approved": 1}}))
     code, out = run_invoke("prune", "--os=debian12", "--target=aws", "--yes", f"--config={strict}", "--json")
     assert code == 0, out
-    mine = {image["ImageId"] for image in client.describe_images(Owners=["self"])["Images"]}
-    assert aws_build["image_id"] not in mine and newest in mine
-    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == newest
+    (plan,) = json.loads(out)["plans"]
+    assert image_id in {p["image_id"] for p in plan["protected"]}
+    assert all(action["image_id"] != image_id for action in plan["actions"])
+    assert image_id in {image["ImageId"] for image in client.describe_images(Owners=["self"])["Images"]}
+    assert ssm.get_parameter(Name="/golden-ami/debian12/latest")["Parameter"]["Value"] == image_id
 
 
-def test_a_failed_verification_rejects_and_still_cleans_up(ec2, rebuilt):
+def test_a_failed_verification_rejects_and_still_cleans_up(ec2, aws_build):
     harness, config, client, _ = ec2
-    image_id = rebuilt[1]["image_id"]
+    image_id = aws_build["image_id"]
     harness.tamper_console = True
     try:
         code, out = run_invoke("verify", f"--image-id={image_id}", "--target=aws", f"--config={config}", "--json")
@@ -326,9 +269,9 @@ def test_a_failed_verification_rejects_and_still_cleans_up(ec2, rebuilt):
     assert harness.running() == []
 
 
-def test_a_run_killed_after_its_test_instance_launched_is_reaped_completely(ec2, rebuilt):
+def test_a_run_killed_after_its_test_instance_launched_is_reaped_completely(ec2, aws_build):
     harness, config, client, _ = ec2
-    image_id = rebuilt[1]["image_id"]
+    image_id = aws_build["image_id"]
     # A verification in its own process, killed outright (no teardown) once its instance runs.
     proc = subprocess.Popen([str(Path(sys.executable).with_name("invoke")), "--search-root", str(PROJECT_ROOT), "verify",
                              f"--image-id={image_id}", "--target=aws", f"--config={config}"],
