@@ -304,6 +304,36 @@ def walk(request):
     return result
 
 
+def replaced_code():
+    """Processes that run code no longer on disk: the program itself or an executable mapping
+    of a file since deleted or replaced (/proc/<pid>/exe and maps end in " (deleted)"), as an
+    upgrade leaves them until they restart. Anonymous memory (memfd, SysV) is not a file on
+    disk. Processes that end while being read are skipped; kernel threads have no maps."""
+    found = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            with open("/proc/%s/comm" % pid) as handle:
+                comm = handle.read().strip()
+            paths = set()
+            try:
+                exe = os.readlink("/proc/%s/exe" % pid)
+            except OSError:
+                exe = ""
+            if exe.endswith(" (deleted)"):
+                paths.add(exe[:-len(" (deleted)")])
+            with open("/proc/%s/maps" % pid) as handle:
+                for line in handle:
+                    fields = line.rstrip("\n").split(None, 5)
+                    if len(fields) == 6 and "x" in fields[1] and fields[5].endswith(" (deleted)"):
+                        path = fields[5][:-len(" (deleted)")]
+                        if path.startswith("/") and not path.startswith(("/memfd:", "/SYSV")):
+                            paths.add(path)
+        except OSError:
+            continue
+        found += [{"pid": int(pid), "comm": comm, "path": path} for path in sorted(paths)]
+    return found
+
+
 def run_systemctl(argv):
     """systemctl asks PID 1 over D-Bus; on a busy machine that call can time out, which says
     nothing about the host. Such a timeout is tried again (twice); every other failure stands."""
@@ -524,6 +554,7 @@ def collect(request):
             trees[home + "/.aws"] = tree(home + "/.aws", 3)  # down to the files in .aws/sso/cache
         snapshot["trees"] = trees
         snapshot["sysctl"] = read_sysctls()
+        snapshot["replaced_code"] = replaced_code()
         snapshot["commands"] = {name: future.result() for name, future in command_futures.items()}
         snapshot["units"] = units_future.result()
         if "sshd_T_login" not in snapshot["commands"]:

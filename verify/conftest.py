@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import json
@@ -247,6 +247,15 @@ def ga_mode(pytestconfig: pytest.Config) -> str:
 def walk(facts) -> dict[str, Any]:
     """The one filesystem walk (world-writable, unowned, setuid/setgid), when a check needs it."""
     return facts.section("walk")
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """For a check that passes with something a reader should see (an inventory): the text
+    becomes its control's message in the report (ga_report), beside the outcome."""
+    def record(text: str) -> None:
+        request.node.user_properties.append(("evidence", text))
+    return record
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from ga_facts import FactUnavailable
 from ga_system import verrevcmp
@@ -246,27 +246,6 @@ def uid_min(login_defs: dict[str, str]) -> int:
     if not value.isdigit():
         raise FactUnavailable(f"/etc/login.defs has UID_MIN {value!r}, not a number")
     return int(value)
-
-
-# --- privileged programs ---------------------------------------------------------------------
-def setuid_roots(mounts: Iterable[tuple[str, str, Iterable[str]]], filesystems: str, skip_fstypes: Iterable[str]) -> list[str]:
-    """Mount points of the filesystems a setuid program can run from: on a block device (not a
-    "nodev" type of /proc/filesystems), not of a skipped type, mounted without noexec and nosuid.
-    mounts: (target, fstype, options) of /proc/self/mounts."""
-    nodev = {line.split()[1] for line in filesystems.splitlines() if line.startswith("nodev") and len(line.split()) > 1}
-    if not any(line.strip() for line in filesystems.splitlines()):
-        raise FactUnavailable("/proc/filesystems lists nothing")
-    skip = set(skip_fstypes)
-    return sorted({target for target, fstype, options in mounts
-                   if fstype not in nodev and fstype not in skip and not {"noexec", "nosuid"} & set(options)})
-
-
-def privileged_programs(walk: dict[str, Any], roots: Iterable[str]) -> list[str]:
-    """The setuid/setgid programs the walk found on the given filesystems, those with a blank in
-    their path left out (an audit rule is split at blanks: it cannot name them)."""
-    roots = set(roots)
-    return sorted({entry["path"] for entry in walk.get("setid", [])
-                   if entry.get("root") in roots and not re.search(r"\s", entry["path"])})
 
 
 # --- augenrules, in-process ------------------------------------------------------------------

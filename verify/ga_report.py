@@ -107,7 +107,9 @@ class ControlReport:
             self.checks[control_id].append({"test": report.nodeid, "outcome": "finding", "message": finding})
             return
         outcome = "pass" if report.passed else "skip" if report.skipped else "fail"
-        self.checks[control_id].append({"test": report.nodeid, "outcome": outcome, "message": _short_message(report)})
+        # A passing check may leave what it saw for the reader (the evidence fixture, verify/conftest.py).
+        message = dict(report.user_properties).get("evidence", "") if report.passed else _short_message(report)
+        self.checks[control_id].append({"test": report.nodeid, "outcome": outcome, "message": message})
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -130,7 +132,8 @@ class ControlReport:
                 outcome = "finding"
                 message = "; ".join(c["message"] for c in checks if c["outcome"] == "finding")
             else:
-                outcome, message = "pass", ""
+                outcome = "pass"
+                message = "; ".join(c["message"] for c in checks if c["message"])
             rows.append({
                 "id": control_id,
                 "title": control["title"],

@@ -638,3 +638,34 @@ def assert_listed_completely(facts, root, listing):
     deeper = sorted(p for p, st in listing.items()
                     if st is not None and st.type == "directory" and p.count("/") - base >= depth)
     assert not deeper, f"{root} was listed {depth} levels deep only: what is below {deeper[0]} was not collected"
+
+
+# --- setuid / setgid programs ------------------------------------------------------------------
+def setuid_roots(mounts: Iterable[tuple[str, str, Iterable[str]]], filesystems: str, skip_fstypes: Iterable[str]) -> list[str]:
+    """Mount points of the filesystems a setuid program can run from: on a block device (not a
+    "nodev" type of /proc/filesystems), not of a skipped type, mounted without noexec and nosuid.
+    mounts: (target, fstype, options) of /proc/self/mounts."""
+    nodev = {line.split()[1] for line in filesystems.splitlines() if line.startswith("nodev") and len(line.split()) > 1}
+    if not any(line.strip() for line in filesystems.splitlines()):
+        raise FactUnavailable("/proc/filesystems lists nothing")
+    skip = set(skip_fstypes)
+    return sorted({target for target, fstype, options in mounts
+                   if fstype not in nodev and fstype not in skip and not {"noexec", "nosuid"} & set(options)})
+
+
+def setid_programs(facts: Snapshot, walk: dict, skip_fstypes: Iterable[str]) -> list[dict[str, str]]:
+    """The setuid/setgid programs ({path, mode, root}, by path) on the local filesystems that
+    allow running them: the walk's findings there. The walk must have searched each of those
+    filesystems, completely, and kept every program it found (the audit rules of 5.2.3.6 and
+    the reviewed list of GA-SETID-REVIEWED both need all of them)."""
+    walk_complete(walk)
+    table = [(m.target, m.fstype, m.options) for m in mounts(facts)]
+    roots = setuid_roots(table, facts.content("/proc/filesystems"), skip_fstypes)
+    assert roots, "/proc/self/mounts lists no local filesystem that allows setuid programs"
+    walked = set(walk.get("roots", {}).get("suid", []))
+    unsearched = [root for root in roots if root not in walked]
+    assert not unsearched, f"the filesystem walk did not search {', '.join(unsearched)} for setuid/setgid programs"
+    kept, found = len(walk.get("setid", [])), walk.get("counts", {}).get("setid")
+    assert found == kept, f"the filesystem walk kept {kept} of {found} setuid/setgid programs"
+    return sorted((entry for entry in walk.get("setid", []) if entry.get("root") in set(roots)),
+                  key=lambda entry: entry["path"])

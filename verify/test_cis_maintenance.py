@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from ga_facts import CommandResult, FactUnavailable, Stat, _stat_from
-from ga_system import login_defs, login_shells, table, walk_complete
+from ga_system import login_defs, login_shells, setid_programs, table, walk_complete
 
 # How many paths a failure message names (the count says how many there were).
 SHOWN = 10
@@ -220,6 +220,26 @@ def test_no_unowned_or_ungrouped_files(walk, params):
     found = [f"{entry['path']} ({entry['user']}:{entry['group']})" for entry in _findings(walk, params, "unowned")]
     assert not found, (f"files or directories without a known owner or group ({len(found)}): {_sample(found)}"
                        f"{_cut(walk, 'unowned', found)}; expected none on local filesystems")
+
+
+@pytest.mark.control("GA-SETID-REVIEWED")
+def test_setid_programs_are_the_reviewed_ones(facts, walk, params, os_data, evidence):
+    reviewed = params["reviewed"].get(os_data["name"])
+    if not reviewed:
+        raise FactUnavailable(f"the catalogue has no reviewed list of setuid/setgid programs for {os_data['name']}")
+    found = setid_programs(facts, walk, params["skip_fstypes"])
+    problems = []
+    for entry in found:
+        allowed = reviewed.get(entry["path"])
+        if allowed is None:
+            problems.append(f"{entry['path']} ({entry['mode']}, not reviewed)")
+        elif int(entry["mode"], 8) & ~int(allowed, 8) & 0o7777:
+            problems.append(f"{entry['path']} ({entry['mode']}, reviewed as {allowed})")
+    assert not problems, (f"setuid/setgid programs beyond the reviewed list ({len(problems)}): {'; '.join(problems)}; "
+                          "review each (the catalogue's GA-SETID-REVIEWED list) or remove it")
+    # The inventory itself, for the report's row: what a reviewer compares with the list.
+    evidence(f"{len(found)} setuid/setgid programs, each reviewed: "
+             + ", ".join(f"{entry['path']} {entry['mode']}" for entry in found))
 
 
 # --- 6.2.x: local users and groups -----------------------------------------------------------

@@ -58,3 +58,14 @@ def test_automatic_security_updates_configured(facts, os_data):
             f"dnf-automatic does not apply updates (apply_updates = {commands.get('apply_updates', 'not set')})"
         assert commands.get("upgrade_type") == "security", \
             f"dnf-automatic is not limited to security updates (upgrade_type = {commands.get('upgrade_type', 'not set')})"
+
+
+@pytest.mark.control("GA-PATCH-RESTARTED")
+def test_no_process_runs_replaced_code(facts):
+    stale = facts.section("replaced_code")
+    by_process = {}
+    for entry in stale:
+        by_process.setdefault(f"{entry['comm']} ({entry['pid']})", []).append(entry["path"])
+    described = [f"{process}: {', '.join(paths)}" for process, paths in sorted(by_process.items())]
+    assert not stale, (f"{len(by_process)} process(es) run a program or library replaced on disk since they started - "
+                       f"restart them (or reboot): {'; '.join(described)}")

@@ -120,6 +120,14 @@ def _add_setuid(walk: dict) -> dict:
     return walk
 
 
+def _widen_setid(walk: dict) -> dict:
+    """A reviewed program given one more bit than its review accepted (group write on sudo)."""
+    walk = copy.deepcopy(walk)
+    (entry,) = [e for e in walk["setid"] if e["path"] == "/usr/bin/sudo"]
+    entry["mode"] = "4775"
+    return walk
+
+
 def _add_world_writable(walk: dict) -> dict:
     walk = copy.deepcopy(walk)
     walk["world_writable"].append({"root": "/", "type": "f", "mode": "666", "path": "/etc/cron.d/job"})
@@ -198,6 +206,13 @@ CASES = [
      command("auditctl_l", sub(r"^-w /etc/sudoers -p wa", "-w /etc/sudoers -p r")), "/etc/sudoers"),
     ("5.2.3.20", "rules not locked", command("auditctl_s", sub(r"^enabled 2", "enabled 1")), "enabled"),
     ("5.2.3.6", "a setuid program without a rule", collected(["walk"], _add_setuid), "/usr/local/bin/helper"),
+    ("GA-PATCH-RESTARTED", "sshd still maps the libssl an upgrade replaced",
+     collected(["replaced_code"], [{"pid": 612, "comm": "sshd", "path": "/usr/lib/x86_64-linux-gnu/libssl.so.3"}]),
+     "sshd (612): /usr/lib/x86_64-linux-gnu/libssl.so.3"),
+    ("GA-SETID-REVIEWED", "a setuid program nobody reviewed", collected(["walk"], _add_setuid),
+     "/usr/local/bin/helper (4755, not reviewed)"),
+    ("GA-SETID-REVIEWED", "a reviewed program with one more bit", collected(["walk"], _widen_setid),
+     "/usr/bin/sudo (4775, reviewed as 4755)"),
     ("5.2.3.21", "a loaded rule missing", command("auditctl_l", sub(r"^-w /etc/sudoers -p wa.*\n", "")), "loaded"),
     ("5.2.3.21", "rules.d changed, audit.rules not regenerated",
      file("/etc/audit/rules.d/60-golden-ami-scope.rules", lambda t: t + "-w /etc/hosts -p wa -k scope\n"), "augenrules"),

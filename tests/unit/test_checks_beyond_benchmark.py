@@ -52,8 +52,8 @@ def compliant() -> dict:
     assert {k: snapshot["collected"]["sysctl"]["values"].get(k) for k in KERNEL_VALUES} == KERNEL_VALUES
     for module in FIREWIRE:
         assert snapshot["collected"]["commands"][f"modprobe_dry_run:{module}"]["stdout"].startswith("install /bin/false")
-    pam = snapshot["collected"]["files"]["/etc/pam.d/common-password"]["content"]
-    assert re.search(r"^password\s.*pam_unix\.so rounds=6 ", pam, flags=re.M)
+    # (GA-PAM-HASH-COST's rounds= on pam_unix is held back, see HELD_BACK: the snapshot recorded
+    # since has none.)
     return snapshot
 
 

@@ -71,6 +71,25 @@ def test_a_directory_that_cannot_be_listed_is_marked(tmp_path, monkeypatch):
         facts.tree(str(tmp_path))
 
 
+def test_a_process_whose_program_was_replaced_on_disk_is_named(tmp_path):
+    """This machine's kernel, not a fixture: a copy of sleep runs, its file is deleted (as an
+    upgrade replaces one), and the collector names the process and the file."""
+    import shutil
+
+    program = tmp_path / "ga-replaced"
+    shutil.copy("/bin/sleep", program)
+    proc = subprocess.Popen([str(program), "60"])
+    try:
+        before = [e for e in collector.replaced_code() if e["pid"] == proc.pid]
+        program.unlink()
+        after = [e for e in collector.replaced_code() if e["pid"] == proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert before == []
+    assert after == [{"pid": proc.pid, "comm": "ga-replaced", "path": str(program)}]
+
+
 def test_the_collector_runs_as_a_script_and_its_output_decodes(tmp_path):
     """The exact command a verify run sends, run here as a plain process (no SSH)."""
     request = {"login_user": "root", "package_manager": "apt", "read": ["/etc/os-release", "/etc/no-such-file"],
