@@ -61,6 +61,9 @@ class ControlSpec(BaseModel):
     # Per-OS values of some params (package names, paths that differ): applied before the
     # user's overrides, and checked like them.
     params_by_os: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per-target values (a decision that differs between aws and local): applied after
+    # params_by_os, before the user's overrides.
+    params_by_target: dict[Literal["aws", "local"], dict[str, Any]] = Field(default_factory=dict)
     param_bounds: dict[str, Bounds] = Field(default_factory=dict)
     # 00-packer-template: remediated by the Packer template / the pipeline's API calls, not a script.
     remediation: str = Field(pattern=r"^[0-9]{2}-[a-z0-9-]+$")
@@ -263,10 +266,12 @@ def controls_for(cfg: Resolved) -> ControlSet:
         if not in_profile or not enabled:
             continue
         params = dict(spec.params)
-        for name, value in spec.params_by_os.get(cfg.os.name, {}).items():
-            if name not in spec.params:
-                raise UserError(f"controls: {spec.id} params_by_os.{cfg.os.name}.{name} is not one of its params")
-            params[name] = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
+        for where, values in ((f"params_by_os.{cfg.os.name}", spec.params_by_os.get(cfg.os.name, {})),
+                              (f"params_by_target.{cfg.target}", spec.params_by_target.get(cfg.target, {}))):
+            for name, value in values.items():
+                if name not in spec.params:
+                    raise UserError(f"controls: {spec.id} {where}.{name} is not one of its params")
+                params[name] = _check_param(spec.id, name, spec.params[name], value, spec.param_bounds.get(name))
         if override is not None:
             for name, value in override.params.items():
                 if name not in spec.params:

@@ -487,10 +487,16 @@ def commands_for(request, connection):
     if request.get("nftables_conf"):
         commands["nft_check_conf"] = ["nft", "--check", "--file", request["nftables_conf"]]
     manager = request.get("package_manager")
+    verify = request.get("verify_packages")
     if manager == "apt":
         commands["packages"] = ["dpkg-query", "-W", "-f", "${Package}\\t${Status}\\t${Version}\\t${Architecture}\\n"]
         commands["apt_config"] = ["apt-config", "dump"]
+        if verify:
+            commands["package_verify"] = ["dpkg", "--verify"]
     elif manager == "dnf":
+        if verify:
+            commands["package_verify"] = ["rpm", "-Va", "--nomtime", "--nomode", "--nouser", "--nogroup", "--nordev",
+                                          "--nocaps", "--noghost"]
         commands["packages"] = ["rpm", "-qa", "--qf",
                                 "%{NAME}\\tinstall ok installed\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\t%{ARCH}\\n"]
         commands["kernels"] = ["rpm", "-q", "kernel", "--qf", "%{VERSION}-%{RELEASE}.%{ARCH}\\n"]

@@ -45,7 +45,7 @@ READ = [
     "/etc/sudoers", "/etc/sudoers.d/*",
     "/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/*", "/etc/ssh/ssh_host_*_key.pub", "/etc/sysconfig/sshd",
     "/etc/audit/auditd.conf", "/etc/audit/audit.rules", "/etc/audit/rules.d/*",
-    "/etc/rsyslog.conf", "/etc/rsyslog.d/*",
+    "/etc/rsyslog.conf", "/etc/rsyslog.d/*", "/etc/logrotate.conf", "/etc/logrotate.d/*",
     "/etc/profile", "/etc/profile.d/*", "/etc/bashrc", "/etc/bash.bashrc",
     "/etc/motd", "/etc/issue", "/etc/issue.net",
     "/etc/default/grub", "/etc/default/apport", "/boot/grub/grub.cfg", "/boot/grub2/grub.cfg",
@@ -188,6 +188,8 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
         "modules": sorted(set(modules)),
         "units": sorted(set(units)),
         "optional": sorted(optional),
+        # dpkg --verify / rpm -Va hash every installed file: asked for only when checked.
+        "verify_packages": "GA-PATCH-VERIFIED" in by_id,
     }
     if "walk" in optional:
         scan = next((by_id[i]["params"] for i in WALK_SCAN_CONTROLS if i in by_id), {})
@@ -417,10 +419,14 @@ class Snapshot:
         return sysctl["values"].get(key)
 
     def sysctl_prefix_exists(self, prefix: str) -> bool:
+        return bool(self.sysctl_names(prefix))
+
+    def sysctl_names(self, prefix: str) -> list[str]:
+        """The kernel parameters whose names start with prefix (readable or not), sorted."""
         sysctl = self.collected.get("sysctl")
         if sysctl is None:
             raise FactUnavailable("the snapshot has no kernel parameters (not collected)")
-        return any(key.startswith(prefix) for key in list(sysctl["values"]) + list(sysctl["errors"]))
+        return sorted(key for key in list(sysctl["values"]) + list(sysctl["errors"]) if key.startswith(prefix))
 
     # --- sections gathered as a whole ---
     def section(self, name: str) -> Any:

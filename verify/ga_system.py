@@ -59,6 +59,41 @@ def systemd_settings(facts: Snapshot, command: str, section: str) -> dict[str, s
     return facts.cached(f"systemd:{command}:{section}", lambda: ini_section(facts.output(command), section))
 
 
+@dataclass(frozen=True)
+class LogrotateCreate:
+    """A `create` directive of a logrotate file: the mode it gives new log files, for which logs."""
+    line: int
+    mode: Optional[int]  # None: "create" without a mode (the rotated file's mode is kept)
+    paths: tuple  # the log paths of its block; () for a global default
+
+
+def logrotate_creates(text: str) -> list[LogrotateCreate]:
+    """The `create` directives of a logrotate configuration, each with the logs it applies to.
+    A block's log paths come before its `{`, on that line or the lines above it."""
+    found, pending, block = [], [], None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if block is None:
+            head, brace, _ = line.partition("{")
+            if brace:
+                block = tuple(pending + head.replace('"', " ").split())
+                pending = []
+                continue
+            if line.startswith(("/", '"')):
+                pending += line.replace('"', " ").split()
+                continue
+        elif line.startswith("}"):
+            block = None
+            continue
+        words = line.split()
+        if words[0] == "create":
+            mode = int(words[1], 8) if len(words) > 1 and re.fullmatch(r"[0-7]{3,4}", words[1]) else None
+            found.append(LogrotateCreate(number, mode, block or ()))
+    return found
+
+
 def login_defs(facts: Snapshot) -> dict[str, str]:
     return facts.cached("login.defs", lambda: key_values(facts.content("/etc/login.defs")))
 
@@ -667,5 +702,6 @@ def setid_programs(facts: Snapshot, walk: dict, skip_fstypes: Iterable[str]) -> 
     assert not unsearched, f"the filesystem walk did not search {', '.join(unsearched)} for setuid/setgid programs"
     kept, found = len(walk.get("setid", [])), walk.get("counts", {}).get("setid")
     assert found == kept, f"the filesystem walk kept {kept} of {found} setuid/setgid programs"
-    return sorted((entry for entry in walk.get("setid", []) if entry.get("root") in set(roots)),
+    allowing = set(roots)
+    return sorted((entry for entry in walk.get("setid", []) if entry.get("root") in allowing),
                   key=lambda entry: entry["path"])

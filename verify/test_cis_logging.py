@@ -11,7 +11,8 @@ import re
 import pytest
 
 from ga_system import (
-    active_lines, assert_listed_completely, directory_listing, getent, installed, listeners, parent_dir, systemd_settings, unit_state,
+    active_lines, assert_listed_completely, directory_listing, getent, installed, listeners, logrotate_creates, parent_dir,
+    systemd_settings, unit_state,
 )
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
@@ -162,5 +163,16 @@ def test_log_file_access(facts, params):
             groups.add(service_group[owner])
         if st.group_name not in groups:
             problems.append(f"{path} group {st.group_name} (expected {' or '.join(sorted(groups))})")
+    # The cause, not only the files of today: logrotate makes each new log file with its
+    # `create` mode, and the files made at the next rotation must be as closed as these.
+    for conf in ["/etc/logrotate.conf", *facts.glob("/etc/logrotate.d/*")]:
+        text = facts.text(conf)
+        for create in logrotate_creates(text or ""):
+            records = bool(create.paths) and all(LOGIN_RECORD.match(p.rsplit("/", 1)[-1]) for p in create.paths)
+            allowed_mode = records_max_mode if records else max_mode
+            if create.mode is not None and create.mode & ~allowed_mode:
+                problems.append(f"{conf} line {create.line}: logrotate creates "
+                                f"{' '.join(create.paths) or 'log files'} with mode {create.mode:04o} "
+                                f"(at most {allowed_mode:04o})")
     shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
     assert not problems, f"log files open to others: {shown}"

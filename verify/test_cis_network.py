@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import pytest
 
-from ga_system import module_problems
+from ga_facts import FactUnavailable
+from ga_system import hook_chains, module_problems, nft_ruleset
 
 
 def _assert_module_disabled(facts, params):
     problems = module_problems(facts, params["module"])
     assert not problems, "; ".join(problems)
+
+
+@pytest.mark.control("3.1.1")
+def test_ipv6_as_decided(facts, params, target, evidence):
+    """The recorded decision holds on the instance: disabled means no interface can take an
+    IPv6 address; enabled means the stack is up and IPv6 meets an input chain that drops by
+    default (an inet or ip6 family), as IPv4 does."""
+    decided = params["ipv6"]
+    assert decided in ("enabled", "disabled"), f"the decision is {decided!r}, neither enabled nor disabled"
+    switches = [key for key in facts.sysctl_names("net.ipv6.conf.") if key.endswith(".disable_ipv6")]
+    enabled_on = [key.split(".")[3] for key in switches if facts.sysctl(key) != "1"]
+    if decided == "disabled":
+        # No net.ipv6 parameters at all: the kernel runs without IPv6 (ipv6.disable=1).
+        assert not enabled_on, f"IPv6 is decided disabled for {target}, but it is on for: {', '.join(enabled_on)}"
+        evidence(f"IPv6 decided disabled for {target}: "
+                 + ("off on every interface" if switches else "the kernel runs without it"))
+        return
+    for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+        assert facts.sysctl(key) == "0", \
+            f"IPv6 is decided enabled for {target}, but {key} = {facts.sysctl(key)}"
+    try:
+        chains = hook_chains(nft_ruleset(facts), "input")
+    except FactUnavailable as exc:
+        pytest.fail(f"IPv6 is enabled (decided for {target}) but no firewall ruleset filters it: {exc}")
+    dropping = [chain.label for chain in chains if chain.family in ("inet", "ip6") and chain.policy == "drop"]
+    assert dropping, f"IPv6 is enabled (decided for {target}) but no inet or ip6 input chain drops by default"
+    evidence(f"IPv6 decided enabled for {target}: on, filtered by {', '.join(dropping)}")
 
 
 @pytest.mark.control("3.1.2")

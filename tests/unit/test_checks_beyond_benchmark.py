@@ -29,7 +29,7 @@ FIREWIRE = ("firewire-core", "firewire-ohci", "firewire-sbp2")
 SSHD_FORWARDING_OFF = {"disableforwarding": "yes", "allowtcpforwarding": "no", "allowagentforwarding": "no",
                        "allowstreamlocalforwarding": "no", "maxsessions": "4"}
 NEW_IDS = ("GA-KERNEL-KPTR", "GA-KERNEL-SYSRQ", "GA-KERNEL-LDISC", "GA-KERNEL-PROTECTED-FILES",
-           "GA-KERNEL-BPF-JIT-HARDEN", "GA-KERNEL-FIREWIRE", "4.2.13", "4.2.18", "GA-PAM-HASH-COST")
+           "GA-KERNEL-BPF-JIT-HARDEN", "GA-KERNEL-FIREWIRE", "4.2.13", "4.2.18", "GA-PAM-HASH-COST", "3.1.1")
 
 
 def _modprobe(snapshot: dict, module: str, rc: int, stdout: str = "", stderr: str = "") -> None:
@@ -75,11 +75,32 @@ def modprobe(module: str, rc: int, stdout: str = "", stderr: str = "") -> Callab
     return lambda snapshot: _modprobe(snapshot, module, rc, stdout, stderr)
 
 
+def ipv6_off(snapshot: dict) -> None:
+    """Every interface's IPv6 switched off (what the 3.1.1 "disabled" drop-in leaves)."""
+    values = snapshot["collected"]["sysctl"]["values"]
+    for key in [k for k in values if k.startswith("net.ipv6.conf.") and k.endswith(".disable_ipv6")]:
+        values[key] = "1"
+
+
+def input_policy_accept(snapshot: dict) -> None:
+    result = snapshot["collected"]["commands"]["nft_json"]
+    ruleset = json.loads(result["stdout"])
+    for item in ruleset["nftables"]:
+        if "chain" in item and item["chain"].get("hook") == "input":
+            item["chain"]["policy"] = "accept"
+    result["stdout"] = json.dumps(ruleset)
+
+
+def unchanged(snapshot: dict) -> None:
+    pass
+
+
 PAM = "/etc/pam.d/common-password"
 DEFS = "/etc/login.defs"
 INSMOD = "insmod /lib/modules/6.1.0-50-amd64/kernel/drivers/firewire/{}.ko \n"
 
-# (control, what changes, the change, a word the failure message must contain)
+# (control, what changes, the change, a word the failure message must contain[, params of
+# another decision])
 FAILING = [
     ("GA-KERNEL-KPTR", "kptr_restrict 1 (root sees addresses)", sysctl("kernel.kptr_restrict", "1"), "kptr_restrict is 1"),
     ("GA-KERNEL-SYSRQ", "systemd's default sysrq 438", sysctl("kernel.sysrq", "438"), "sysrq is 438"),
@@ -105,6 +126,12 @@ FAILING = [
     ("4.2.13", "DisableForwarding yes but AllowTcpForwarding yes (what the AL2023 audit reads)",
      sshd({"allowtcpforwarding": "yes"}), "allowtcpforwarding"),
     ("4.2.18", "OpenSSH's default MaxSessions 10", sshd({"maxsessions": "10"}), "maxsessions"),
+    ("3.1.1", "decided enabled, switched off", sysctl("net.ipv6.conf.all.disable_ipv6", "1"), "disable_ipv6 = 1"),
+    ("3.1.1", "enabled, but the input chain accepts by default", input_policy_accept, "drops by default"),
+    ("3.1.1", "decided disabled, still on", unchanged, "decided disabled", {"ipv6": "disabled"}),
+    ("3.1.1", "decided disabled, one interface still on",
+     lambda snapshot: (ipv6_off(snapshot), sysctl("net.ipv6.conf.ens2.disable_ipv6", "0")(snapshot)), "ens2",
+     {"ipv6": "disabled"}),
     ("GA-PAM-HASH-COST", "pam_unix at the default cost", file(PAM, sub(r" rounds=6", " rounds=5")), "cost 5"),
     ("GA-PAM-HASH-COST", "pam_unix rounds=12: out of range, pam_unix uses 5",
      file(PAM, sub(r" rounds=6", " rounds=12")), "cost 5"),
@@ -120,6 +147,7 @@ PASSING = [
     ("4.2.13", "every kind of forwarding off one by one, no DisableForwarding",
      sshd({"disableforwarding": "no", "x11forwarding": "no"})),
     ("4.2.18", "fewer sessions than the limit", sshd({"maxsessions": "2"})),
+    ("3.1.1", "decided disabled, off on every interface", ipv6_off, {"ipv6": "disabled"}),
     ("GA-PAM-HASH-COST", "a higher yescrypt cost", file(PAM, sub(r" rounds=6", " rounds=8"))),
     ("GA-PAM-HASH-COST", "SHA-512 in pam_unix at 200000 rounds",
      file(PAM, sub(r" rounds=6(.*) yescrypt", r" rounds=200000\1 sha512"))),
@@ -140,8 +168,12 @@ def document(tmp_path_factory) -> dict:
     return controls_document("debian12")
 
 
-def _only(document: dict, control: str) -> dict:
-    return {**document, "controls": [c for c in document["controls"] if c["id"] == control]}
+def _only(document: dict, control: str, params: dict | None = None) -> dict:
+    """The document with only this control, its params changed by params (another decision)."""
+    chosen = [copy.deepcopy(c) for c in document["controls"] if c["id"] == control]
+    for c in chosen:
+        c["params"].update(params or {})
+    return {**document, "controls": chosen}
 
 
 def _base_for_the_right_reason() -> dict:
@@ -157,14 +189,14 @@ def _base_for_the_right_reason() -> dict:
 def verdicts(tmp_path_factory, document) -> dict[str, dict]:
     good = compliant()
     runs = {"compliant": (good, document), "base": (_base_for_the_right_reason(), document)}
-    for index, (control, _, mutate, _) in enumerate(FAILING):
+    for index, (control, _, mutate, _, *params) in enumerate(FAILING):
         snapshot = copy.deepcopy(good)
         mutate(snapshot)
-        runs[f"fail-{index}"] = (snapshot, _only(document, control))
-    for index, (control, _, mutate) in enumerate(PASSING):
+        runs[f"fail-{index}"] = (snapshot, _only(document, control, *params))
+    for index, (control, _, mutate, *params) in enumerate(PASSING):
         snapshot = copy.deepcopy(good)
         mutate(snapshot)
-        runs[f"pass-{index}"] = (snapshot, _only(document, control))
+        runs[f"pass-{index}"] = (snapshot, _only(document, control, *params))
     return judge_many(tmp_path_factory.mktemp("beyond"), runs)
 
 
@@ -182,7 +214,7 @@ def test_every_control_passes_on_the_compliant_snapshot(verdicts, document):
 
 @pytest.mark.parametrize("index", range(len(FAILING)), ids=[f"{c[0]}: {c[1]}" for c in FAILING])
 def test_the_smallest_non_compliant_change_fails(verdicts, index):
-    control, what, _, word = FAILING[index]
+    control, what, _, word, *_ = FAILING[index]
     row = verdicts[f"fail-{index}"][control]
     assert row["outcome"] == "fail", f"{control} still {row['outcome']} after: {what}"
     assert word.lower() in row["message"].lower(), f"{control}'s message does not name the problem: {row['message']}"
@@ -190,7 +222,7 @@ def test_the_smallest_non_compliant_change_fails(verdicts, index):
 
 @pytest.mark.parametrize("index", range(len(PASSING)), ids=[f"{c[0]}: {c[1]}" for c in PASSING])
 def test_another_compliant_form_passes(verdicts, index):
-    control, what, _ = PASSING[index]
+    control, what, *_ = PASSING[index]
     row = verdicts[f"pass-{index}"][control]
     assert row["outcome"] == "pass", f"{control} {row['outcome']} on a compliant host ({what}): {row['message']}"
 
@@ -200,7 +232,7 @@ BASE_REASONS = {"GA-KERNEL-KPTR": "kptr_restrict is 0", "GA-KERNEL-SYSRQ": "sysr
                 "GA-KERNEL-LDISC": "ldisc_autoload is 1", "GA-KERNEL-PROTECTED-FILES": "protected_fifos is 1",
                 "GA-KERNEL-BPF-JIT-HARDEN": "bpf_jit_harden is 0", "GA-KERNEL-FIREWIRE": "modprobe would load",
                 "4.2.13": "disableforwarding is 'no'", "4.2.18": "maxsessions is '10'",
-                "GA-PAM-HASH-COST": "yescrypt at cost 5"}
+                "GA-PAM-HASH-COST": "yescrypt at cost 5", "3.1.1": "no firewall ruleset filters it"}
 
 
 @pytest.mark.parametrize("control", NEW_IDS)
