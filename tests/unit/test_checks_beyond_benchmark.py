@@ -3,10 +3,11 @@
 The recorded hardened snapshot (tests/data/facts/debian12-hardened.json, re-recorded from an
 approved build with this hardening) shows what it leaves on a host - the kernel values of the
 sysctl.d drop-in, the FireWire modules refused, sshd's forwarding off and MaxSessions 4,
-pam_unix's and login.defs' hashing cost - and every applicable control passes on it. Then the
-smallest non-compliant change to it fails the check that reads it, and
-the alternative compliant forms a check accepts pass. The unhardened base snapshot fails each
-of them for the right reason, not merely for a fact it lacks.
+pam_unix's and login.defs' hashing cost, logrotate's narrowed create modes, IPv6 on and
+filtered, dpkg --verify's clean list - and every applicable control passes on it. Then the
+smallest non-compliant change to it fails the check that reads it, and the alternative
+compliant forms a check accepts pass. The unhardened base snapshot fails each of them for the
+right reason, not merely for a fact it lacks (or passes, where the stock image complies).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ FIREWIRE = ("firewire-core", "firewire-ohci", "firewire-sbp2")
 SSHD_FORWARDING_OFF = {"disableforwarding": "yes", "allowtcpforwarding": "no", "allowagentforwarding": "no",
                        "allowstreamlocalforwarding": "no", "maxsessions": "4"}
 NEW_IDS = ("GA-KERNEL-KPTR", "GA-KERNEL-SYSRQ", "GA-KERNEL-LDISC", "GA-KERNEL-PROTECTED-FILES",
-           "GA-KERNEL-BPF-JIT-HARDEN", "GA-KERNEL-FIREWIRE", "4.2.13", "4.2.18", "GA-PAM-HASH-COST", "3.1.1")
+           "GA-KERNEL-BPF-JIT-HARDEN", "GA-KERNEL-FIREWIRE", "4.2.13", "4.2.18", "GA-PAM-HASH-COST", "3.1.1", "GA-PATCH-VERIFIED")
 
 
 def _modprobe(snapshot: dict, module: str, rc: int, stdout: str = "", stderr: str = "") -> None:
@@ -52,8 +53,9 @@ def compliant() -> dict:
     assert {k: snapshot["collected"]["sysctl"]["values"].get(k) for k in KERNEL_VALUES} == KERNEL_VALUES
     for module in FIREWIRE:
         assert snapshot["collected"]["commands"][f"modprobe_dry_run:{module}"]["stdout"].startswith("install /bin/false")
-    # (GA-PAM-HASH-COST's rounds= on pam_unix is held back, see HELD_BACK: the snapshot recorded
-    # since has none.)
+    unix_lines = [line for line in snapshot["collected"]["files"][PAM]["content"].splitlines()
+                  if line.startswith("password") and "pam_unix.so" in line]
+    assert len(unix_lines) == 1 and " rounds=6 " in unix_lines[0], unix_lines
     return snapshot
 
 
@@ -96,6 +98,7 @@ def unchanged(snapshot: dict) -> None:
 
 
 PAM = "/etc/pam.d/common-password"
+LOGROTATE_DPKG = "/etc/logrotate.d/dpkg"
 DEFS = "/etc/login.defs"
 INSMOD = "insmod /lib/modules/6.1.0-50-amd64/kernel/drivers/firewire/{}.ko \n"
 
@@ -126,6 +129,14 @@ FAILING = [
     ("4.2.13", "DisableForwarding yes but AllowTcpForwarding yes (what the AL2023 audit reads)",
      sshd({"allowtcpforwarding": "yes"}), "allowtcpforwarding"),
     ("4.2.18", "OpenSSH's default MaxSessions 10", sshd({"maxsessions": "10"}), "maxsessions"),
+    ("5.1.3", "dpkg's logrotate block creates dpkg.log world-readable again",
+     file(LOGROTATE_DPKG, sub(r"create 0640 ", "create 644 ")), "logrotate creates /var/log/dpkg.log with mode 0644"),
+    ("5.1.3", "the login records' mode given to an ordinary log's block",
+     file(LOGROTATE_DPKG, sub(r"create 0640 ", "create 0664 ")), "mode 0664 (at most 0640)"),
+    ("GA-PATCH-VERIFIED", "a program changed after installation",
+     command("package_verify", lambda out: out + "??5??????   /usr/bin/passwd\n"), "/usr/bin/passwd"),
+    ("GA-PATCH-VERIFIED", "a library gone", command("package_verify", lambda out: out + "missing     /usr/lib/x86_64-linux-gnu/libz.so.1.2.13\n"),
+     "missing"),
     ("3.1.1", "decided enabled, switched off", sysctl("net.ipv6.conf.all.disable_ipv6", "1"), "disable_ipv6 = 1"),
     ("3.1.1", "enabled, but the input chain accepts by default", input_policy_accept, "drops by default"),
     ("3.1.1", "decided disabled, still on", unchanged, "decided disabled", {"ipv6": "disabled"}),
@@ -148,16 +159,14 @@ PASSING = [
      sshd({"disableforwarding": "no", "x11forwarding": "no"})),
     ("4.2.18", "fewer sessions than the limit", sshd({"maxsessions": "2"})),
     ("3.1.1", "decided disabled, off on every interface", ipv6_off, {"ipv6": "disabled"}),
+    ("GA-PATCH-VERIFIED", "one more configuration file changed",
+     command("package_verify", lambda out: out + "??5?????? c /etc/ssh/ssh_config\n")),
+    ("5.1.3", "a global create without a mode (the rotated file's mode is kept)",
+     file("/etc/logrotate.conf", sub(r"^create.*$", "create"))),
     ("GA-PAM-HASH-COST", "a higher yescrypt cost", file(PAM, sub(r" rounds=6", " rounds=8"))),
     ("GA-PAM-HASH-COST", "SHA-512 in pam_unix at 200000 rounds",
      file(PAM, sub(r" rounds=6(.*) yescrypt", r" rounds=200000\1 sha512"))),
 ]
-# GA-PAM-HASH-COST is held back in the catalogue (enabled: false, see its comment): its cases
-# cannot be judged while it is not in force. They come back with it.
-HELD_BACK = {"GA-PAM-HASH-COST"}
-NEW_IDS = tuple(i for i in NEW_IDS if i not in HELD_BACK)
-FAILING = [case for case in FAILING if case[0] not in HELD_BACK]
-PASSING = [case for case in PASSING if case[0] not in HELD_BACK]
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +244,17 @@ BASE_REASONS = {"GA-KERNEL-KPTR": "kptr_restrict is 0", "GA-KERNEL-SYSRQ": "sysr
                 "GA-PAM-HASH-COST": "yescrypt at cost 5", "3.1.1": "no firewall ruleset filters it"}
 
 
-@pytest.mark.parametrize("control", NEW_IDS)
+# Compliant on the stock image too (the catalogue's default_compliant): they must pass there.
+BASE_COMPLIANT = ("GA-PATCH-VERIFIED",)
+
+
+@pytest.mark.parametrize("control", BASE_COMPLIANT)
+def test_what_the_stock_image_already_meets_passes_there(verdicts, control):
+    row = verdicts["base"][control]
+    assert row["outcome"] == "pass", f"{control} {row['outcome']} on the unhardened image: {row['message']}"
+
+
+@pytest.mark.parametrize("control", [i for i in NEW_IDS if i not in BASE_COMPLIANT])
 def test_the_unhardened_base_image_fails_for_the_right_reason(verdicts, control):
     row = verdicts["base"][control]
     assert row["outcome"] == "fail", f"{control} {row['outcome']} on the unhardened image"
