@@ -74,8 +74,8 @@ def test_no_process_runs_replaced_code(facts):
 def changed_package_files(output: str) -> list[str]:
     """Lines of `dpkg --verify` / `rpm -Va` about files that are not configuration files.
     dpkg: "??5?????? c /etc/x" or "missing   c /etc/x" (attribute c: a conffile); rpm:
-    "S.5......  c /etc/x" (attributes c, and also n/l/r/g/d: config, noreplace, license,
-    readme, ghost, documentation; only c is left out)."""
+    "S.5......  c /etc/x" (rpm marks c config, d documentation, g ghost, l license, r readme:
+    only c is left out)."""
     changed = []
     for line in output.splitlines():
         fields = line.split()

@@ -65,6 +65,22 @@ def test_param_overrides_are_checked(state_dir, tmp_path):
             catalogue.controls_for(config.resolve("debian12", "local", str(user)))
 
 
+def test_a_per_target_value_applies_to_its_target_only_and_the_config_still_decides(state_dir, tmp_path, monkeypatch):
+    real = catalogue.load_catalogue()
+    ipv6 = next(spec for spec in real if spec.id == "3.1.1")
+    decided = ipv6.model_copy(update={"params_by_target": {"aws": {"ipv6": "disabled"}}})
+    monkeypatch.setattr(catalogue, "load_catalogue", lambda: [decided if s.id == "3.1.1" else s for s in real])
+    assert catalogue.controls_for(config.resolve("debian12", "aws")).params("3.1.1")["ipv6"] == "disabled"
+    assert catalogue.controls_for(config.resolve("debian12", "local")).params("3.1.1")["ipv6"] == "enabled"
+    user = tmp_path / "c.yaml"
+    user.write_text("controls:\n  '3.1.1':\n    params:\n      ipv6: enabled\n")
+    assert catalogue.controls_for(config.resolve("debian12", "aws", str(user))).params("3.1.1")["ipv6"] == "enabled"
+    wrong = ipv6.model_copy(update={"params_by_target": {"local": {"ipv4": "disabled"}}})
+    monkeypatch.setattr(catalogue, "load_catalogue", lambda: [wrong if s.id == "3.1.1" else s for s in real])
+    with pytest.raises(UserError, match="params_by_target.local.ipv4 is not one of its params"):
+        catalogue.controls_for(config.resolve("debian12", "local"))
+
+
 def test_a_control_is_switched_off_only_by_an_exception_that_says_why_and_until_when(state_dir, tmp_path):
     user = tmp_path / "c.yaml"
     user.write_text("controls:\n  '4.2.12':\n    enabled: false\n")
