@@ -20,9 +20,9 @@ def test_ipv6_as_decided(facts, params, target, evidence):
     default (an inet or ip6 family), as IPv4 does."""
     decided = params["ipv6"]
     assert decided in ("enabled", "disabled"), f"the decision is {decided!r}, neither enabled nor disabled"
-    switches = [key for key in facts.sysctl_names("net.ipv6.conf.") if key.endswith(".disable_ipv6")]
-    enabled_on = [key.split(".")[3] for key in switches if facts.sysctl(key) != "1"]
     if decided == "disabled":
+        switches = [key for key in facts.sysctl_names("net.ipv6.conf.") if key.endswith(".disable_ipv6")]
+        enabled_on = [key.split(".")[3] for key in switches if facts.sysctl(key) != "1"]
         # No net.ipv6 parameters at all: the kernel runs without IPv6 (ipv6.disable=1).
         assert not enabled_on, f"IPv6 is decided disabled for {target}, but it is on for: {', '.join(enabled_on)}"
         evidence(f"IPv6 decided disabled for {target}: "

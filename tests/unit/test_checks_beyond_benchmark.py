@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from tests.unit.offline_suite import FACTS, controls_document, judge_many
-from tests.unit.test_check_mutations import collected, command, file, sub
+from tests.unit.test_check_mutations import _policy_accept, collected, command, file, nft, sub
 
 HARDENED = FACTS / "debian12-hardened.json"
 BASE = FACTS / "debian12-base.json"
@@ -84,15 +84,6 @@ def ipv6_off(snapshot: dict) -> None:
         values[key] = "1"
 
 
-def input_policy_accept(snapshot: dict) -> None:
-    result = snapshot["collected"]["commands"]["nft_json"]
-    ruleset = json.loads(result["stdout"])
-    for item in ruleset["nftables"]:
-        if "chain" in item and item["chain"].get("hook") == "input":
-            item["chain"]["policy"] = "accept"
-    result["stdout"] = json.dumps(ruleset)
-
-
 def unchanged(snapshot: dict) -> None:
     pass
 
@@ -140,7 +131,7 @@ FAILING = [
     ("GA-PATCH-VERIFIED", "a library gone",
      command("package_verify", lambda out: out + "missing     /usr/lib/x86_64-linux-gnu/libz.so.1.2.13\n"), "missing"),
     ("3.1.1", "decided enabled, switched off", sysctl("net.ipv6.conf.all.disable_ipv6", "1"), "disable_ipv6 = 1"),
-    ("3.1.1", "enabled, but the input chain accepts by default", input_policy_accept, "drops by default"),
+    ("3.1.1", "enabled, but the input chain accepts by default", nft(_policy_accept), "drops by default"),
     ("3.1.1", "decided disabled, still on", unchanged, "decided disabled", {"ipv6": "disabled"}),
     ("3.1.1", "decided disabled, one interface still on",
      lambda snapshot: (ipv6_off(snapshot), sysctl("net.ipv6.conf.ens2.disable_ipv6", "0")(snapshot)), "ens2",
