@@ -179,17 +179,10 @@ def build(c, os_=None, target="local", source_ami=None, from_render=None, profil
 
 
 def _image_and_build_dir(target_name, image_id, config_file):
-    """An image and its build directory (<state>/builds/<its BuildId tag>)."""
-    if not image_id:
-        raise UserError("--image-id is required (see invoke list)")
+    from golden_ami.pipeline import image_and_build_dir
+
     target = _settings_target(target_name, config_file)
-    image = target.get_image(image_id)
-    build_id = image.tags.get("BuildId", "")
-    build_dir = target.state_dir / "builds" / build_id
-    if not build_id or "/" in build_id or not build_dir.is_dir():
-        raise UserError(f"{image_id}'s build directory (BuildId {build_id or 'missing'}) is not in this state dir: "
-                        "verify and approve run where the image was built")
-    return target, image, build_dir
+    return (target, *image_and_build_dir(target, image_id))
 
 
 @task(help={"image_id": "the image to judge (li-… or ami-…)", "target": TARGET_HELP, "config_": CONFIG_HELP,
@@ -285,9 +278,10 @@ def sbom(c, image_id=None, target="local", out=None, config_=None):
     file in the build directory no longer hashes to that seal.
     """
     from golden_ami import verify_runner
+    from golden_ami.layout import BuildDir
 
     _, image, build_dir = _image_and_build_dir(target, image_id, config_)
-    text = verify_runner.sealed_text(image, build_dir / "verify", "SbomDigest")
+    text = verify_runner.sealed_text(image, BuildDir(build_dir).verify, "SbomDigest")
     if out is None:
         sys.stdout.write(text)
         return
@@ -308,14 +302,7 @@ def _counted_approved(target_obj, os_name):
     """Images tagged approved whose signed approval verifies; a warning line for each other."""
     from golden_ami import attest as statements
 
-    approved, refused = statements.approved_images(target_obj, os_name)
-    if not target_obj.signs_approvals:
-        print(f"[golden-ami] warning: approvals on the {target_obj.name} target are not signed (set "
-              "aws.signing_kms_key_id): anyone allowed ec2:CreateTags can make an image look approved", file=sys.stderr)
-    for image_id, reasons in refused.items():
-        print(f"[golden-ami] warning: {image_id} is tagged approved but does not count: {'; '.join(reasons)}"
-              f" (invoke attest --image-id={image_id})", file=sys.stderr)
-    return approved
+    return statements.counted_approved(target_obj, os_name, Progress().say)
 
 
 @task(name="signing-key", help={"target": TARGET_HELP, "config_": CONFIG_HELP, "json_": JSON_HELP})
@@ -369,9 +356,9 @@ def attest(c, image_id=None, target="local", public_key=None, config_=None, json
 
 
 def _image_row(image) -> dict:
-    keys = ("Status", "OS", "CreatedAt", "ApprovedAt", "Fingerprint", "SourceImage", "BuildId", "PipelineCommit",
-            "FailedControls")
-    return {"id": image.id, "location": image.location, **{k: image.tags.get(k, "") for k in keys}}
+    from golden_ami.provenance import image_row
+
+    return image_row(image.id, image.location, image.tags)
 
 
 REGION_HELP = "aws: the region to look in (default: aws.region of the config)"
@@ -478,7 +465,6 @@ def rebuild(c, os_=None, all_=False, target="local", dry_run=False, jobs=0, prob
     --probe-updates) it lacks security updates; otherwise say why not. Writes a JSON and a
     Markdown summary, publishes it to notify.sns_topic_arn if set. Exits 1 if a build failed
     or was rejected, or an OS could not be decided."""
-    from golden_ami import notify
     from golden_ami import rebuild as planner
 
     names = list(os_ or [])
@@ -488,26 +474,15 @@ def rebuild(c, os_=None, all_=False, target="local", dry_run=False, jobs=0, prob
         raise UserError(f"--jobs must be between 1 and 16, not {jobs}")
     settings_cfg = _resolve(gconfig.available_os()[0], target, config_)
     settings = settings_cfg.settings
-    names = names or list(settings.rebuild.os)
-    configs = [_resolve(name, target, config_) for name in names]
-    run_id, started = notify.new_run_id(), notify.utc_now()
-    where = Path(summary_dir) if summary_dir else notify.default_summary_dir(settings_cfg.state_dir, run_id)
-    if where.exists() and not where.is_dir():  # found before any build, not after all of them
-        raise UserError(f"--summary-dir {where} is a file, not a directory")
-    progress = Progress()
+    configs = [_resolve(name, target, config_) for name in names or settings.rebuild.os]
     probe = planner.pending_updates_probe if (probe_updates or settings.rebuild.probe_updates) else None
-    outcomes = planner.run(configs, config_, dry_run, int(jobs or settings.rebuild.jobs), progress, probe)
-    summary = notify.RunSummary.from_outcomes(outcomes, run_id=run_id, target=target, started_at=started,
-                                              dry_run=dry_run)
-    json_path, md_path = notify.write_summaries(summary, where)
-    progress.say(f"summary: {md_path}")
-    notify.notify_run(settings.notify, summary, progress, dry_run=dry_run,
-                      full_summary_at=notify.full_summary_location(md_path, summary.origin))
-    rows = [o.as_dict() for o in outcomes]
+    run = planner.run_and_report(settings_cfg, configs, config_, dry_run=dry_run, jobs=int(jobs or settings.rebuild.jobs),
+                                 progress=Progress(), probe=probe, summary_dir=Path(summary_dir) if summary_dir else None)
     text = "\n".join(f"{o.os:11} {('build' if o.decision.build else 'skip'):5} {o.status:9} {o.image_id or '-':22} "
-                     f"{o.decision.error or '; '.join(o.decision.reasons)}" for o in outcomes)
-    _emit(json_, {"dry_run": dry_run, "run_id": run_id, "summary_json": str(json_path), "outcomes": rows}, text)
-    if not summary.ok:
+                     f"{o.decision.error or '; '.join(o.decision.reasons)}" for o in run.outcomes)
+    _emit(json_, {"dry_run": dry_run, "run_id": run.run_id, "summary_json": str(run.json_path),
+                  "outcomes": [o.as_dict() for o in run.outcomes]}, text)
+    if not run.summary.ok:
         raise Exit(code=1)
 
 

@@ -4,6 +4,7 @@
     .venv/bin/python bench/figures.py            # render timings + recorded builds
     .venv/bin/python bench/figures.py --builds 0 # render timings only
     .venv/bin/python bench/figures.py --builds 0 --invoke-rounds 0  # in-process render only
+    .venv/bin/python bench/figures.py --builds 0 --invoke-rounds 0 --compression <store>/<id>/disk.qcow2
 
 Render timings are measured now: every OS x target in this process (the first round cold,
 parsing the catalogue and compiling the templates; the rest warm, on the per-process caches),
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from golden_ami import config, render  # noqa: E402
+from golden_ami.layout import BUILD_RECORD, StateDir  # noqa: E402
 
 SOURCES = {
     "local": render.SourceImage(id="sha256:" + "0" * 64, name="bench", location="/bench.qcow2",
@@ -82,7 +84,7 @@ def invoke_render_figures(rounds: int, os_name: str = "debian12") -> None:
     invoke = shutil.which("invoke", path=os.path.dirname(sys.executable)) or "invoke"
     print(f"\ninvoke render --os={os_name} (a new process each, median of {rounds}, interpreter start-up included)")
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "state" / "base" / os_name
+        base = StateDir(Path(tmp) / "state").base(os_name)
         base.mkdir(parents=True)
         (base / "base.qcow2").write_bytes(b"")
         (base / "base.json").write_text(json.dumps({"sha256": "0" * 64, "name": "bench"}))
@@ -99,7 +101,7 @@ def invoke_render_figures(rounds: int, os_name: str = "debian12") -> None:
 
 def build_figures(state_dir: Path, limit: int) -> None:
     records = []
-    for path in sorted((state_dir / "builds").glob("*/build.json")):
+    for path in sorted(StateDir(state_dir).builds.glob(f"*/{BUILD_RECORD}")):
         records.append(json.loads(path.read_text()))
     records = records[-limit:]
     print(f"\nrecorded builds in {state_dir} (newest {len(records)})")
@@ -112,10 +114,35 @@ def build_figures(state_dir: Path, limit: int) -> None:
             size = f"{r['image_bytes'] / 2**20:.0f} MiB" if r.get("image_bytes") else "-"
             print(f"  {r['build_id']:44} {r.get('status', '?'):9} {s.get('render', 0):7.1f} "
                   f"{s.get('packer_build', 0):8.1f} {s.get('verify_and_approve', 0):8.1f} {s.get('total', 0):8.1f} {size:>9}")
-    for meta in sorted((state_dir / "base").glob("*/base.json")):
+    for meta in sorted(StateDir(state_dir).bases.glob("*/base.json")):
         data = json.loads(meta.read_text())
         disk = meta.with_name("base.qcow2")
         print(f"  base image {data['os']}: {disk.stat().st_size / 2**20:.0f} MiB qcow2, kernel {data.get('kernel', '?')}")
+
+
+def _timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - started
+
+
+def compression_figures(disk: Path) -> None:
+    """The image's last build step: compressing the disk Packer leaves (zlib, QEMU's default,
+    against zstd, the template's choice), and reading each back (what every boot pays)."""
+    print(f"\ndisk compression ({disk.name}, {disk.stat().st_size / 2**20:.0f} MiB as stored)")
+    with tempfile.TemporaryDirectory(dir=disk.parent) as tmp:
+        plain = Path(tmp) / "plain.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(plain)], check=True)
+        print(f"  uncompressed: {plain.stat().st_size / 2**20:.0f} MiB")
+        timings = {}
+        for kind in ("zlib", "zstd"):
+            packed = Path(tmp) / f"{kind}.qcow2"
+            write = _timed(["qemu-img", "convert", "-c", "-O", "qcow2", "-o", f"compression_type={kind}",
+                            str(plain), str(packed)])
+            read = _timed(["qemu-img", "convert", "-O", "qcow2", str(packed), str(Path(tmp) / "back.qcow2")])
+            timings[kind] = write
+            print(f"  {kind}: compress {write:6.1f} s, read back {read:5.1f} s, {packed.stat().st_size / 2**20:5.0f} MiB")
+        print(f"  zstd compresses {timings['zlib'] / timings['zstd']:.1f}x faster than zlib")
 
 
 def main() -> None:
@@ -123,12 +150,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="render rounds to time")
     parser.add_argument("--invoke-rounds", type=int, default=3, help="`invoke render` runs to time (0: none)")
     parser.add_argument("--builds", type=int, default=10, help="how many recorded builds to show (0: none)")
+    parser.add_argument("--compression", type=Path, metavar="DISK",
+                        help="also time compressing this qcow2 disk (e.g. a store image) with zlib and zstd")
     args = parser.parse_args()
     render_figures(args.rounds)
     if args.invoke_rounds:
         invoke_render_figures(args.invoke_rounds)
     if args.builds:
         build_figures(config.resolve(config.available_os()[0]).state_dir, args.builds)
+    if args.compression:
+        compression_figures(args.compression)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from golden_ami import config, hostkeys, sshkeys, verify_runner  # noqa: E402
+from golden_ami.layout import KNOWN_HOSTS_FILE, REPORT_FILE, StateDir  # noqa: E402
 from golden_ami.progress import Progress  # noqa: E402
 from golden_ami.targets.local.target import LocalTarget  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
         if not approved:
             sys.exit(f"no approved {args.os_name} image in {cfg.state_dir}: run invoke build first, or pass --image-id")
         image = approved[-1]
-    controls_file = cfg.state_dir / "builds" / image.tags["BuildId"] / "controls.json"
+    controls_file = StateDir(cfg.state_dir).build(image.tags["BuildId"]).controls
     # The ratio runs leave out the pending-updates simulation (1.8), as the figures ask: it waits
     # on the package archive, not on the host; the "full" run keeps it (it overlaps the collector).
     document = json.loads(controls_file.read_text())
@@ -125,7 +126,7 @@ def main() -> None:
         progress = Progress(quiet=True)
         boot_started = time.monotonic()
         with target.boot_test_instance(cfg, image, key, work / "instance", progress) as instance:
-            known_hosts = work / "known_hosts"
+            known_hosts = work / KNOWN_HOSTS_FILE
             keys = hostkeys.wait_for_console_host_keys(instance.console_text, instance.boot_timeout_seconds)
             hostkeys.write_known_hosts(known_hosts, instance.ssh_host, instance.ssh_port, keys)
             hostkeys.connect_pinned(instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path,
@@ -135,13 +136,13 @@ def main() -> None:
             def run(name: str, port: int, hosts_file: Path, controls: Path = static_controls) -> dict:
                 out = work / name
                 argv = verify_runner.suite_argv(
-                    controls_file=controls, report=out / "report.json", image_id=image.id,
+                    controls_file=controls, report=out / REPORT_FILE, image_id=image.id,
                     fingerprint=image.tags.get("Fingerprint", ""), host="127.0.0.1", port=port,
                     user=instance.login_user, identity=key.private_key_path, known_hosts=hosts_file,
                     instance_id=instance.instance_id, login_public_key=key.public_key, verbose=False)
                 out.mkdir()
                 wall = _suite(argv, out / "pytest.log")
-                return _figures(name, wall, json.loads((out / "report.json").read_text()))
+                return _figures(name, wall, json.loads((out / REPORT_FILE).read_text()))
 
             full = run("full", instance.ssh_port, known_hosts, controls_file)
             rows.append(run("plain-1", instance.ssh_port, known_hosts))
@@ -156,11 +157,11 @@ def main() -> None:
         for index in range(args.offline_rounds):
             out = work / f"offline-{index}"
             out.mkdir()
-            argv = verify_runner.suite_argv(controls_file=controls_file, report=out / "report.json",
+            argv = verify_runner.suite_argv(controls_file=controls_file, report=out / REPORT_FILE,
                                             image_id=image.id, fingerprint=image.tags.get("Fingerprint", ""),
                                             facts=work / "plain-1" / "facts.json", verbose=False)
             wall = _suite(argv, out / "pytest.log")
-            offline.append(_figures(f"offline-{index}", wall, json.loads((out / "report.json").read_text())))
+            offline.append(_figures(f"offline-{index}", wall, json.loads((out / REPORT_FILE).read_text())))
 
     print(f"\nboot to pinned SSH: {boot:.1f} s (not part of the figures below)")
     print(f"full verify run (pending-updates simulation included, beside the collector): "

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import attest, waivers
-from .render import CONTROLS_FILE, load_render
+from .layout import CONTROLS_FILE, BuildDir
+from .render import load_render
 from .targets.base import Image, Target
-from .verify_runner import REPORT_FILE, seal_problems
+from .verify_runner import seal_problems
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _waiver_holds(control_id: str, in_force: Sequence[waivers.Waiver], os_name: 
 
 def _controls_document(build_dir: Path) -> dict[str, Any] | str:
     """The build's controls.json ({} when there is none), or why it cannot be read as one."""
-    path = build_dir / CONTROLS_FILE
+    path = BuildDir(build_dir).controls
     if not path.is_file():
         return {}
     try:
@@ -94,7 +95,7 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
         return ApprovalDecision(False, [], ["no verification report"])
     if not isinstance(report, dict):
         return ApprovalDecision(False, [], ["the verification report is not a JSON object"])
-    reasons.extend(seal_problems(image, build_dir / "verify"))
+    reasons.extend(seal_problems(image, BuildDir(build_dir).verify))
     if report.get("mode", "verify") != "verify":
         # An audit judges a running instance, which may add what the image must not ship.
         reasons.append(f"the report is from a {report.get('mode')!r} run, not a verification of the image")
@@ -157,7 +158,7 @@ def decide(image: Image, report: Optional[dict[str, Any]], build_dir: Path,
 
 
 def load_report(build_dir: Path) -> Optional[dict[str, Any]]:
-    path = build_dir / "verify" / REPORT_FILE
+    path = BuildDir(build_dir).report
     if not path.is_file():
         return None
     try:

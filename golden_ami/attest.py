@@ -38,12 +38,12 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
 from . import provenance
 from .errors import UserError
+from .layout import StateDir
 from .targets.base import Image
 from .verify_runner import SEAL_TAGS
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "urn:golden-ami:approval:v1"
-KEY_FILE = Path("signing") / "ed25519.pem"
 # Tags the statement repeats: a tag that says otherwise was changed after the approval.
 AGREEING_TAGS = ("OS", "Fingerprint", "BuildId", "ApprovedAt", "Exceptions", *SEAL_TAGS)
 
@@ -51,7 +51,7 @@ AGREEING_TAGS = ("OS", "Fingerprint", "BuildId", "ApprovedAt", "Exceptions", *SE
 # --- the local key -------------------------------------------------------------------------------
 def local_signer(state_dir: Path) -> CryptoSigner:
     """The state dir's signing key, made on first use (0600 in a 0700 directory)."""
-    path = state_dir / KEY_FILE
+    path = StateDir(state_dir).signing_key
     if not path.exists():
         _create_key(path)
     try:
@@ -214,3 +214,16 @@ def approved_images(target: Any, os_name: Optional[str] = None,
         else:
             trusted.append(image)
     return trusted, refused
+
+
+def counted_approved(target: Any, os_name: Optional[str], warn: Any) -> list[Image]:
+    """approved_images, saying (warn: one line each) why each image tagged approved does not
+    count, and that a target without signed approvals takes anyone's tags at their word."""
+    approved, refused = approved_images(target, os_name)
+    if not target.signs_approvals:
+        warn(f"warning: approvals on the {target.name} target are not signed (set aws.signing_kms_key_id): "
+             "anyone allowed ec2:CreateTags can make an image look approved")
+    for image_id, reasons in refused.items():
+        warn(f"warning: {image_id} is tagged approved but does not count: {'; '.join(reasons)}"
+             f" (invoke attest --image-id={image_id})")
+    return approved

@@ -40,7 +40,7 @@ from .targets import get_target, target_class
 from .errors import HostKeyMismatch, UsageError, UserError, VerificationError
 from .files import write_atomic
 from .progress import Progress
-from .render import CONTROLS_FILE
+from .layout import CONTROLS_FILE, HTML_FILE, JUNIT_FILE, KNOWN_HOSTS_FILE, MARKDOWN_FILE, REPORT_FILE, StateDir
 from .report import html, markdown, summarise
 
 SSH_TIMEOUT_SECONDS = 60.0  # a running host answers at once; this is not a boot
@@ -141,7 +141,7 @@ def pinned_keys(known_hosts: Path, host: str, port: int) -> list[tuple[str, str]
 
 
 def _connect_ssh(req: AuditRequest, run_dir: Path, progress: Progress) -> Connection:
-    known_hosts = run_dir / "known_hosts"
+    known_hosts = run_dir / KNOWN_HOSTS_FILE
     if req.trust_first_use:
         progress.say("WARNING: --trust-first-use: the host key is NOT pinned; the first key "
                      f"{req.host}:{req.port} presents is trusted (an interceptor would be audited instead)")
@@ -179,7 +179,7 @@ def _connect_instance(req: AuditRequest, cfg: gconfig.Resolved, run_dir: Path, p
             raise UserError(f"{req.instance_id}'s console holds no SSH host key block (an instance running for a "
                             "long time may have scrolled it away): give --known-hosts with its key checked out of "
                             "band, or --trust-first-use") from None
-        known_hosts = run_dir / "known_hosts"
+        known_hosts = run_dir / KNOWN_HOSTS_FILE
         hostkeys.write_known_hosts(known_hosts, address, port, keys)
         connection = Connection(address, port, known_hosts,
                                 "pinned from the console: " + ", ".join(kind for kind, _ in keys))
@@ -229,7 +229,7 @@ def _controls(req: AuditRequest, settings: gconfig.Resolved, image_id: str,
             tags = {}  # not in this state dir / account: the current catalogue then
     os_name = req.os_name or tags.get("OS", "")
     build_id = tags.get("BuildId", "")
-    build_file = settings.state_dir / "builds" / build_id / CONTROLS_FILE
+    build_file = StateDir(settings.state_dir).build(build_id).controls
     path = run_dir / CONTROLS_FILE  # a copy beside the report: what this audit judged against
     if build_id and "/" not in build_id and build_file.is_file():
         shutil.copyfile(build_file, path)
@@ -253,15 +253,15 @@ def _profile(tags: dict[str, str]) -> Optional[dict[str, Any]]:
 
 def default_out(state_dir: Path, name: str, now: Optional[datetime] = None) -> Path:
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
-    return state_dir / "audits" / f"{_UNSAFE.sub('_', name).strip('._') or 'host'}-{stamp}"
+    return StateDir(state_dir).audits / f"{_UNSAFE.sub('_', name).strip('._') or 'host'}-{stamp}"
 
 
 def write_report_files(directory: Path, report: dict[str, Any]) -> None:
     """The report files of an audit: JSON, Markdown with the audit's header, the HTML page
     (JUnit is written by the suite beside them)."""
-    write_atomic(directory / verify_runner.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    write_atomic(directory / verify_runner.MARKDOWN_FILE, audit_markdown(report))
-    write_atomic(directory / verify_runner.HTML_FILE, html(report))
+    write_atomic(directory / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_atomic(directory / MARKDOWN_FILE, audit_markdown(report))
+    write_atomic(directory / HTML_FILE, html(report))
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
@@ -343,13 +343,13 @@ def _audit(req: AuditRequest, settings: gconfig.Resolved, run_dir: Path, progres
     controls_file, controls_source, cfg, tags = _controls(req, settings, image_id, run_dir)
     progress.say(f"controls: {controls_source}; running the verify suite in audit mode")
     argv = verify_runner.suite_argv(
-        controls_file=controls_file, report=run_dir / verify_runner.REPORT_FILE, image_id=image_id,
+        controls_file=controls_file, report=run_dir / REPORT_FILE, image_id=image_id,
         fingerprint=tags.get("Fingerprint", ""), host=connection.host, port=connection.port, user=req.user,
         identity=Path(req.identity), known_hosts=connection.known_hosts, build_id=tags.get("BuildId", ""),
-        instance_id=connection.instance_id, junit=run_dir / verify_runner.JUNIT_FILE, mode="audit")
-    verify_runner.run_suite(argv, run_dir / verify_runner.REPORT_FILE, run_dir / "pytest.log",
+        instance_id=connection.instance_id, junit=run_dir / JUNIT_FILE, mode="audit")
+    verify_runner.run_suite(argv, run_dir / REPORT_FILE, run_dir / "pytest.log",
                             cfg.settings.verify.timeout_minutes * 60, progress)
-    report = json.loads((run_dir / verify_runner.REPORT_FILE).read_text(encoding="utf-8"))
+    report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
     for row in report["controls"]:
         if row["id"] in AUDIT_JUDGED and row["outcome"] != "not-applicable":
             row["audit_note"] = AUDIT_JUDGED[row["id"]]

@@ -56,6 +56,22 @@ def parse_console_host_keys(console_text: str) -> list[tuple[str, str]]:
     return keys
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def console_state(console_text: str) -> str:
+    """What a console without a usable key block did show: enough to tell a machine that never
+    started from one that stalled in its boot, or one whose key lines came out unreadable."""
+    lines = [line.strip() for line in _CONTROL.sub("", console_text.replace("\r", "")).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return "the console stayed empty"
+    if BEGIN in console_text and END in console_text:
+        return "a key block was printed, but no line in it holds a readable key"
+    last = lines[-1] if len(lines[-1]) <= 160 else lines[-1][:157] + "..."
+    return f"{len(lines)} console lines, the last: {last!r}"
+
+
 def wait_for_console_host_keys(
     read_console: Callable[[], str],
     timeout_seconds: float,
@@ -71,8 +87,8 @@ def wait_for_console_host_keys(
         waited = time.monotonic() - started
         if waited > timeout_seconds:
             raise VerificationError(
-                f"no SSH host key block on the console after {timeout_seconds:.0f} s: "
-                "refusing to connect to a host whose key cannot be pinned"
+                f"no SSH host key block on the console after {timeout_seconds:.0f} s "
+                f"({console_state(read_console())}): refusing to connect to a host whose key cannot be pinned"
             )
         if on_wait:
             on_wait(waited)

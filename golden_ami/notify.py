@@ -26,10 +26,9 @@ from typing import Any, Iterable, Optional
 
 from .errors import UserError
 from .files import write_atomic
+from .layout import SUMMARY_JSON, SUMMARY_MARKDOWN, StateDir
 from .progress import Progress
 
-SUMMARY_JSON = "rebuild-summary.json"
-SUMMARY_MARKDOWN = "rebuild-summary.md"
 SCHEMA_VERSION = 1
 
 # SNS's limits: a message (body and attributes together) of at most 256 KiB; a subject of at
@@ -56,7 +55,7 @@ def utc_now() -> str:
 
 def default_summary_dir(state_dir: Path, run_id: str) -> Path:
     """Where a run's summaries go unless --summary-dir says otherwise."""
-    return state_dir / "runs" / run_id
+    return StateDir(state_dir).runs / run_id
 
 
 def run_origin() -> str:

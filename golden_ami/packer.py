@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import StepFailed, UserError
+from .layout import TEMPLATE_FILE, BuildDir
 from .procs import run_streaming
 from .progress import Progress
 from .yamlfiles import RACY_NS
-
-TEMPLATE_FILE = "template.pkr.hcl"
-VARIABLES_FILE = "variables.pkrvars.json"  # build-time values, kept out of the fingerprint
 
 RUNTIME_VARS_FILE = "runtime.pkrvars.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -85,7 +83,7 @@ def write_runtime_vars(runtime_dir: Path, variables: dict[str, Any]) -> Path:
 
 
 def _argv(binary: str, command: str, build_dir: Path, runtime_vars: Optional[Path], extra: list[str]) -> list[str]:
-    argv = [find(binary), command, *extra, f"-var-file={build_dir / VARIABLES_FILE}"]
+    argv = [find(binary), command, *extra, f"-var-file={BuildDir(build_dir).variables}"]
     if runtime_vars is not None:
         argv.append(f"-var-file={runtime_vars}")
     argv.append(TEMPLATE_FILE)
@@ -104,10 +102,11 @@ def validate(build_dir: Path, runtime_vars: Optional[Path] = None, binary: str =
 
 def init(build_dir: Path, runtime_dir: Path, progress: Progress, binary: str = "packer") -> None:
     """`packer init`: install the plugins a Packer >= 1.7 template requires."""
+    log = BuildDir(build_dir).packer_init_log
     status = run_streaming([find(binary), "init", TEMPLATE_FILE], cwd=build_dir, env=_env(None, runtime_dir),
-                           log_path=build_dir / "logs" / "packer-init.log", progress=progress, timeout_seconds=600)
+                           log_path=log, progress=progress, timeout_seconds=600)
     if status != 0:
-        raise StepFailed(f"packer init failed (exit {status}): see {build_dir / 'logs' / 'packer-init.log'}")
+        raise StepFailed(f"packer init failed (exit {status}): see {log}")
 
 
 def init_if_supported(build_dir: Path, runtime_dir: Path, progress: Progress, binary: str = "packer") -> bool:
@@ -143,14 +142,15 @@ def build(
         if "GATE FAILED" in body or body.startswith(("Build '", "* ")) or "error" in body.lower():
             last_error.append(body)
 
+    log = BuildDir(build_dir).packer_log
     tmp_dir = Path(tempfile.mkdtemp(prefix="golden-ami-"))
     try:
         status = run_streaming(
-            argv, cwd=build_dir, env=_env(env, runtime_dir, tmp_dir), log_path=build_dir / "logs" / "packer.log",
+            argv, cwd=build_dir, env=_env(env, runtime_dir, tmp_dir), log_path=log,
             progress=progress, on_line=on_line, timeout_seconds=timeout_minutes * 60,
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if status != 0:
         detail = " | ".join(last_error[-3:]) or f"exit status {status}"
-        raise StepFailed(f"packer build failed: {detail} (full log: {build_dir / 'logs' / 'packer.log'})")
+        raise StepFailed(f"packer build failed: {detail} (full log: {log})")

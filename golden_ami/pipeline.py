@@ -20,15 +20,13 @@ from typing import Optional
 from . import approve, lifecycle, packer, paths, render, verify_runner, waivers
 from .config import Resolved
 from .files import write_atomic
+from .layout import BuildDir, StateDir
 from .errors import UserError, VerificationError
 from .procs import terminate_as_interrupt
 from .render_for_target import render_for_target
 from .progress import Progress
 from .targets import get_target
 from .targets.base import BuildContext, Image, Target
-
-
-BUILD_RECORD = "build.json"  # step timings and sizes; bench/ reads these
 
 
 @dataclass
@@ -72,8 +70,18 @@ def new_build_id(os_name: str) -> str:
     return f"{os_name}-{stamp}-{secrets.token_hex(3)}"
 
 
-def builds_dir(cfg: Resolved) -> Path:
-    return cfg.state_dir / "builds"
+def image_and_build_dir(target: Target, image_id: str) -> tuple[Image, Path]:
+    """An image and its build directory (<state>/builds/<its BuildId tag>), which verify,
+    approve and sbom read: refused when the image was not built in this state dir."""
+    if not image_id:
+        raise UserError("--image-id is required (see invoke list)")
+    image = target.get_image(image_id)
+    build_id = image.tags.get("BuildId", "")
+    build_dir = StateDir(target.state_dir).build(build_id).path
+    if not build_id or "/" in build_id or not build_dir.is_dir():
+        raise UserError(f"{image_id}'s build directory (BuildId {build_id or 'missing'}) is not in this state dir: "
+                        "verify and approve run where the image was built")
+    return image, build_dir
 
 
 def target_for(cfg: Resolved) -> Target:
@@ -103,7 +111,7 @@ def build(
     target = target_for(cfg)
     _check_prerequisites(target, cfg)
     build_id = new_build_id(cfg.os.name)
-    build_dir = builds_dir(cfg) / build_id
+    build_dir = StateDir(cfg.state_dir).build(build_id).path
     commit = pipeline_commit()
 
     record: dict = {"build_id": build_id, "os": cfg.os.name, "target": cfg.target, "profile": cfg.profile,
@@ -117,7 +125,7 @@ def build(
         finally:
             record["seconds"]["total"] = round(time.monotonic() - started, 1)
             if build_dir.is_dir():
-                write_atomic(build_dir / BUILD_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+                write_atomic(BuildDir(build_dir).record, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, build_dir: Path, commit: str,
@@ -137,7 +145,7 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
     record["seconds"]["render"] = round(time.monotonic() - clock, 1)
     clock = time.monotonic()
     ctx = BuildContext(
-        build_id=build_id, build_dir=build_dir, runtime_dir=build_dir / "runtime",
+        build_id=build_id, build_dir=build_dir, runtime_dir=BuildDir(build_dir).runtime,
         fingerprint=fingerprint, commit=commit, source=source, progress=progress,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
@@ -147,7 +155,7 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
             variables = target.packer_variables(cfg, ctx)
             variables.update({
                 "build_id": build_id, "fingerprint": fingerprint, "pipeline_commit": commit,
-                "manifest_path": str(build_dir / "manifest.json"),
+                "manifest_path": str(BuildDir(build_dir).packer_manifest),
             })
             runtime_vars = packer.write_runtime_vars(ctx.runtime_dir, variables)
             if packer.init_if_supported(build_dir, ctx.runtime_dir, progress, binary=cfg.settings.packer.binary):
@@ -155,7 +163,7 @@ def _build(cfg: Resolved, target: Target, progress: Progress, build_id: str, bui
             packer.build(build_dir, ctx.runtime_dir, runtime_vars, progress,
                          cfg.settings.packer.timeout_minutes, env=target.packer_environment(cfg),
                          binary=cfg.settings.packer.binary)
-            manifest = json.loads((build_dir / "manifest.json").read_text())
+            manifest = json.loads(BuildDir(build_dir).packer_manifest.read_text())
             image = target.register_candidate(cfg, ctx, manifest)
             progress.say(f"candidate {image.id} stored, Status=candidate")
     finally:

@@ -47,3 +47,12 @@ def migrated(image_tags: Mapping[str, str]) -> dict[str, str]:
         if old in out and new not in out:
             out[new] = out[old]
     return out
+
+
+# What `invoke list` and `invoke latest` show of an image, the same for every target.
+ROW_TAGS = ("Status", "OS", "CreatedAt", "ApprovedAt", "Fingerprint", SOURCE_IMAGE, "BuildId", "PipelineCommit",
+            "FailedControls")
+
+
+def image_row(image_id: str, location: str, image_tags: Mapping[str, str]) -> dict[str, str]:
+    return {"id": image_id, "location": location, **{k: image_tags.get(k, "") for k in ROW_TAGS}}

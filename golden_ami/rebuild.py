@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import attest, paths, provenance, render
+from . import attest, notify, paths, provenance, render
 from .config import Resolved
 from .errors import UserError
+from .layout import StateDir
 from .procs import stop_process
 from .progress import Progress
 from .targets import get_target
@@ -133,7 +134,7 @@ def _invoke_build(os_name: str, cfg: Resolved, config_file: Optional[str], progr
             f"--profile={cfg.profile}", "--json"]
     if config_file:
         argv.append(f"--config={config_file}")
-    log = cfg.state_dir / "runs" / f"build-{os_name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    log = StateDir(cfg.state_dir).runs / f"build-{os_name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     progress.say(f"{os_name}: building (log: {log})")
@@ -194,3 +195,31 @@ def run(configs: list[Resolved], config_file: Optional[str], dry_run: bool, jobs
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [outcomes[cfg.os.name] for cfg in configs]
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    outcomes: list[RebuildOutcome]
+    summary: notify.RunSummary
+    json_path: Path
+    markdown_path: Path
+
+
+def run_and_report(settings_cfg: Resolved, configs: list[Resolved], config_file: Optional[str], *, dry_run: bool,
+                   jobs: int, progress: Progress, probe=None, summary_dir: Optional[Path] = None) -> RunReport:
+    """One scheduled run: decide and build (run), then write the JSON and Markdown summaries
+    (default: <state dir>/runs/<run id>/) and send them where notify: says. settings_cfg: the
+    settings every OS shares (state dir, notify:)."""
+    run_id, started = notify.new_run_id(), notify.utc_now()
+    where = summary_dir or notify.default_summary_dir(settings_cfg.state_dir, run_id)
+    if where.exists() and not where.is_dir():  # found before any build, not after all of them
+        raise UserError(f"--summary-dir {where} is a file, not a directory")
+    outcomes = run(configs, config_file, dry_run, jobs, progress, probe)
+    summary = notify.RunSummary.from_outcomes(outcomes, run_id=run_id, target=settings_cfg.target,
+                                              started_at=started, dry_run=dry_run)
+    json_path, md_path = notify.write_summaries(summary, where)
+    progress.say(f"summary: {md_path}")
+    notify.notify_run(settings_cfg.settings.notify, summary, progress, dry_run=dry_run,
+                      full_summary_at=notify.full_summary_location(md_path, summary.origin))
+    return RunReport(run_id, outcomes, summary, json_path, md_path)

@@ -31,10 +31,7 @@ from . import packer, paths
 from .catalogue import ControlSet, controls_for
 from .config import Resolved
 from .errors import UserError
-from .packer import TEMPLATE_FILE, VARIABLES_FILE
-
-RENDER_MANIFEST = "render.json"
-CONTROLS_FILE = "controls.json"
+from .layout import CONTROLS_FILE, RENDER_MANIFEST, TEMPLATE_FILE, VARIABLES_FILE
 
 # Hardening sections run in the order of their number (hardening/NN-name.sh.j2); a section is
 # rendered when a control in force names it as its remediation. 15 reboots into a new kernel

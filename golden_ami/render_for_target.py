@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Resolved
+from .layout import StateDir
 from .render import RenderResult, render
 from .targets import get_target
 
 
 def render_for_target(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> RenderResult:
     source = get_target(cfg.target, cfg.settings, cfg.state_dir).resolve_source(cfg, source_pin)
-    out = out_dir or (cfg.state_dir / "renders" / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    out = out_dir or (StateDir(cfg.state_dir).renders / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     return render(cfg, source, out)

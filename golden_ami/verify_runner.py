@@ -26,15 +26,10 @@ from .files import write_atomic
 from .errors import UserError, VerificationError
 from .procs import run_streaming
 from .progress import Progress
-from .render import CONTROLS_FILE
+from .layout import (CONTROLS_FILE, FACTS_FILE, HTML_FILE, JUNIT_FILE, KNOWN_HOSTS_FILE, MARKDOWN_FILE, REPORT_FILE,
+                     SBOM_FILE, BuildDir)
 from .targets.base import Image, Target
 
-REPORT_FILE = "report.json"
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"  # the same report as one self-contained page (no external assets)
-JUNIT_FILE = "junit.xml"
-FACTS_FILE = "facts.json"  # the raw snapshot the verdicts were made on (written by verify/)
-SBOM_FILE = "sbom.cdx.json"  # CycloneDX, from that snapshot's package list (written by verify/)
 
 
 # The verify run seals what it wrote: these tags on the image hold the files' digests, and the
@@ -83,7 +78,7 @@ def seal_problems(image: Image, verify_dir: Path) -> list[str]:
 
 def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: str, progress: Progress) -> dict[str, Any]:
     """Verify image; return the report (also written to <build_dir>/verify/report.json)."""
-    verify_dir = build_dir / "verify"
+    verify_dir = BuildDir(build_dir).verify
     verify_dir.mkdir(parents=True, exist_ok=True)
     # This run writes into a directory of its own (its key too, so a killed run's leftovers are
     # in nobody's way); its files replace the last run's only once it has a whole report, so a
@@ -93,7 +88,7 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
     try:
         with target.boot_test_instance(cfg, image, key, verify_dir / "instance", progress) as instance:
             boot_timeout = float(instance.boot_timeout_seconds)
-            known_hosts = run_dir / "known_hosts"
+            known_hosts = run_dir / KNOWN_HOSTS_FILE
             pinned = _pin_host_keys(cfg, instance, known_hosts, boot_timeout, progress)
             client = hostkeys.connect_pinned(
                 instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path, known_hosts,
@@ -101,11 +96,11 @@ def run(cfg: Resolved, target: Target, image: Image, build_dir: Path, build_id: 
             )
             client.close()
             progress.say("SSH host key matches the pin; running the verify suite")
-            _run_suite(cfg, image, build_dir / CONTROLS_FILE, run_dir, build_id, instance, known_hosts, progress,
+            _run_suite(cfg, image, BuildDir(build_dir).controls, run_dir, build_id, instance, known_hosts, progress,
                        log_path=verify_dir / "pytest.log")
             report = json.loads((run_dir / REPORT_FILE).read_text())
             report["controls"].extend(target.outside_checks(cfg, image, instance))
-            exceptions = build_exceptions(build_dir / CONTROLS_FILE)
+            exceptions = build_exceptions(BuildDir(build_dir).controls)
             report["controls"].extend(exception_rows(exceptions))
             report["exceptions"] = exceptions
             report["host_key"] = pinned
@@ -141,7 +136,7 @@ def exception_rows(exceptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # What a verify run leaves in verify/, replaced as a set (the report last: it names the run).
-RUN_OUTPUTS = (MARKDOWN_FILE, HTML_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, "known_hosts", REPORT_FILE)
+RUN_OUTPUTS = (MARKDOWN_FILE, HTML_FILE, JUNIT_FILE, FACTS_FILE, SBOM_FILE, KNOWN_HOSTS_FILE, REPORT_FILE)
 
 
 def _swap_in(run_dir: Path, verify_dir: Path) -> None:
@@ -248,7 +243,7 @@ def probe(cfg: Resolved, target: Target, image: Image, control_ids: list[str], w
     key = sshkeys.generate(key_dir, "id_ed25519", "golden-ami-probe")
     try:
         with target.boot_test_instance(cfg, image, key, work_dir / "instance", progress) as instance:
-            known_hosts = work_dir / "known_hosts"
+            known_hosts = work_dir / KNOWN_HOSTS_FILE
             _pin_host_keys(cfg, instance, known_hosts, float(instance.boot_timeout_seconds), progress)
             hostkeys.connect_pinned(instance.ssh_host, instance.ssh_port, instance.login_user, key.private_key_path,
                                     known_hosts, timeout_seconds=float(instance.boot_timeout_seconds)).close()

@@ -57,12 +57,11 @@ def provenance_vars(source) -> dict[str, str]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    import socket
+    """A TCP port on 127.0.0.1 that is free right now, outside the ephemeral range (the product's
+    own choice: a server bound minutes later must not find it taken by an outgoing connection)."""
+    from golden_ami.targets.local.vm import free_loopback_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_loopback_port()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:

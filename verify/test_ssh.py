@@ -107,6 +107,18 @@ def test_strong_kex_only(sshd, params):
     _only_allowed(sshd, "kexalgorithms", params["kex"])
 
 
+@pytest.mark.control("GA-SSH-HOSTKEY-TYPES")
+def test_host_keys_of_the_chosen_types_only(sshd, facts, params):
+    expected = {f"/etc/ssh/ssh_host_{kind}_key" for kind in params["host_key_types"]}
+    for where, config in sshd.items():
+        loaded = set(config.get("hostkey", []))
+        assert loaded == expected, (f"{where}: sshd loads host keys {', '.join(sorted(loaded)) or 'none'}, "
+                                    f"expected {', '.join(sorted(expected))}")
+    on_disk = set(facts.glob("/etc/ssh/ssh_host_*_key"))
+    assert not on_disk - expected, f"host keys of another type on disk: {', '.join(sorted(on_disk - expected))}"
+    assert not expected - on_disk, f"host keys missing: {', '.join(sorted(expected - on_disk))}"
+
+
 # --- CIS Level 1: the rest of section 4.2 --------------------------------------------------
 def _files(facts, directory, match):
     """Stat of the regular files directly in directory whose name satisfies match."""

@@ -98,6 +98,16 @@ class QemuEc2:
                 "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"]
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=(vm_dir / "qemu.log").open("wb"), start_new_session=True)
+        try:
+            # QEMU that cannot start (a forwarded port taken meanwhile, a bad disk) ends within
+            # a moment: refuse the launch then, as EC2 would, rather than leave an instance
+            # whose console stays empty until the pipeline's console timeout.
+            process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            raise RuntimeError(f"QEMU for {instance.id} exited at once (status {process.returncode}): "
+                               + (vm_dir / "qemu.log").read_text(errors="replace").strip())
         required = instance.metadata_options.http_tokens == "required"
         self.vms[instance.id] = Vm(instance.id, process, overlay, serial, qmp, required)
         instance.nics[0].public_ip = "127.0.0.1"
@@ -148,6 +158,18 @@ class QemuEc2:
             return "\n".join(line for line in text.splitlines() if "SSH HOST KEY" not in line
                              and not line.startswith(("ssh-", "ecdsa-")))
         return text
+
+    def diagnostics(self, lines: int = 20) -> str:
+        """How every VM of this harness ended: QEMU's own messages and the end of its serial
+        console. A failed test prints this, so a CI log shows where a boot stopped."""
+        parts = []
+        for vm_dir in sorted(self.work.glob("i-*"), key=lambda d: d.stat().st_mtime):
+            qemu_log, serial = vm_dir / "qemu.log", vm_dir / "serial.log"
+            qemu = qemu_log.read_text(errors="replace").strip() if qemu_log.exists() else ""
+            tail = serial.read_text(errors="replace").splitlines()[-lines:] if serial.exists() else []
+            parts.append(f"--- {vm_dir.name}: QEMU said {qemu or 'nothing'!r}; its console ends with:\n"
+                         + "\n".join(tail))
+        return "\n".join(parts)
 
     def running(self) -> list[str]:
         return [i for i, vm in self.vms.items() if vm.process.poll() is None]

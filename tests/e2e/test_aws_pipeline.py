@@ -140,7 +140,7 @@ def _leftovers(client) -> dict[str, list[str]]:
 def aws_build(ec2):
     harness, config, client, _ = ec2
     code, out = run_invoke("build", "--os=debian12", "--target=aws", f"--config={config}", "--json")
-    assert code == 0, out
+    assert code == 0, out + "\n" + harness.diagnostics()
     return json.loads(out)
 
 

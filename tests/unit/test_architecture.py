@@ -4,10 +4,12 @@
   (targets/base.py) and never compares a target's name with a literal.
 - golden_ami has no import cycles, counting the imports made inside functions too (an import
   moved into a function hides a cycle from Python, not from the reader).
+- The state dir's and build directories' file names are spelt once, in golden_ami/layout.py.
 """
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +65,30 @@ def test_only_targets_know_which_target_they_are():
              for hit in target_name_comparisons(path.read_text(), str(path.relative_to(ROOT)))]
     assert not found, ("code outside golden_ami/targets/ asks which target it has; ask the Target interface "
                        "(targets/base.py) instead:\n" + "\n".join(found))
+
+
+# --- layout ---------------------------------------------------------------------------------------
+# A path joined with a name that layout.py owns: `x / "builds"`, or one of its file names.
+_LAYOUT_NAMES = re.compile(r'/\s*"(builds|store|renders|runs|audits|base|verify|logs|runtime|signing)"'
+                           r'|"(build|manifest|report|controls|render)\.json"|"accelerator\.json"|/\s*"known_hosts"')
+
+
+def layout_spellings(source: str, filename: str) -> list[str]:
+    return [f"{filename}:{number}: {line.strip()}" for number, line in enumerate(source.splitlines(), 1)
+            if _LAYOUT_NAMES.search(line) and not line.lstrip().startswith("#")]
+
+
+def test_the_layout_detector_finds_each_spelling():
+    code = ('a = state / "builds" / i\nb = d/"verify"\nc = d / REPORT\nd = "report.json"\n# x / "store"\n'
+            'e = "verify"\n')
+    assert [hit.split(":")[1] for hit in layout_spellings(code, "x.py")] == ["1", "2", "4"]
+
+
+def test_file_names_of_the_state_dir_are_spelt_only_in_layout():
+    files = [p for p in PACKAGE.rglob("*.py") if p.name != "layout.py"] + [ROOT / "tasks.py", *ROOT.glob("bench/*.py")]
+    found = [hit for path in sorted(files) for hit in layout_spellings(path.read_text(), str(path.relative_to(ROOT)))
+             if not hit.startswith("golden_ami/paths.py")]  # paths.py: the project tree's verify/, not a build's
+    assert not found, "a state-dir or build-dir name spelt outside golden_ami/layout.py:\n" + "\n".join(found)
 
 
 # --- import cycles --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner
 
 from golden_ami import approve, attest, config, verify_runner
+from golden_ami.layout import StateDir
 from golden_ami.targets.local.target import STATEMENT_FILE, LocalTarget
 from tests.conftest import invoke_cmd
 
@@ -61,7 +62,7 @@ def test_an_honest_approval_verifies_and_says_what_it_rests_on(target, tmp_path,
     assert predicate["evidence"] == {"ReportDigest": image.tags["ReportDigest"], "FactsDigest": image.tags["FactsDigest"]}
     assert predicate["controls"]["passed"] == ["4.2.7"] and predicate["controls"]["waived"] == ["4.2.16"]
     assert predicate["waivers"] == [{"control": "4.2.16", **CONTROLS[1]["waiver"]}]
-    key_file = state_dir / attest.KEY_FILE
+    key_file = StateDir(state_dir).signing_key
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert key_file.read_text() not in (state_dir / "store" / image.id / STATEMENT_FILE).read_text()
 

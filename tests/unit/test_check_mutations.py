@@ -234,6 +234,12 @@ CASES = [
     ("GA-SSH-PASSWORD", "the sshd drop-in left password authentication on",
      lambda snapshot: [command(name, sub(r"^passwordauthentication no$", "passwordauthentication yes"))(snapshot)
                        for name in ("sshd_T", "sshd_T_login")], "passwordauthentication"),
+    ("GA-SSH-HOSTKEY-TYPES", "sshd loads an RSA host key again",
+     lambda snapshot: [command(name, lambda t: t + "hostkey /etc/ssh/ssh_host_rsa_key\n")(snapshot)
+                       for name in ("sshd_T", "sshd_T_login")], "ssh_host_rsa_key"),
+    ("GA-SSH-HOSTKEY-TYPES", "an RSA host key made at boot, not loaded",
+     collected(["globs", "/etc/ssh/ssh_host_*_key"], lambda keys: sorted([*keys, "/etc/ssh/ssh_host_rsa_key"])),
+     "another type"),
     ("4.2.7", "a Match block lets root in for the login user's connection",
      command("sshd_T_login", sub(r"^permitrootlogin no$", "permitrootlogin yes")), "permitrootlogin"),
     ("1.5.3", "a login session's hard core limit is unlimited",

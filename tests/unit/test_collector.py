@@ -223,3 +223,47 @@ def test_augenrules_output_is_byte_for_byte():
     written = augenrules_output({"99-end.rules": "-e 2\n", "10-a.rules": "# comment\n\n-D\n-b 8192\n-w /etc/passwd -p wa -k identity\n",
                                  "notes.txt": "-w /ignored"})
     assert written == f"{AUGENRULES_HEADER}\n-D\n-b 8192\n\n-w /etc/passwd -p wa -k identity\n-e 2\n"
+
+
+def _fake_verifier(monkeypatch, listing: dict, outputs: dict):
+    """collector.run answering the package list with `listing` and each verification slice with
+    the concatenated outputs of its packages (rpm's way: non-zero when any differ)."""
+    calls = []
+
+    def fake_run(argv, timeout=None, env=None):
+        calls.append(argv)
+        if argv in collector.PACKAGE_LISTS.values():
+            return listing
+        names = argv[argv.index("--") + 1:] if "--" in argv else list(outputs)
+        out = "".join(outputs.get(name, "") for name in names)
+        return {"argv": argv, "rc": 1 if out and argv[0] == "rpm" else 0, "stdout": out, "stderr": ""}
+
+    monkeypatch.setattr(collector, "run", fake_run)
+    return calls
+
+
+def test_package_verification_split_over_cpus_says_what_one_process_would(monkeypatch):
+    listing = {"rc": 0, "stdout": "installed bash\ninstalled sudo\nconfig-files gone\nnot-installed never\n"
+                                  "installed openssh-server\n", "stderr": ""}
+    outputs = {"sudo": "??5?????? c /etc/sudoers\n", "openssh-server": "??5??????   /usr/sbin/sshd\n"}
+    calls = _fake_verifier(monkeypatch, listing, outputs)
+    merged = collector.run_split_by_package(["dpkg", "--verify"], 2)
+    slices = [c[c.index("--") + 1:] for c in calls[1:]]
+    assert sorted(slices) == [["bash", "openssh-server"], ["sudo"]]  # interleaved; no package without files
+    assert all(c[:2] == ["dpkg", "--verify"] for c in calls[1:])
+    assert sorted(merged["stdout"].splitlines()) == sorted("".join(outputs.values()).splitlines())
+    assert merged["rc"] == 0 and merged["argv"] == ["dpkg", "--verify"] and merged["parts"] == 2
+
+
+def test_a_split_rpm_verification_keeps_its_options_and_its_failure_status(monkeypatch):
+    listing = {"rc": 0, "stdout": "installed bash-5.2-1.x86_64\ninstalled sudo-1.9-1.x86_64\n", "stderr": ""}
+    calls = _fake_verifier(monkeypatch, listing, {"sudo-1.9-1.x86_64": "S.5....T.    /usr/bin/sudo\n"})
+    merged = collector.run_split_by_package(["rpm", "-Va", "--nomtime", "--noghost"], 2)
+    assert all(c[:4] == ["rpm", "-V", "--nomtime", "--noghost"] for c in calls[1:])
+    assert merged["rc"] == 1 and merged["stdout"] == "S.5....T.    /usr/bin/sudo\n"
+
+
+def test_without_a_package_list_the_verification_runs_whole(monkeypatch):
+    calls = _fake_verifier(monkeypatch, {"rc": 2, "stdout": "", "stderr": "dpkg-query: error"}, {})
+    collector.run_split_by_package(["dpkg", "--verify"], 2)
+    assert calls[-1] == ["dpkg", "--verify"]

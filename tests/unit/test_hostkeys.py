@@ -59,3 +59,16 @@ def test_known_hosts_entry_and_pinned_client(tmp_path):
     client = hostkeys.pinned_client(path)
     assert isinstance(client._policy, paramiko.RejectPolicy)
     assert client.get_host_keys().lookup("[127.0.0.1]:2222") is not None
+
+
+@pytest.mark.parametrize("console, says", [
+    ("", "the console stayed empty"),
+    ("\x1b[2J\x1b[1;1H\r\n", "the console stayed empty"),
+    ("SeaBIOS\r\nBooting from Hard Disk...\r\n\x1b[0;32m  OK  \x1b[0m] Reached target network.target\r\n",
+     "3 console lines, the last: 'OK  ] Reached target network.target'"),
+    (_console(["ssh-ed25519 AAAA[  12.0] audit: garbled"]), "a key block was printed, but no line in it holds a readable key"),
+])
+def test_a_timeout_says_what_the_console_showed(console, says):
+    with pytest.raises(VerificationError) as raised:
+        hostkeys.wait_for_console_host_keys(lambda: console, timeout_seconds=0.05, poll_seconds=0.01)
+    assert f"({says})" in str(raised.value)

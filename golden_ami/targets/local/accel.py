@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...files import write_atomic
+from ...layout import StateDir
 
 QEMU = "qemu-system-x86_64"
 PROBE_SECONDS = 25
@@ -55,7 +56,7 @@ def _qemu_version() -> str:
 
 def probe_kernel(state_dir: Path) -> Optional[Path]:
     """A kernel to probe with: one kept beside a cached base image, else the host's own."""
-    candidates = sorted((state_dir / "base").glob("*/vmlinuz"))
+    candidates = sorted(StateDir(state_dir).bases.glob("*/vmlinuz"))
     candidates += sorted(Path("/boot").glob("vmlinuz-*"))
     for path in candidates:
         if path.is_file() and os.access(path, os.R_OK):
@@ -95,7 +96,7 @@ def choose(requested: str, state_dir: Path) -> Accelerator:
         return Accelerator("tcg", "max", "no usable /dev/kvm")
     if shutil.which(QEMU) is None:
         return Accelerator("tcg", "max", f"{QEMU} not installed")
-    cache = state_dir / "accelerator.json"
+    cache = StateDir(state_dir).accelerator_cache
     key = {"boot_id": _boot_id(), "qemu": _qemu_version()}
     try:
         cached = json.loads(cache.read_text())

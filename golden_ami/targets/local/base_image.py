@@ -32,6 +32,7 @@ from typing import Optional
 
 from ...config import Resolved
 from ...errors import StepFailed, UserError
+from ...layout import StateDir
 from ...procs import run_streaming, stop_process
 from ...progress import Progress
 from .accel import Accelerator
@@ -59,7 +60,7 @@ class BaseImage:
 
 
 def cache_dir(state_dir: Path, os_name: str) -> Path:
-    return state_dir / "base" / os_name
+    return StateDir(state_dir).base(os_name)
 
 
 def load(state_dir: Path, os_name: str) -> Optional[BaseImage]:

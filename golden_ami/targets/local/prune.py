@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 from ...config import Settings
+from ...layout import StateDir
 from ...plans import Action, ChangeResult, PrunePlan, Protected
 from .processes import paths_in_use
 from .store import Store
@@ -35,7 +36,7 @@ class LocalPrunePlan(PrunePlan):
 
 def plan_local(settings: Settings, state_dir: Path, os_name: str, processes: Optional[dict] = None,
                refused: Mapping[str, list[str]] = MappingProxyType({})) -> LocalPrunePlan:
-    store = Store(state_dir / "store")
+    store = Store(StateDir(state_dir).store)
     approved = {image.id: image for image in store.list(os_name, "approved")}
     keep = settings.lifecycle.keep_approved
     plan = LocalPrunePlan("local", os_name, str(store.root), keep, settings.lifecycle.deprecate_after_days)

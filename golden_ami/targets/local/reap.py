@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
+from ...layout import BuildDir, StateDir
 from ...plans import (DEFAULT_CANDIDATES_OLDER_THAN_HOURS, DEFAULT_OLDER_THAN_HOURS, ChangeResult, Kept, Leftover,
                       ReapPlan, age_since, age_text)
 from ...utctime import parse_time, utcnow
@@ -88,7 +89,7 @@ def plan_local(state_dir: Path, older_than_hours: float = DEFAULT_OLDER_THAN_HOU
     live = {pid: p for pid, p in table.items() if pid not in doomed_pids}
 
     # 2. The store: old candidates, and directories a crash left half-written.
-    store = Store(state / "store")
+    store = Store(StateDir(state).store)
     candidates = store.list(status="candidate")
     in_use = paths_in_use([c.path.parent for c in candidates], live)
     for image in candidates:
@@ -110,11 +111,12 @@ def plan_local(state_dir: Path, older_than_hours: float = DEFAULT_OLDER_THAN_HOU
                                                {"path": str(partial)}))
 
     # 3. Build directories: runtime/ (keys, seeds, Packer's output) and a test VM's leftovers.
-    builds = sorted(p for p in (state / "builds").glob("*") if p.is_dir()) if (state / "builds").is_dir() else []
+    builds_root = StateDir(state).builds
+    builds = sorted(p for p in builds_root.glob("*") if p.is_dir()) if builds_root.is_dir() else []
     users = paths_in_use(builds, live)
     for build in builds:
-        runtime = build / "runtime"
-        leftovers = _verify_leftovers(build / "verify")
+        runtime = BuildDir(build).runtime
+        leftovers = _verify_leftovers(BuildDir(build).verify)
         if not runtime.exists() and not leftovers:
             continue
         if users[build]:
@@ -140,7 +142,7 @@ def plan_local(state_dir: Path, older_than_hours: float = DEFAULT_OLDER_THAN_HOU
 
 
 def _carry_out(plan: LocalReapPlan, grace_seconds: float) -> list[ChangeResult]:
-    store = Store(Path(plan.where) / "store")
+    store = Store(StateDir(Path(plan.where)).store)
     results = []
     for item in plan.leftovers:
         label = item.describe()

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Optional
 from ... import provenance
 from ...config import Resolved
 from ...errors import UserError
+from ...layout import BuildDir, StateDir
 from ...progress import Progress
 from ...render import SourceImage
 from ...sshkeys import KeyPair, generate
@@ -41,7 +42,7 @@ class LocalTarget(Target):
 
     @property
     def store(self) -> Store:
-        return Store(self.state_dir / "store")
+        return Store(StateDir(self.state_dir).store)
 
     # --- prerequisites and sources ---
     def problems(self, cfg: Optional[Resolved] = None) -> list[Problem]:
@@ -71,13 +72,13 @@ class LocalTarget(Target):
         key = generate(ctx.runtime_dir / "build-key", "id_ed25519", f"golden-ami-build-{ctx.build_id}")
         seed = write_seed_files(ctx.runtime_dir / "seed", f"iid-build-{ctx.build_id}", "golden-build",
                                 cfg.target_os.login_user, key.public_key)
-        (ctx.build_dir / "logs").mkdir(parents=True, exist_ok=True)
+        BuildDir(ctx.build_dir).logs.mkdir(parents=True, exist_ok=True)
         return {
             "source_image_path": ctx.source.location,
             "accelerator": accel.name,
             "cpu_model": accel.cpu_model,
             "output_directory": str(ctx.runtime_dir / "packer-output"),
-            "serial_log": str(ctx.build_dir / "logs" / "build-console.log"),
+            "serial_log": str(BuildDir(ctx.build_dir).build_console_log),
             "ssh_private_key_file": str(key.private_key_path),
             "seed_files": [str(path) for path in seed],
         }
@@ -150,7 +151,7 @@ class LocalTarget(Target):
         from ... import attest  # deferred: securesystemslib and the verify suite, only for approvals
 
         # Never made here: without the key there is no statement to check either.
-        return [attest.local_signer(self.state_dir).public_key] if (self.state_dir / attest.KEY_FILE).exists() else []
+        return [attest.local_signer(self.state_dir).public_key] if StateDir(self.state_dir).signing_key.exists() else []
 
     def subject_digest(self, image: Image) -> dict[str, str]:
         digest = hashlib.sha256()

@@ -8,13 +8,14 @@ Leaving the context manager stops QEMU and removes the overlay and seed, whateve
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from ...errors import UserError, VerificationError
 from ...procs import stop_process
@@ -43,9 +44,31 @@ class RunningVm:
             return ""
 
 
-def free_loopback_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _ephemeral_ports() -> range:
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+def free_loopback_port(exclude: Iterable[int] = (), attempts: int = 200) -> int:
+    """A TCP port on 127.0.0.1 that is free now and that QEMU binds a moment (or minutes) later.
+
+    It is drawn from below the kernel's ephemeral range: a port from that range can be handed
+    to any outgoing connection in the meantime, and a QEMU that then cannot bind it never boots.
+    """
+    ephemeral = _ephemeral_ports()
+    taken = set(exclude)
+    candidates = [p for p in range(10000, 32768) if p not in ephemeral and p not in taken]
+    for port in random.sample(candidates, min(attempts, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a machine with no room below
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -85,7 +108,9 @@ def boot(
         )
         write_seed_files(seed_dir, instance_id, "golden-verify", login_user, key.public_key, extra_user_data)
         make_iso(seed_dir, seed_iso)
-        forwards = {guest: free_loopback_port() for guest in dict.fromkeys([22, *forward_ports])}
+        forwards: dict[int, int] = {}
+        for guest in dict.fromkeys([22, *forward_ports]):
+            forwards[guest] = free_loopback_port(exclude=forwards.values())
         port = forwards[22]
         argv = [
             "qemu-system-x86_64", *accel.qemu_args, "-smp", str(cpus), "-m", str(memory_mb),
