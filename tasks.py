@@ -278,6 +278,7 @@ def sbom(c, image_id=None, target="local", out=None, config_=None):
     file in the build directory no longer hashes to that seal.
     """
     from golden_ami import verify_runner
+    from golden_ami.files import write_new
     from golden_ami.layout import BuildDir
 
     _, image, build_dir = _image_and_build_dir(target, image_id, config_)
@@ -285,17 +286,13 @@ def sbom(c, image_id=None, target="local", out=None, config_=None):
     if out is None:
         sys.stdout.write(text)
         return
-    destination = Path(out)
-    if destination.exists() or not destination.parent.is_dir():
-        raise UserError(f"--out {out}: " + ("exists already" if destination.exists() else "its directory does not exist"))
-    partial = destination.with_name(f".{destination.name}.partial")
     try:
-        partial.write_text(text, encoding="utf-8")
-        partial.rename(destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)  # nothing half-written left behind
-        raise
-    print(f"{image.id}: SBOM written to {destination}", file=sys.stderr)
+        write_new(Path(out), text)
+    except FileExistsError:
+        raise UserError(f"--out {out}: exists already") from None
+    except FileNotFoundError:
+        raise UserError(f"--out {out}: its directory does not exist") from None
+    print(f"{image.id}: SBOM written to {out}", file=sys.stderr)
 
 
 def _counted_approved(target_obj, os_name):

@@ -29,3 +29,23 @@ def write_atomic(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+def write_new(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None:
+    """Write a file that must not exist yet, whole or not at all: FileExistsError when it does
+    (also when it appeared meanwhile: a hard link, unlike a rename, refuses a name in use),
+    FileNotFoundError when its directory does not exist."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if path.exists():
+        raise FileExistsError(path)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, mode)
+        os.link(partial, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)

@@ -52,97 +52,49 @@ SUMMARY_JSON = "rebuild-summary.json"
 SUMMARY_MARKDOWN = "rebuild-summary.md"
 
 
+class _Under:
+    """A name under the directory an instance holds: `record = _Under(BUILD_RECORD)` makes
+    BuildDir(d).record the path d/build.json."""
+
+    def __init__(self, *parts: str | Path):
+        self.parts = parts
+
+    def __get__(self, holder, owner=None):
+        return self if holder is None else holder.path.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class BuildDir:
     path: Path
 
-    @property
-    def id(self) -> str:
-        return self.path.name
-
-    @property
-    def controls(self) -> Path:
-        return self.path / CONTROLS_FILE
-
-    @property
-    def variables(self) -> Path:
-        return self.path / VARIABLES_FILE
-
-    @property
-    def record(self) -> Path:
-        return self.path / BUILD_RECORD
-
-    @property
-    def packer_manifest(self) -> Path:
-        return self.path / PACKER_MANIFEST
-
-    @property
-    def logs(self) -> Path:
-        return self.path / "logs"
-
-    @property
-    def packer_log(self) -> Path:
-        return self.logs / "packer.log"
-
-    @property
-    def packer_init_log(self) -> Path:
-        return self.logs / "packer-init.log"
-
-    @property
-    def build_console_log(self) -> Path:
-        return self.logs / "build-console.log"
-
-    @property
-    def runtime(self) -> Path:
-        return self.path / "runtime"
-
-    @property
-    def verify(self) -> Path:
-        return self.path / "verify"
-
-    @property
-    def report(self) -> Path:
-        return self.verify / REPORT_FILE
+    controls = _Under(CONTROLS_FILE)
+    variables = _Under(VARIABLES_FILE)
+    record = _Under(BUILD_RECORD)
+    packer_manifest = _Under(PACKER_MANIFEST)
+    logs = _Under("logs")
+    packer_log = _Under("logs", "packer.log")
+    packer_init_log = _Under("logs", "packer-init.log")
+    build_console_log = _Under("logs", "build-console.log")
+    runtime = _Under("runtime")
+    verify = _Under("verify")
+    report = _Under("verify", REPORT_FILE)
 
 
 @dataclass(frozen=True)
 class StateDir:
     path: Path
 
-    @property
-    def builds(self) -> Path:
-        return self.path / "builds"
+    builds = _Under("builds")
+    store = _Under("store")
+    bases = _Under("base")
+    renders = _Under("renders")
+    runs = _Under("runs")
+    audits = _Under("audits")
+    signing_key = _Under(SIGNING_KEY)
+    accelerator_cache = _Under("accelerator.json")
 
     def build(self, build_id: str) -> BuildDir:
-        return BuildDir(self.builds / build_id)
-
-    @property
-    def store(self) -> Path:
-        return self.path / "store"
+        return BuildDir(self.path / "builds" / build_id)
 
     def base(self, os_name: str) -> Path:
         return self.path / "base" / os_name
-
-    @property
-    def bases(self) -> Path:
-        return self.path / "base"
-
-    @property
-    def renders(self) -> Path:
-        return self.path / "renders"
-
-    @property
-    def runs(self) -> Path:
-        return self.path / "runs"
-
-    @property
-    def audits(self) -> Path:
-        return self.path / "audits"
-
-    @property
-    def signing_key(self) -> Path:
-        return self.path / SIGNING_KEY
-
-    @property
-    def accelerator_cache(self) -> Path:
-        return self.path / "accelerator.json"
