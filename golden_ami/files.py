@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Union
 
 
-def write_atomic(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None:
-    """Write data to a new file beside path (a unique name: concurrent writers do not collide),
-    flush it to disk, then rename it over path."""
+def _partial_copy(path: Path, data: Union[bytes, str], mode: int) -> str:
+    """data in a new file beside path (a unique name: concurrent writers do not collide),
+    flushed to disk and given its mode; the caller moves it into place or removes it."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
@@ -24,6 +24,17 @@ def write_atomic(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(partial, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return partial
+
+
+def write_atomic(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None:
+    """Write data beside path, then rename it over path."""
+    partial = _partial_copy(path, data, mode)
+    try:
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -35,16 +46,10 @@ def write_new(path: Path, data: Union[bytes, str], mode: int = 0o644) -> None:
     """Write a file that must not exist yet, whole or not at all: FileExistsError when it does
     (also when it appeared meanwhile: a hard link, unlike a rename, refuses a name in use),
     FileNotFoundError when its directory does not exist."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     if path.exists():
         raise FileExistsError(path)
-    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    partial = _partial_copy(path, data, mode)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(partial, mode)
         os.link(partial, path)
     finally:
         with contextlib.suppress(OSError):
