@@ -25,3 +25,10 @@ def default_state_dir() -> Path:
         return Path(explicit).expanduser().resolve()
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home).expanduser().resolve() / "golden-ami"
+
+
+def template_cache_dir() -> Path:
+    """Where compiled Jinja templates are kept between processes (a cache: safe to delete).
+    Not in the state dir: it holds no result, and the state dir's contents are the pipeline's record."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home).expanduser().resolve() / "golden-ami" / "templates"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -122,9 +123,25 @@ def _config_finalize(value: Any) -> str:
     return text
 
 
+def _bytecode_cache() -> Optional[jinja2.BytecodeCache]:
+    """Compiled templates kept between processes: compiling every template again is most of an
+    `invoke render` (Jinja checks each cached entry against its template's source). Only a
+    directory of this user's that no one else can write: what is in it is loaded as code."""
+    directory = paths.template_cache_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError:
+        return None  # a read-only home: compile in every process, as without a cache
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(directory))
+
+
 def _environment(search_path: Path, finalize) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(search_path)),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         finalize=finalize,
         keep_trailing_newline=True,

@@ -169,3 +169,28 @@ def test_a_control_as_a_dict_is_what_dataclasses_asdict_gives(state_dir):
                 as_dict = control.as_dict()
                 assert list(as_dict.items()) == list(dataclasses.asdict(control).items())
                 assert as_dict["params"] is not control.params or not control.params
+
+
+def test_compiled_templates_are_kept_only_in_a_directory_no_one_else_can_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    where = tmp_path / "cache" / "golden-ami" / "templates"
+    assert isinstance(render._bytecode_cache(), render.jinja2.FileSystemBytecodeCache)
+    assert where.is_dir() and (where.stat().st_mode & 0o777) == 0o700
+    where.chmod(0o770)  # a group that may write there could put code in it
+    assert render._bytecode_cache() is None
+    where.chmod(0o700)
+    monkeypatch.setattr(os, "getuid", lambda: where.stat().st_uid + 1)  # someone else's directory
+    assert render._bytecode_cache() is None
+
+
+def test_a_render_in_a_new_process_leaves_compiled_templates_that_the_next_one_uses(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "GOLDEN_AMI_STATE_DIR": str(tmp_path / "state")}
+    script = ("import sys, pathlib; from golden_ami import config, render; from tests.unit.test_render import LOCAL_SOURCE;"
+              "print(render.render(config.resolve('debian12', 'local'), LOCAL_SOURCE, pathlib.Path(sys.argv[1])).fingerprint)")
+    first = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")], env=env, cwd=paths.PROJECT_ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    cached = sorted((tmp_path / "cache" / "golden-ami" / "templates").iterdir())
+    assert cached, "no compiled template was kept"
+    second = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b")], env=env, cwd=paths.PROJECT_ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    assert first == second  # the same bytes from cached code as from freshly compiled code
