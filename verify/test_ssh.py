@@ -114,6 +114,13 @@ def test_host_keys_of_the_chosen_types_only(sshd, facts, params):
         loaded = set(config.get("hostkey", []))
         assert loaded == expected, (f"{where}: sshd loads host keys {', '.join(sorted(loaded)) or 'none'}, "
                                     f"expected {', '.join(sorted(expected))}")
+    # openssh-server's upgrade makes the keys sshd_config itself names (every default type when
+    # it names none): the drop-ins do not count for it.
+    main = {line.split()[1] for line in facts.content("/etc/ssh/sshd_config").splitlines()
+            if len(line.split()) == 2 and line.split()[0].lower() == "hostkey"}
+    assert main == expected, (f"/etc/ssh/sshd_config names host keys {', '.join(sorted(main)) or 'none'}: a package "
+                              f"upgrade would make those (every default type when none), expected "
+                              f"{', '.join(sorted(expected))}")
     on_disk = set(facts.glob("/etc/ssh/ssh_host_*_key"))
     assert not on_disk - expected, f"host keys of another type on disk: {', '.join(sorted(on_disk - expected))}"
     assert not expected - on_disk, f"host keys missing: {', '.join(sorted(expected - on_disk))}"

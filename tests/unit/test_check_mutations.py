@@ -237,6 +237,8 @@ CASES = [
     ("GA-SSH-HOSTKEY-TYPES", "sshd loads an RSA host key again",
      lambda snapshot: [command(name, lambda t: t + "hostkey /etc/ssh/ssh_host_rsa_key\n")(snapshot)
                        for name in ("sshd_T", "sshd_T_login")], "ssh_host_rsa_key"),
+    ("GA-SSH-HOSTKEY-TYPES", "HostKey lines in a drop-in only: an upgrade would make an RSA key",
+     file("/etc/ssh/sshd_config", sub(r"^HostKey .*\n", "", count=0)), "package upgrade"),
     ("GA-SSH-HOSTKEY-TYPES", "an RSA host key made at boot, not loaded",
      collected(["globs", "/etc/ssh/ssh_host_*_key"], lambda keys: sorted([*keys, "/etc/ssh/ssh_host_rsa_key"])),
      "another type"),
