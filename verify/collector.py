@@ -161,10 +161,12 @@ def run_split_by_package(argv, parts):
     each over an interleaved slice of the installed packages, merged into one result as if one
     process had run. Each verifier hashes every file on one CPU, and it is the longest command
     of a collection; the output of the slices together is the output of the whole."""
+    if parts < 2:
+        return run(argv)
     listed = run(PACKAGE_LISTS[argv[0]])
-    names = [line.split()[1] for line in listed["stdout"].splitlines()
-             if len(line.split()) == 2 and line.split()[0] not in ("not-installed", "config-files")]
-    if parts < 2 or listed["rc"] != 0 or len(names) < parts:
+    fields = [line.split() for line in listed["stdout"].splitlines()]
+    names = [f[1] for f in fields if len(f) == 2 and f[0] not in ("not-installed", "config-files")]
+    if listed["rc"] != 0 or len(names) < parts:
         return run(argv)
     options = [a for a in argv[1:] if a not in ("--verify", "-Va")]
     each = [argv[0], "--verify" if argv[0] == "dpkg" else "-V"] + options

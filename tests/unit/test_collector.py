@@ -267,3 +267,9 @@ def test_without_a_package_list_the_verification_runs_whole(monkeypatch):
     calls = _fake_verifier(monkeypatch, {"rc": 2, "stdout": "", "stderr": "dpkg-query: error"}, {})
     collector.run_split_by_package(["dpkg", "--verify"], 2)
     assert calls[-1] == ["dpkg", "--verify"]
+
+
+def test_on_one_cpu_the_verification_runs_whole_without_listing_packages(monkeypatch):
+    calls = _fake_verifier(monkeypatch, {"rc": 0, "stdout": "installed bash\n", "stderr": ""}, {})
+    collector.run_split_by_package(["dpkg", "--verify"], 1)
+    assert calls == [["dpkg", "--verify"]]
