@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,8 @@ def kms_signs_digests(monkeypatch) -> None:
 #
 # "The policy grants something nothing used" can be judged only when the whole suite ran. In a
 # partial run that half is reported as a warning, or a failure with GOLDEN_AMI_FULL_SUITE=1.
-# The README's test command (plain pytest, as .ci/run) is the whole suite, so CI judges both
+# A plain pytest is the whole suite, and so is the README's test command (scripts/test.sh, as
+# .ci/run: two sessions, see OTHER_HALF_ENV), so CI judges both
 # halves. When the session ends the record is written to <basetemp>/iam-actions-recorded.txt.
 # ==============================================================================================
 import dataclasses as _dataclasses  # noqa: E402 - kept inside this block on purpose
@@ -148,6 +150,14 @@ import tempfile as _tempfile  # noqa: E402
 from typing import Any, Optional  # noqa: E402
 
 FULL_SUITE_ENV = "GOLDEN_AMI_FULL_SUITE"
+# scripts/test.sh runs the suite as two sessions side by side: the end-to-end tier with the
+# policy checks below, and the other tiers beside it (which judge their own calls, all but the
+# unused-grant check). Both record into the exchange file it names in recorder.ENV_FILE; for the
+# first session it names here the file that will hold the other one's exit status.
+OTHER_HALF_ENV = "GOLDEN_AMI_SUITE_OTHER_HALF"
+RUNS_LAST_CHECKS = ("test_every_recorded_action_is_granted", "test_every_recorded_request_is_allowed_with_its_conditions",
+                    "test_every_granted_action_was_recorded")
+E2E_HALF_ARGS = ("tests/e2e", *(f"tests/unit/test_iam_policy.py::{name}" for name in RUNS_LAST_CHECKS))
 
 
 @_dataclasses.dataclass
@@ -155,6 +165,7 @@ class IamRecording:
     """What the policy check needs to know about this session."""
 
     exchange_file: Path  # other processes append "action<TAB>origin" lines here
+    owns_exchange_file: bool = True  # False when scripts/test.sh shares one between two sessions
     partial_because: str = ""  # empty when the whole suite was selected
     deselected: int = 0
     not_passed: list[str] = _dataclasses.field(default_factory=list)  # tests before the check that did not pass
@@ -183,10 +194,14 @@ def pytest_configure(config):
 
     config.addinivalue_line("markers", "runs_last: runs after every other test of the session (the IAM policy "
                                        "check reads what they recorded)")
-    handle, name = _tempfile.mkstemp(prefix="golden-ami-iam-", suffix=".txt")
-    os.close(handle)
-    _IAM["recording"] = IamRecording(exchange_file=Path(name))
     _IAM["previous_env"] = os.environ.get(recorder.ENV_FILE)
+    shared = os.environ.get(recorder.ENV_FILE)  # named by scripts/test.sh for both of its sessions
+    if shared:
+        name = shared
+    else:
+        handle, name = _tempfile.mkstemp(prefix="golden-ami-iam-", suffix=".txt")
+        os.close(handle)
+    _IAM["recording"] = IamRecording(exchange_file=Path(name), owns_exchange_file=not shared)
     os.environ[recorder.ENV_FILE] = name
     recorder.RESOURCE_TAGS = _moto_resource_tags
     recorder.install()
@@ -226,7 +241,8 @@ def pytest_unconfigure(config):
     recording = _IAM["recording"]
     if recording is None:
         return
-    recording.exchange_file.unlink(missing_ok=True)
+    if recording.owns_exchange_file:
+        recording.exchange_file.unlink(missing_ok=True)
     recorder.RESOURCE_TAGS = None
     if _IAM["previous_env"] is None:
         os.environ.pop(recorder.ENV_FILE, None)
@@ -246,13 +262,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
-def _why_partial(config, recording: IamRecording) -> str:
+def _why_partial(config, recording: IamRecording, other_half: bool = False) -> str:
+    """Empty when this session is the whole suite: every test path, nothing deselected - or, with
+    other_half (scripts/test.sh), exactly E2E_HALF_ARGS while the rest runs beside it."""
     root = config.rootpath.resolve()
     if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
         narrowed = [arg for arg in config.args
                     if (config.invocation_params.dir / arg.split("::")[0]).resolve() not in (root, root / "tests")
                     or "::" in arg]
-        if narrowed:
+        def from_root(arg: str) -> str:
+            path, sep, rest = arg.partition("::")
+            resolved = (config.invocation_params.dir / path).resolve()
+            return (resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)) + sep + rest
+
+        if narrowed and not (other_half and sorted(map(from_root, narrowed)) == sorted(E2E_HALF_ARGS)):
             return "only " + " ".join(narrowed) + " selected"
     if recording.deselected:
         return f"{recording.deselected} test(s) deselected (-k / -m / --deselect)"
@@ -264,7 +287,7 @@ def _why_partial(config, recording: IamRecording) -> str:
 def pytest_collection_finish(session):
     recording = _IAM["recording"]
     if recording is not None:
-        recording.partial_because = _why_partial(session.config, recording)
+        recording.partial_because = _why_partial(session.config, recording, bool(os.environ.get(OTHER_HALF_ENV)))
 
 
 def pytest_runtest_logreport(report):
@@ -277,8 +300,24 @@ def pytest_runtest_logreport(report):
 
 @pytest.fixture
 def iam_recording() -> IamRecording:
-    """This session's IAM action record and whether the whole suite ran."""
-    return _IAM["recording"]
+    """This session's IAM action record and whether the whole suite ran. Under scripts/test.sh,
+    first the other half's end: its calls must be in the record, and a failure there may have
+    left it short."""
+    recording = _IAM["recording"]
+    status_file = os.environ.get(OTHER_HALF_ENV)
+    if status_file:
+        waited, status = 0, ""
+        while waited < 7200 and not status:
+            status = Path(status_file).read_text().strip() if Path(status_file).exists() else ""
+            if not status:
+                if waited % 60 == 0:
+                    print(f"[tests] waiting for the tiers that run beside this session ({waited} s)", flush=True)
+                time.sleep(1)
+                waited += 1
+        status = status or f"none after {waited} s"
+        if status != "0":
+            recording.not_passed.append(f"the unit, integration and hostile tiers run beside (exit {status})")
+    return recording
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -75,6 +75,8 @@ class AppInstance:
       run(command, stdin=None) a command line over pinned SSH as login_user (the remote shell
                                reads it: quote values with shlex.quote); CompletedProcess
       connect(user, identity)  one pinned SSH login as another user (no retries)
+      upload(tree, remote)     copy a local directory tree to a new remote directory (SFTP, as
+                               login_user)
       reboot()                 reboot and wait for SSH; the host keys must stay the pinned ones
       boot_seconds, reboot_seconds   measured (launch to ready, reboot to ready)
     """
@@ -120,6 +122,20 @@ class AppInstance:
         result = self.run(command, stdin)
         assert result.returncode == 0, f"{command!r} exited {result.returncode}: {result.stderr[-2000:]}"
         return result.stdout
+
+    def upload(self, tree: Path, remote: str) -> None:
+        """Copy the directory tree (its files and subdirectories) to remote, which must not exist."""
+        sftp = self._login().open_sftp()
+        try:
+            sftp.mkdir(remote)
+            for path in sorted(tree.rglob("*")):
+                target = f"{remote}/{path.relative_to(tree).as_posix()}"
+                if path.is_dir():
+                    sftp.mkdir(target)
+                else:
+                    sftp.put(str(path), target)
+        finally:
+            sftp.close()
 
     def connect(self, user: str, identity: Path, timeout: float = 30) -> paramiko.SSHClient:
         """One login as user with identity, host key pinned; raises what paramiko raises."""

@@ -30,7 +30,7 @@ from golden_ami import config, provenance
 from golden_ami.progress import Progress
 from golden_ami.targets.aws import checks, recorder
 from golden_ami.targets.aws.target import AwsTarget
-from tests.conftest import (FULL_SUITE_ENV, PROJECT_ROOT, IamRecording, _why_partial, free_port,
+from tests.conftest import (E2E_HALF_ARGS, FULL_SUITE_ENV, PROJECT_ROOT, IamRecording, _why_partial, free_port,
                             record_packer_requests_on_moto)
 from tests.iam_eval import Request, evaluate, tag_context
 
@@ -451,18 +451,25 @@ def test_publish_with_a_copy_and_a_customer_managed_key_shares_snapshots_and_tag
 
 
 def test_only_a_session_of_the_whole_suite_counts_as_whole(tmp_path):
-    def session(args, source=pytest.Config.ArgsSource.ARGS, cwd=PROJECT_ROOT, deselected=0, ignore=None):
+    def session(args, source=pytest.Config.ArgsSource.ARGS, cwd=PROJECT_ROOT, deselected=0, ignore=None, other_half=False):
         options = {"ignore": ignore, "ignore_glob": None}
         config = SimpleNamespace(rootpath=PROJECT_ROOT, args=args, args_source=source,
                                  invocation_params=SimpleNamespace(dir=cwd), getoption=lambda name, default=None: options[name])
-        return _why_partial(config, IamRecording(exchange_file=tmp_path / "x", deselected=deselected))
+        return _why_partial(config, IamRecording(exchange_file=tmp_path / "x", deselected=deselected), other_half)
 
-    assert session(["tests"], source=pytest.Config.ArgsSource.TESTPATHS) == ""  # plain `pytest`, as .ci/run
+    assert session(["tests"], source=pytest.Config.ArgsSource.TESTPATHS) == ""  # plain `pytest`
     assert session(["."]) == "" and session(["tests"]) == "" and session([".."], cwd=PROJECT_ROOT / "tests") == ""
     assert "tests/unit" in session(["tests/unit"])
     assert "::" in session(["tests/unit/test_iam_policy.py::test_every_recorded_action_is_granted"])
     assert "deselected" in session(["tests"], deselected=3)
     assert "--ignore" in session(["tests"], ignore=["tests/e2e"])
+    # scripts/test.sh: the end-to-end tier and the policy checks, the other tiers beside them.
+    assert session(list(E2E_HALF_ARGS), other_half=True) == ""
+    from_tests = ["e2e", *(arg.removeprefix("tests/") for arg in E2E_HALF_ARGS[1:])]
+    assert session(from_tests, cwd=PROJECT_ROOT / "tests", other_half=True) == ""  # the same, from tests/
+    assert "tests/e2e" in session(list(E2E_HALF_ARGS))  # no other half: partial
+    assert "tests/e2e" in session(["tests/e2e"], other_half=True)  # without the checks
+    assert "tests/unit" in session([*E2E_HALF_ARGS, "tests/unit"], other_half=True)
 
 
 # --- the check: runs after every other test of the session ------------------------------------------
@@ -533,7 +540,7 @@ def test_every_granted_action_was_recorded(iam_recording):
         warnings.warn(PolicyNotJudged(
             f"unused IAM grants not judged in a partial run ({iam_recording.partial_because}); "
             f"{len(unused)} granted action(s) were not recorded here: {', '.join(unused) or 'none'}. "
-            "A plain `pytest` (the README's test command, .ci/run) judges them."), stacklevel=1)
+            "A plain `pytest`, or scripts/test.sh (the README's test command, .ci/run), judges them."), stacklevel=1)
         return
     context = ""
     if iam_recording.not_passed:
