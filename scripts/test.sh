@@ -30,11 +30,13 @@ fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/golden-ami-tests.XXXXXX")"
 beside_log="$work/beside.log"
 beside_status="$work/beside.status"
-iam_checks=(
-  tests/unit/test_iam_policy.py::test_every_recorded_action_is_granted
-  tests/unit/test_iam_policy.py::test_every_recorded_request_is_allowed_with_its_conditions
-  tests/unit/test_iam_policy.py::test_every_granted_action_was_recorded
-)
+# What each session runs is named once, in tests/conftest.py.
+mapfile -t e2e_half < <("$PYTHON" -c 'from tests.conftest import E2E_HALF_ARGS; print(*E2E_HALF_ARGS, sep="\n")')
+unused_grant_check="$("$PYTHON" -c 'from tests.conftest import UNUSED_GRANT_CHECK; print(UNUSED_GRANT_CHECK)')"
+if [ "${#e2e_half[@]}" -lt 2 ] || [ -z "$unused_grant_check" ]; then
+  echo "[tests] cannot read E2E_HALF_ARGS / UNUSED_GRANT_CHECK from tests/conftest.py" >&2
+  exit 1
+fi
 : >"$work/iam-actions.txt"
 export GOLDEN_AMI_RECORD_AWS_ACTIONS="$work/iam-actions.txt"
 beside_pid=""
@@ -55,7 +57,7 @@ echo "[tests] unit, integration and hostile tiers started beside the end-to-end 
 # The status is written by this subshell, not by the session: a session that died still ends
 # the end-to-end session's wait for it.
 (
-  nice -n 10 "$PYTHON" -m pytest --basetemp="$work/beside" --deselect "${iam_checks[2]}" tests/unit tests/integration tests/hostile \
+  nice -n 10 "$PYTHON" -m pytest --basetemp="$work/beside" --deselect "$unused_grant_check" tests/unit tests/integration tests/hostile \
     >"$beside_log" 2>&1 </dev/null &
   echo "$!" >"$work/beside.pid"
   wait "$!"
@@ -63,7 +65,7 @@ echo "[tests] unit, integration and hostile tiers started beside the end-to-end 
 ) &
 beside_pid=$!
 
-GOLDEN_AMI_SUITE_OTHER_HALF="$beside_status" "$PYTHON" -m pytest --basetemp="$work/e2e" tests/e2e "${iam_checks[@]}"
+GOLDEN_AMI_SUITE_OTHER_HALF="$beside_status" "$PYTHON" -m pytest --basetemp="$work/e2e" "${e2e_half[@]}"
 e2e_exit=$?
 wait "$beside_pid"
 beside_pid=""

@@ -30,8 +30,8 @@ from golden_ami import config, provenance
 from golden_ami.progress import Progress
 from golden_ami.targets.aws import checks, recorder
 from golden_ami.targets.aws.target import AwsTarget
-from tests.conftest import (E2E_HALF_ARGS, FULL_SUITE_ENV, PROJECT_ROOT, IamRecording, _why_partial, free_port,
-                            record_packer_requests_on_moto)
+from tests.conftest import (E2E_HALF_ARGS, FULL_SUITE_ENV, PROJECT_ROOT, RUNS_LAST_CHECKS, UNUSED_GRANT_CHECK,
+                            IamRecording, _why_partial, free_port, record_packer_requests_on_moto)
 from tests.iam_eval import Request, evaluate, tag_context
 
 IAM_DIR = PROJECT_ROOT / "iam"
@@ -470,6 +470,15 @@ def test_only_a_session_of_the_whole_suite_counts_as_whole(tmp_path):
     assert "tests/e2e" in session(list(E2E_HALF_ARGS))  # no other half: partial
     assert "tests/e2e" in session(["tests/e2e"], other_half=True)  # without the checks
     assert "tests/unit" in session([*E2E_HALF_ARGS, "tests/unit"], other_half=True)
+
+
+def test_the_split_run_names_exactly_the_checks_that_run_last():
+    """scripts/test.sh runs RUNS_LAST_CHECKS at the end of the end-to-end session: a runs_last
+    check missing from it would never judge that session's calls."""
+    marked = sorted(name for name, value in globals().items() if name.startswith("test_")
+                    and any(mark.name == "runs_last" for mark in getattr(value, "pytestmark", [])))
+    assert marked == sorted(RUNS_LAST_CHECKS)
+    assert UNUSED_GRANT_CHECK.endswith("::test_every_granted_action_was_recorded")
 
 
 # --- the check: runs after every other test of the session ------------------------------------------
