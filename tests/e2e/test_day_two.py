@@ -120,8 +120,10 @@ def test_hardening_is_idempotent_on_a_launched_instance(app_instance, approved_b
                 changes[script.name] = changed
     finally:
         # Back as the team left it: the drop-in in place and loaded, nothing of the run left.
-        app.check(f"sudo -n mv {aside} {DROPIN} && sudo -n nft --check --file /etc/nftables.conf"
-                  f" && sudo -n systemctl reload nftables.service && sudo -n rm -rf /var/tmp/golden-ami {staging}")
+        # (Judged after the run: a section's failure stays the reason the test names.)
+        restored = app.run(f"sudo -n mv {aside} {DROPIN} && sudo -n nft --check --file /etc/nftables.conf"
+                           f" && sudo -n systemctl reload nftables.service && sudo -n rm -rf /var/tmp/golden-ami {staging}")
+    assert restored.returncode == 0, f"the team's drop-in was not put back: {restored.stderr[-2000:]}"
     assert not changes, f"the second run changed things: {json.dumps(changes, indent=1)}"
     _assert_only_the_app_port_is_open(app)
 
