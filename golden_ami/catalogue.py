@@ -188,8 +188,9 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
 # algorithm lists, allowed ports, owning groups and paths allowed to hold a key may only leave
 # entries out; the files a check reads and the trees it scans may only add entries.
 _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
-_SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths"})
-_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths"})
+_SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths",
+                            "gid0_accounts_allowed"})
+_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files"})
 
 
 def _weakens(name: str, benchmark: Any, value: Any) -> str:

@@ -124,6 +124,17 @@ def conf_values(texts: Iterable[str]) -> dict[str, str]:
     return settings
 
 
+def conf_flags(texts: Iterable[str]) -> set[str]:
+    """The bare keywords (a line with no `=`, such as pwquality's enforce_for_root) of config files."""
+    flags: set[str] = set()
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" not in line:
+                flags.add(line.split()[0])
+    return flags
+
+
 def with_arguments(settings: dict[str, str], arguments: Iterable[str]) -> dict[str, str]:
     """A module's effective settings: its config file's, overridden by its key=value arguments."""
     merged = dict(settings)

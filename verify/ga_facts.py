@@ -47,6 +47,7 @@ READ = [
     "/etc/audit/auditd.conf", "/etc/audit/audit.rules", "/etc/audit/rules.d/*",
     "/etc/rsyslog.conf", "/etc/rsyslog.d/*", "/etc/logrotate.conf", "/etc/logrotate.d/*",
     "/etc/profile", "/etc/profile.d/*", "/etc/bashrc", "/etc/bash.bashrc",
+    "/root/.bash_profile", "/root/.bashrc", "/root/.profile",  # root's own umask (GA-ROOT-UMASK)
     "/etc/motd", "/etc/issue", "/etc/issue.net",
     "/etc/default/grub", "/etc/default/apport", "/boot/grub/grub.cfg", "/boot/grub2/grub.cfg",
     "/boot/loader/entries/*.conf", "/etc/selinux/config",

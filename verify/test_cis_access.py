@@ -7,7 +7,7 @@ import posixpath
 import pytest
 
 from ga_access import (
-    conf_values, declares, faillock_seconds, has_password, integer, login_defs_hash_cost, login_defs_values, number,
+    conf_flags, conf_values, declares, faillock_seconds, has_password, integer, login_defs_hash_cost, login_defs_values, number,
     pam_lines, pam_module_args, pam_option, pam_unix_hash_cost, parse_login_shell_env, pwquality_classes, sets_variable,
     shell_assignments, sudo_defaults, sudo_reported_timeout, sudoers_lines, umask_is_weaker, umask_mask, umask_values,
     umask_weaker, with_arguments,
@@ -234,9 +234,9 @@ def test_su_restricted_to_empty_group(facts, params):
 PAM_FILES = {
     # pam_tool -> the files holding the auth, account and password stacks
     "pam-auth-update": {"auth": ["/etc/pam.d/common-auth"], "account": ["/etc/pam.d/common-account"],
-                        "password": ["/etc/pam.d/common-password"]},
+                        "password": ["/etc/pam.d/common-password"], "session": ["/etc/pam.d/common-session"]},
     "authselect": {kind: ["/etc/pam.d/system-auth", "/etc/pam.d/password-auth"]
-                   for kind in ("auth", "account", "password")},
+                   for kind in ("auth", "account", "password", "session")},
 }
 FAILLOCK_CONF = "/etc/security/faillock.conf"
 PWQUALITY_CONF = "/etc/security/pwquality.conf"
@@ -273,13 +273,20 @@ def test_authselect_with_faillock(facts, params):
     assert check.rc == 0, f"authselect check: {check.stdout.strip() or check.stderr.strip()}"
 
 
-@pytest.mark.control("4.5.1")
-def test_password_quality(facts, params):
-    # libpwquality reads pwquality.conf.d/*.conf in ASCII order first, then pwquality.conf (last wins).
+def _pwquality_files(facts):
+    """The texts libpwquality reads: pwquality.conf.d/*.conf in ASCII order first, then
+    pwquality.conf (the last setting wins)."""
     confs = sorted(p for p in _regular_files(facts, "/etc/security/pwquality.conf.d/*") if p.endswith(".conf"))
     texts = [facts.content(path) for path in confs]
     main = _optional_text(facts, PWQUALITY_CONF)
-    settings = conf_values(texts + ([main] if main is not None else []))
+    return texts + ([main] if main is not None else [])
+
+
+@pytest.mark.control("4.5.1")
+def test_password_quality(facts, params):
+    missing = [name for name in params["packages"] if name not in installed(facts, params["packages"])]
+    assert not missing, f"package {', '.join(missing)} is not installed"
+    settings = conf_values(_pwquality_files(facts))
     stack = _pam_modules(facts, params["pam_tool"], "password", "pam_pwquality.so")
     for path, lines in stack.items():
         assert lines, f"{path} does not check new passwords with pam_pwquality"
@@ -302,6 +309,32 @@ def test_password_quality(facts, params):
                 f"{path}: pam_pwquality asks for {classes} character classes, expected at least {params['minclass']}"
             enforcing = integer(effective.get("enforcing", "1"), "pwquality enforcing")
             assert enforcing != 0, f"{path}: pam_pwquality only warns about weak passwords (enforcing=0)"
+
+
+@pytest.mark.control("GA-PWQUALITY-RULES")
+def test_password_quality_rules(facts, params):
+    texts = _pwquality_files(facts)
+    settings, flags = conf_values(texts), conf_flags(texts)
+    wrong = []
+    for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_pwquality.so").items():
+        if not lines:
+            wrong.append(f"{path} does not check new passwords with pam_pwquality")
+        for arguments in lines:
+            # What this line enforces: the files' settings, overridden by its own arguments.
+            effective = with_arguments(settings, arguments)
+            difok = integer(effective.get("difok", "1"), f"{path} pwquality difok")
+            if difok < params["difok"]:
+                wrong.append(f"{path}: difok is {difok}, expected at least {params['difok']}")
+            for name in ("maxrepeat", "maxsequence"):
+                value = integer(effective.get(name, "0"), f"{path} pwquality {name}")
+                if not 0 < value <= params[name]:
+                    wrong.append(f"{path}: {name} is {value}, expected 1 to {params[name]}"
+                                 + (" (0 switches the test off)" if value == 0 else ""))
+            if integer(effective.get("dictcheck", "1"), f"{path} pwquality dictcheck") == 0:
+                wrong.append(f"{path}: the dictionary check is off (dictcheck=0)")
+            if "enforce_for_root" not in flags | set(arguments):
+                wrong.append(f"{path}: the rules do not bind root (no enforce_for_root)")
+    assert not wrong, "; ".join(wrong)
 
 
 @pytest.mark.control("4.5.2")
@@ -342,6 +375,11 @@ def test_password_reuse_limited(facts, params):
             remember = integer(value, f"{path} pam_pwhistory remember")
             assert remember >= params["remember"], \
                 f"{path} remembers {remember} passwords, expected at least {params['remember']}"
+            # Root changes passwords too; and the password checked is the one the modules
+            # before accepted (use_authtok), not a second prompt's.
+            for option in ("enforce_for_root", "use_authtok"):
+                assert option in arguments or (option == "enforce_for_root" and "enforce_for_root" in conf), \
+                    f"{path}: pam_pwhistory lacks {option}"
 
 
 @pytest.mark.control("4.5.4")
@@ -356,6 +394,24 @@ def test_strong_password_hashing(facts, params):
     methods = login_defs_values(facts.content("/etc/login.defs"), "ENCRYPT_METHOD")
     assert methods == [params["encrypt_method"]], \
         f"login.defs ENCRYPT_METHOD is {methods or 'not set'}, expected {params['encrypt_method']}"
+
+
+@pytest.mark.control("GA-PAM-UNIX")
+def test_pam_unix_options(facts, params):
+    wrong = []
+    for kind in ("auth", "account", "password", "session"):
+        for path, lines in _pam_modules(facts, params["pam_tool"], kind, "pam_unix.so").items():
+            if not lines:
+                wrong.append(f"{path} has no pam_unix {kind} line")
+            for arguments in lines:
+                if "nullok" in arguments:
+                    wrong.append(f"{path}: pam_unix {kind} accepts an empty password (nullok)")
+                if pam_option(arguments, "remember") is not None:
+                    wrong.append(f"{path}: pam_unix {kind} keeps a password history (remember=; "
+                                 "pam_pwhistory does that, 4.5.3)")
+                if kind == "password" and "use_authtok" not in arguments:
+                    wrong.append(f"{path}: pam_unix sets a password the modules before it did not check (no use_authtok)")
+    assert not wrong, "; ".join(wrong)
 
 
 def _cost_expected(params, algorithm):
@@ -512,11 +568,26 @@ def test_shell_timeout(facts, params):
 
 
 @pytest.mark.control("4.6.4")
-def test_root_gid_zero(facts):
-    root = [entry for entry in getent(facts, "passwd") if entry[0] == "root"]
+def test_root_gid_zero(facts, params):
+    accounts = getent(facts, "passwd")
+    root = [entry for entry in accounts if entry[0] == "root"]
     assert root, "getent passwd has no root entry"
     gid = root[0][3]
     assert gid == "0", f"root's primary group is GID {gid}, expected 0"
+    others = [entry[0] for entry in accounts if entry[3] == "0" and entry[0] not in params["gid0_accounts_allowed"]]
+    assert not others, f"primary group GID 0 also for: {', '.join(others)}"
+    groups = [entry[0] for entry in getent(facts, "group") if entry[2] == "0"]
+    assert groups == ["root"], f"groups with GID 0: {', '.join(groups) or 'none'}, expected root alone"
+
+
+@pytest.mark.control("GA-ROOT-UMASK")
+def test_root_umask(facts, params):
+    weak = []
+    for path in params["rc_files"]:
+        text = facts.text(path)
+        for line in active_lines(text or ""):
+            weak += [f"{path}: umask {value}" for value in umask_values(line) if umask_weaker(value, params["umask"])]
+    assert not weak, f"root's start-up files set a weaker umask than {params['umask']}: {', '.join(weak)}"
 
 
 @pytest.mark.control("4.6.5")
