@@ -163,6 +163,11 @@ def test_mta_local_only(facts, params, listeners):
 
 
 # --- 2.3 service clients --------------------------------------------------------------------
+@pytest.mark.control("2.2.1")
+def test_x_server_not_installed(facts, params):
+    _not_installed(facts, params)
+
+
 @pytest.mark.control("2.3.1")
 def test_telnet_client_not_installed(facts, params):
     _not_installed(facts, params)

@@ -228,6 +228,30 @@ CASES = [
      "remember"),
     ("4.5.4", "pam_unix hashes with md5", file("/etc/pam.d/common-password",
                                                        sub(r"^(password\s.*pam_unix\.so.*)\byescrypt\b", r"\1md5")), "md5"),
+    ("4.5.1", "libpam-pwquality removed", command("packages", sub(r"^libpam-pwquality\t.*\n", "")), "libpam-pwquality"),
+    ("4.5.3", "pwhistory does not bind root", file("/etc/pam.d/common-password", sub(r" enforce_for_root", "")),
+     "enforce_for_root"),
+    ("4.5.3", "pwhistory prompts on its own", file("/etc/pam.d/common-password",
+                                                   sub(r"(pam_pwhistory\.so.*) use_authtok", r"\1")), "use_authtok"),
+    ("GA-PWQUALITY-RULES", "difok 1", file("/etc/security/pwquality.conf.d/60-golden-ami-access.conf",
+                                           sub(r"^difok\s*=\s*\d+", "difok = 1")), "difok"),
+    ("GA-PWQUALITY-RULES", "maxrepeat 0 switches the test off",
+     file("/etc/security/pwquality.conf.d/60-golden-ami-access.conf", sub(r"^maxrepeat\s*=\s*\d+", "maxrepeat = 0")),
+     "maxrepeat"),
+    ("GA-PWQUALITY-RULES", "the module's own maxsequence=5 argument",
+     file("/etc/pam.d/common-password", sub(r"(pam_pwquality\.so)", r"\1 maxsequence=5")), "maxsequence"),
+    ("GA-PWQUALITY-RULES", "a later drop-in turns the dictionary check off",
+     _add_dropin("/etc/security/pwquality.conf.d/99-local.conf", "dictcheck = 0\n"), "dictionary"),
+    ("GA-PWQUALITY-RULES", "root not bound", file("/etc/security/pwquality.conf.d/60-golden-ami-access.conf",
+                                                  sub(r"^enforce_for_root\n?", "")), "root"),
+    ("GA-PAM-UNIX", "nullok back on the auth line", file("/etc/pam.d/common-auth", sub(r"(pam_unix\.so)", r"\1 nullok")),
+     "nullok"),
+    ("GA-PAM-UNIX", "pam_unix keeps its own history", file("/etc/pam.d/common-password",
+                                                           sub(r"(pam_unix\.so)", r"\1 remember=5")), "remember"),
+    ("GA-PAM-UNIX", "pam_unix prompts on its own", file("/etc/pam.d/common-password",
+                                                        sub(r"(pam_unix\.so.*) use_authtok", r"\1")), "use_authtok"),
+    ("GA-PAM-UNIX", "no pam_unix session line", file("/etc/pam.d/common-session", sub(r"^session\s.*pam_unix\.so.*\n", "")),
+     "session"),
     ("4.3.6", "su open to everyone", file("/etc/pam.d/su", sub(r"^(auth\s+required\s+pam_wheel\.so)", r"# \1")),
      "pam_wheel"),
     # what is in force, not only what is configured
@@ -261,6 +285,12 @@ CASES = [
     ("6.1.11", "the walk could not read a directory", collected(["walk"], _walk_denied), "Permission denied"),
     ("3.3.7", "reverse path filtering off",
      collected(["sysctl", "values", "net.ipv4.conf.all.rp_filter"], "0"), "rp_filter"),
+    ("2.2.1", "an X server installed", command("packages", lambda t: t + "xserver-common\tinstall ok installed\t2:21.1.7-3\tall\n"),
+     "xserver-common"),
+    ("4.6.4", "another account with primary group 0",
+     command("getent_passwd", sub(r"^(debian:x:1000):1000:", r"\1:0:")), "debian"),
+    ("4.6.4", "another group with GID 0", command("getent_group", lambda t: t + "admins:x:0:\n"), "admins"),
+    ("GA-ROOT-UMASK", "root's .bashrc sets umask 022", file("/root/.bashrc", lambda t: t + "umask 022\n"), "umask 022"),
     ("4.6.5", "login.defs UMASK 022", file("/etc/login.defs", sub(r"^UMASK\s+\d+", "UMASK 022")), "UMASK"),
     # key-only accounts and password ageing
     ("GA-AGEING-KEYONLY", "a key-only account with useradd's ageing",
@@ -328,6 +358,6 @@ def test_the_smallest_non_compliant_change_fails_its_check(verdicts, index):
 def test_the_cases_cover_each_parser():
     covered = {c[0] for c in CASES}
     for group in ({"3.4.2.7", "3.4.2.4", "GA-FW-INBOUND"}, {"2.4", "2.2.15"}, {"5.2.3.4", "5.2.3.1", "5.2.3.6"},
-                  {"4.5.1", "4.5.2", "4.5.3", "4.5.4"}):
+                  {"4.5.1", "4.5.2", "4.5.3", "4.5.4", "GA-PWQUALITY-RULES", "GA-PAM-UNIX"}):
         assert group <= covered
     assert Path(HARDENED).is_file()

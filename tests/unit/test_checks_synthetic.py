@@ -36,7 +36,7 @@ from tests.unit.offline_suite import FACTS, judge, judge_many
 # The controls whose checks take an OS-specific branch, per OS (all applicable, checked by the suite).
 CONTROL_IDS = {
     "al2023": ("1.2.2", "1.4.1", "1.6.1.1", "1.6.1.2", "1.6.1.3", "1.6.1.4", "1.6.1.7", "1.6.1.8", "1.8", "1.9",
-               "4.2.14", "4.4.2", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "5.2.1.2", "5.2.1.3", "5.2.3.14",
+               "4.2.14", "4.4.2", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "GA-PAM-UNIX", "5.2.1.2", "5.2.1.3", "5.2.3.14",
                "GA-PATCH-AUTO", "GA-PATCH-KERNEL"),
     "ubuntu2404": ("1.6.1.1", "1.6.1.2", "1.6.1.4", "5.2.3.14", "GA-PROC-APPORT"),
 }
@@ -224,7 +224,7 @@ MUTATIONS = [
                                                           "# CRYPTO_POLICY=\nCRYPTO_POLICY=\n"),
         {"4.2.14": r"/etc/sysconfig/sshd overrides the system crypto policy for sshd: CRYPTO_POLICY="}),
     _al("4.4.2-without-faillock", lambda s: _edit_output(s, "authselect_current", " with-faillock", ""),
-        {"4.4.2": r"authselect features are none, expected with-faillock"}),
+        {"4.4.2": r"authselect features are \['without-nullok'\], expected with-faillock"}),
     _al("4.5.1-minlen-8", lambda s: _edit(s, "/etc/security/pwquality.conf.d/60-golden-ami-access.conf", "minlen = 14",
                                             "minlen = 8"),
         {"4.5.1": r"pwquality minlen is 8, expected at least 14"}),
@@ -234,6 +234,10 @@ MUTATIONS = [
         {"4.5.3": r"/etc/pam\.d/system-auth remembers 3 passwords, expected at least 5"}),
     _al("4.5.4-yescrypt", lambda s: _edit(s, PASSWORD_AUTH, "pam_unix.so sha512", "pam_unix.so yescrypt"),
         {"4.5.4": r"/etc/pam\.d/password-auth: pam_unix hashes with \['yescrypt'\], expected sha512"}),
+    _al("GA-PAM-UNIX-nullok", lambda s: _edit(s, SYSTEM_AUTH, "pam_unix.so\nauth", "pam_unix.so nullok\nauth"),
+        {"GA-PAM-UNIX": r"/etc/pam\.d/system-auth: pam_unix auth accepts an empty password \(nullok\)"}),
+    _al("4.5.3-pwhistory-without-use_authtok", lambda s: _edit(s, PASSWORD_AUTH, "remember=5 use_authtok", "remember=5"),
+        {"4.5.3": r"/etc/pam\.d/password-auth: pam_pwhistory lacks use_authtok"}),
     _al("5.2.1.2-entry-without-audit", lambda s: _grubby_args(s, 1, " audit=1", ""),
         {"5.2.1.2": r"grubby --info=ALL has kernel lines without audit=1: args=.*audit_backlog_limit=8192"}),
     _al("5.2.1.3-backlog-64", lambda s: _grubby_args(s, 1, "audit_backlog_limit=8192", "audit_backlog_limit=64"),
@@ -300,7 +304,7 @@ FAILURES = [
     _al("rpm-database-unreadable",
         lambda s: _fail_command(s, "packages", 1, stderr="error: cannot open Packages database in /var/lib/rpm\n"),
         {"1.6.1.1": RPM_FAILED, "1.6.1.3": RPM_FAILED, "1.6.1.7": RPM_FAILED, "1.6.1.8": RPM_FAILED,
-         "GA-PATCH-AUTO": RPM_FAILED}),
+         "4.5.1": RPM_FAILED, "GA-PATCH-AUTO": RPM_FAILED}),
     _al("rpm-kernel-query-failed",
         lambda s: _fail_command(s, "kernels", 1, stdout="package kernel is not installed\n"),
         {"GA-PATCH-KERNEL": r"`rpm -q kernel --qf .*` exited 1: no message"}),
