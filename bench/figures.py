@@ -7,10 +7,14 @@
     .venv/bin/python bench/figures.py --builds 0 --invoke-rounds 0 --compression <store>/<id>/disk.qcow2
 
 Render timings are measured now: every OS x target in this process (the first round cold,
-parsing the catalogue and compiling the templates; the rest warm, on the per-process caches),
-and one `invoke render` as a user runs it, interpreter start-up included. Build figures come
-from the build.json records that `invoke build` writes into each build directory of the state dir
-(steps: render, packer_build, verify_and_approve), with image sizes from the store.
+validating the data files and loading the templates, both kept parsed or compiled between
+processes in the user's cache directory; the rest warm, on the per-process caches),
+and one `invoke render` as a user runs it, interpreter start-up included. Both write into a
+temporary directory (TMPDIR, else /tmp): creating files costs what that file system makes it
+cost (on a crowded one, more than rendering them), so the line under the rounds names where.
+Build figures come from the build.json records that `invoke build` writes into each build
+directory of the state dir (steps: render, packer_build, verify_and_approve), with image sizes
+from the store.
 """
 from __future__ import annotations
 
@@ -54,14 +58,15 @@ def render_figures(rounds: int) -> None:
         cold = _render_round(Path(tmp), 0)
         warm = [_render_round(Path(tmp), index) for index in range(1, rounds)]
         sizes = [p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()]
-    # Cold: this process parses the data files and compiles every template; warm: both cached.
+    # Cold: this process validates the data files and loads every template; warm: both done.
     print(f"  cold round {cold[0] * 1000:.0f} ms wall, {cold[1] * 1000:.0f} ms CPU "
           f"({cold[0] / combinations * 1000:.1f} ms per build directory)")
     if warm:
         wall, cpu = statistics.median(w for w, _ in warm), statistics.median(c for _, c in warm)
         print(f"  warm median {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU per round, "
               f"{wall / combinations * 1000:.1f} ms per build directory (cold/warm {cold[0] / wall:.1f}x)")
-    print(f"  {len(sizes) // rounds} files, {sum(sizes) / rounds / 1024:.0f} KiB per round")
+    print(f"  {len(sizes) // rounds} files, {sum(sizes) / rounds / 1024:.0f} KiB per round, written under "
+          f"{tempfile.gettempdir()}")
 
 
 def _timed_runs(argv: list[str], rounds: int, env: dict[str, str], cwd: str) -> tuple[float, float]:
@@ -97,6 +102,8 @@ def invoke_render_figures(rounds: int, os_name: str = "debian12") -> None:
         for label, argv, extra in runs:
             wall, cpu = _timed_runs(argv, rounds, {**env, **extra}, tmp)
             print(f"  {label:48} {wall * 1000:5.0f} ms wall, {cpu * 1000:5.0f} ms CPU")
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        print("  (PYTHONDONTWRITEBYTECODE is set: each run compiles the project's modules from source again)")
 
 
 def build_figures(state_dir: Path, limit: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,29 +84,25 @@ class Benchmark(BaseModel):
         return f"{self.benchmark.name} {self.benchmark.version}"
 
 
-# Validated lists by path and (mtime_ns, size): every render asks for its OS's list (levels),
-# and the models are frozen, so one validation per process serves them all.
-_LOADED: dict[str, tuple[tuple[int, int], Benchmark]] = {}
-
-
 def load(os_name: str) -> Benchmark:
+    """The OS's benchmark list, validated once per version of its file (yamlfiles.derived, which
+    tells a changed file as load_cached does): every render asks for it (levels), and the
+    models are frozen, so one validation per process serves them all."""
     path = BENCHMARKS_DIR / f"{os_name}.yaml"
     if not path.is_file():
         raise UserError(f"no benchmark list for {os_name}: controls/benchmarks/{os_name}.yaml")
-    stat = path.stat()
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _LOADED.get(str(path))
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    return yamlfiles.derived(path, _validated)
+
+
+def _validated(path: Path, document: Any) -> Benchmark:
     try:
-        benchmark = Benchmark.model_validate(yamlfiles.load_cached(path))
+        benchmark = Benchmark.model_validate(document)
     except ValidationError as exc:
-        raise UserError(f"controls/benchmarks/{path.name}: {describe_validation_error(exc)}") from None
+        raise UserError(describe_validation_error(exc, f"controls/benchmarks/{path.name}")) from None
     counts = Counter(r.number for r in benchmark.recommendations)
     twice = sorted(n for n, count in counts.items() if count > 1)
     if twice:
         raise UserError(f"controls/benchmarks/{path.name}: listed twice: {', '.join(twice)}")
-    _LOADED[str(path)] = (key, benchmark)
     return benchmark
 
 
