@@ -1,6 +1,8 @@
 """Shared shell helpers live once, in hardening/lib/: no section keeps its own copy of a helper
 another section also needs, and no rendered build directory defines a function twice."""
 import re
+import shlex
+import subprocess
 from collections import defaultdict
 
 import pytest
@@ -74,3 +76,27 @@ def test_no_rendered_build_defines_a_function_twice(state_dir, tmp_path, os_name
     # Every section reads the library, and takes its helpers from nowhere else.
     for script in scripts:
         assert f". /var/tmp/golden-ami/{SHELL_LIBRARY}\n" in script.read_text(), f"{script.name} does not source the library"
+
+
+@pytest.mark.parametrize("rpm_stdout, rpm_status, wanted_status, wanted_lines", [
+    ("", 0, 0, []),
+    # rpm -Va exits 1 whenever a file differs: the lines are the answer, configuration files aside.
+    ("S.5....T.  c /etc/ssh/sshd_config\n.......T.    /usr/bin/su\n", 1, 0, [".......T.    /usr/bin/su"]),
+    # Exit 1 with nothing named: rpm could not verify at all, which is not "all match".
+    ("", 1, 1, []),
+])
+def test_the_dnf_library_tells_a_failed_package_verification_from_changed_files(
+        state_dir, tmp_path, rpm_stdout, rpm_status, wanted_status, wanted_lines):
+    result = render.render(config.resolve("al2023", "aws"), AWS_SOURCE, tmp_path / "build")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    complaint = "echo 'error: cannot open Packages database' >&2\n" if rpm_status and not rpm_stdout else ""
+    (fake / "rpm").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(rpm_stdout)}\n{complaint}exit {rpm_status}\n")
+    (fake / "rpm").chmod(0o755)
+    proc = subprocess.run(["bash", "-c", 'set -o errexit -o nounset -o pipefail; GA_SECTION=test; . "$1"; pkg_verify_changed',
+                           "test", str(result.directory / SHELL_LIBRARY)],
+                          capture_output=True, text=True, env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert proc.returncode == wanted_status, proc.stderr
+    assert proc.stdout.splitlines() == wanted_lines
+    if wanted_status:
+        assert "rpm -Va failed (exit 1)" in proc.stderr
