@@ -34,6 +34,9 @@ CONTROLS_FILE = "controls.json"
 RENDER_MANIFEST = "render.json"
 BUILD_RECORD = "build.json"  # step timings and sizes; bench/ reads these
 PACKER_MANIFEST = "manifest.json"
+# The hardening sections' shared shell library (hardening/lib/golden-ami.sh.j2), rendered once
+# beside the other files/ and sourced by every script from where Packer uploads files/.
+SHELL_LIBRARY = "files/lib/golden-ami.sh"
 
 # --- a verification's files (in a build's verify/, or an audit's directory) ---------------------
 REPORT_FILE = "report.json"

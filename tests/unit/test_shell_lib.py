@@ -1,11 +1,14 @@
 """Shared shell helpers live once, in hardening/lib/: no section keeps its own copy of a helper
-another section also needs, and no rendered script defines a function twice."""
+another section also needs, and no rendered build directory defines a function twice."""
 import re
-from collections import Counter, defaultdict
+import shlex
+import subprocess
+from collections import defaultdict
 
 import pytest
 
 from golden_ami import catalogue, config, paths, render
+from golden_ami.layout import SHELL_LIBRARY
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
                                   checksum="sha256:" + "1" * 64)
@@ -58,18 +61,42 @@ def test_sections_leave_package_manager_differences_to_the_pkg_libraries():
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("os_name, target", CASES)
 def test_no_rendered_build_defines_a_function_twice(state_dir, tmp_path, os_name, target, profile):
-    homes = _homes()
+    """Across the whole build directory: the library (files/lib/) and every section script."""
     cfg = config.resolve(os_name, target, overrides={"profile": profile})
     result = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE, tmp_path / "build")
+    library = result.directory / SHELL_LIBRARY
     scripts = sorted((result.directory / "scripts").glob("*.sh"))
-    assert scripts
+    assert scripts and library.is_file()
     where = defaultdict(list)
+    for path in [library, *scripts]:
+        for name in DEFINITION.findall(path.read_text()):
+            where[name].append(path.relative_to(result.directory).as_posix())
+    twice = {name: files for name, files in where.items() if len(files) > 1}
+    assert twice == {}, f"functions defined more than once in the build directory: {twice}"
+    # Every section reads the library, and takes its helpers from nowhere else.
     for script in scripts:
-        counts = Counter(DEFINITION.findall(script.read_text()))
-        assert {name: n for name, n in counts.items() if n > 1} == {}, f"{script.name} defines these more than once"
-        for name in counts:
-            where[name].append(script.name)
-    # A function in several scripts must come from a library they all include, never from copies.
-    copied = {name: files for name, files in where.items()
-              if len(files) > 1 and not all(home.startswith("lib/") for home in homes.get(name, {"?"}))}
-    assert copied == {}, f"functions copied into several scripts instead of coming from hardening/lib/: {copied}"
+        assert f". /var/tmp/golden-ami/{SHELL_LIBRARY}\n" in script.read_text(), f"{script.name} does not source the library"
+
+
+@pytest.mark.parametrize("rpm_stdout, rpm_status, wanted_status, wanted_lines", [
+    ("", 0, 0, []),
+    # rpm -Va exits 1 whenever a file differs: the lines are the answer, configuration files aside.
+    ("S.5....T.  c /etc/ssh/sshd_config\n.......T.    /usr/bin/su\n", 1, 0, [".......T.    /usr/bin/su"]),
+    # Exit 1 with nothing named: rpm could not verify at all, which is not "all match".
+    ("", 1, 1, []),
+])
+def test_the_dnf_library_tells_a_failed_package_verification_from_changed_files(
+        state_dir, tmp_path, rpm_stdout, rpm_status, wanted_status, wanted_lines):
+    result = render.render(config.resolve("al2023", "aws"), AWS_SOURCE, tmp_path / "build")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    complaint = "echo 'error: cannot open Packages database' >&2\n" if rpm_status and not rpm_stdout else ""
+    (fake / "rpm").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(rpm_stdout)}\n{complaint}exit {rpm_status}\n")
+    (fake / "rpm").chmod(0o755)
+    proc = subprocess.run(["bash", "-c", 'set -o errexit -o nounset -o pipefail; GA_SECTION=test; . "$1"; pkg_verify_changed',
+                           "test", str(result.directory / SHELL_LIBRARY)],
+                          capture_output=True, text=True, env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert proc.returncode == wanted_status, proc.stderr
+    assert proc.stdout.splitlines() == wanted_lines
+    if wanted_status:
+        assert "rpm -Va failed (exit 1)" in proc.stderr
