@@ -250,11 +250,12 @@ def _pam_modules(facts, pam_tool, kind, module):
 
 
 def _module_conf(facts, arguments, default):
-    """(path, settings) of the config file a module reads: its conf= argument, else default
-    (absent: no settings, the module's defaults apply)."""
+    """(path, settings, bare keywords) of the config file a module reads: its conf= argument,
+    else default (absent: no settings, the module's defaults apply)."""
     path = pam_option(arguments, "conf") or default
     text = _optional_text(facts, path)
-    return path, conf_values([text] if text is not None else [])
+    texts = [text] if text is not None else []
+    return path, conf_values(texts), conf_flags(texts)
 
 
 @pytest.mark.control("4.4.2")
@@ -284,7 +285,8 @@ def _pwquality_files(facts):
 
 @pytest.mark.control("4.5.1")
 def test_password_quality(facts, params):
-    missing = [name for name in params["packages"] if name not in installed(facts, params["packages"])]
+    found = installed(facts, params["packages"])
+    missing = [name for name in params["packages"] if name not in found]
     assert not missing, f"package {', '.join(missing)} is not installed"
     settings = conf_values(_pwquality_files(facts))
     stack = _pam_modules(facts, params["pam_tool"], "password", "pam_pwquality.so")
@@ -370,16 +372,16 @@ def test_password_reuse_limited(facts, params):
     for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_pwhistory.so").items():
         assert lines, f"{path} does not check new passwords against old ones (pam_pwhistory)"
         for arguments in lines:
-            _, conf = _module_conf(facts, arguments, PWHISTORY_CONF)
+            _, conf, flags = _module_conf(facts, arguments, PWHISTORY_CONF)
             value = pam_option(arguments, "remember") or conf.get("remember", "10")
             remember = integer(value, f"{path} pam_pwhistory remember")
             assert remember >= params["remember"], \
                 f"{path} remembers {remember} passwords, expected at least {params['remember']}"
-            # Root changes passwords too; and the password checked is the one the modules
-            # before accepted (use_authtok), not a second prompt's.
-            for option in ("enforce_for_root", "use_authtok"):
-                assert option in arguments or (option == "enforce_for_root" and "enforce_for_root" in conf), \
-                    f"{path}: pam_pwhistory lacks {option}"
+            # Root changes passwords too (an argument, or a bare keyword in the module's file);
+            # and the password checked is the one the modules before accepted (use_authtok, an
+            # argument only), not a second prompt's.
+            assert "enforce_for_root" in set(arguments) | flags, f"{path}: pam_pwhistory lacks enforce_for_root"
+            assert "use_authtok" in arguments, f"{path}: pam_pwhistory lacks use_authtok"
 
 
 @pytest.mark.control("4.5.4")
@@ -567,6 +569,17 @@ def test_shell_timeout(facts, params):
     assert declares(env.exported, "TMOUT", "export"), "TMOUT is not exported in a login shell"
 
 
+def _weaker_umask_lines(facts, paths, wanted):
+    """"<path>: umask <value>" for each umask in the active lines of those start-up files (the
+    ones that exist) that lets more through than wanted."""
+    weak = []
+    for path in paths:
+        text = facts.text(path)
+        for line in active_lines(text or ""):
+            weak += [f"{path}: umask {value}" for value in umask_values(line) if umask_weaker(value, wanted)]
+    return weak
+
+
 @pytest.mark.control("4.6.4")
 def test_root_gid_zero(facts, params):
     accounts = getent(facts, "passwd")
@@ -582,11 +595,7 @@ def test_root_gid_zero(facts, params):
 
 @pytest.mark.control("GA-ROOT-UMASK")
 def test_root_umask(facts, params):
-    weak = []
-    for path in params["rc_files"]:
-        text = facts.text(path)
-        for line in active_lines(text or ""):
-            weak += [f"{path}: umask {value}" for value in umask_values(line) if umask_weaker(value, params["umask"])]
+    weak = _weaker_umask_lines(facts, params["rc_files"], params["umask"])
     assert not weak, f"root's start-up files set a weaker umask than {params['umask']}: {', '.join(weak)}"
 
 
@@ -597,16 +606,8 @@ def test_default_umask(facts, params):
     mask = umask_mask(defs)
     assert mask is not None and not umask_is_weaker(mask, wanted), \
         f"login.defs UMASK is {defs}, expected {wanted} or stricter"
-    weak = []
     profile_d = sorted(p for p in _regular_files(facts, "/etc/profile.d/*") if p.endswith(".sh"))
-    for path in params["rc_files"] + profile_d:
-        text = facts.text(path)
-        if text is None:
-            continue
-        for line in active_lines(text):
-            for value in umask_values(line):
-                if umask_weaker(value, wanted):
-                    weak.append(f"{path}: umask {value}")
+    weak = _weaker_umask_lines(facts, params["rc_files"] + profile_d, wanted)
     assert not weak, f"start-up files set a weaker umask than {wanted}: {', '.join(weak)}"
     live = _login_env(facts).values["umask"].strip()
     mask = umask_mask(live)

@@ -361,3 +361,19 @@ def test_the_cases_cover_each_parser():
                   {"4.5.1", "4.5.2", "4.5.3", "4.5.4", "GA-PWQUALITY-RULES", "GA-PAM-UNIX"}):
         assert group <= covered
     assert Path(HARDENED).is_file()
+
+
+def test_pwhistory_reads_enforce_for_root_from_its_own_file(tmp_path, debian12_controls):
+    """pam_pwhistory takes enforce_for_root as a bare keyword in pwhistory.conf too: moved there
+    from the PAM line, 4.5.3 still passes; gone from both, it fails."""
+    only = {**debian12_controls, "controls": [c for c in debian12_controls["controls"] if c["id"] == "4.5.3"]}
+    runs = {}
+    for name, conf in (("in-file", "enforce_for_root\n"), ("nowhere", "# nothing\n")):
+        snapshot = json.loads(HARDENED.read_text())
+        file("/etc/pam.d/common-password", sub(r" enforce_for_root", ""))(snapshot)
+        _add_dropin("/etc/security/pwhistory.conf", conf)(snapshot)
+        runs[name] = (snapshot, only)
+    judged = judge_many(tmp_path, runs)
+    assert judged["in-file"]["4.5.3"]["outcome"] == "pass", judged["in-file"]["4.5.3"]["message"]
+    assert judged["nowhere"]["4.5.3"]["outcome"] == "fail"
+    assert "enforce_for_root" in judged["nowhere"]["4.5.3"]["message"]
