@@ -31,7 +31,7 @@ PROFILES = ("baseline", "cis-level1-server", "cis-level2-server")
 _CIS_PROFILE_LEVEL = {"cis-level1-server": 1, "cis-level2-server": 2}
 
 # A parameter value ends up in scripts and config files: keep strings to a plain alphabet.
-_SAFE_PARAM_STRING = re.compile(r"^[A-Za-z0-9._@/:+-]{1,255}$")
+_SAFE_PARAM_STRING = re.compile(r"^[A-Za-z0-9._@/:+-]{1,1024}$")
 
 
 class Applies(BaseModel):
@@ -47,6 +47,9 @@ class Bounds(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     min: Optional[int] = None
     max: Optional[int] = None
+    # A string param's whole value must match this (a format the safe alphabet alone does not
+    # pin down, e.g. a password hash's).
+    pattern: Optional[str] = None
 
 
 class ControlSpec(BaseModel):
@@ -204,6 +207,11 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
             raise UserError(f"{where} must be a non-empty list")
         return [_check_param(control_id, name, default[0], item, bounds) for item in value]
     if isinstance(default, str):
+        # A value with a form of its own is checked against it first, and not repeated in the
+        # message: it may be something a user should not have pasted there (a password).
+        if bounds and bounds.pattern is not None and not (isinstance(value, str) and re.fullmatch(bounds.pattern, value)):
+            raise UserError(f"{where} is not in the form this control needs ({bounds.pattern}); "
+                            f"see its entry in controls/*.yaml")
         if not isinstance(value, str) or not _SAFE_PARAM_STRING.match(value) or value.startswith("-"):
             raise UserError(
                 f"{where} contains characters that are not allowed here "

@@ -12,7 +12,7 @@ fail with that reason. Nothing is ignored; only a systemctl call that timed out 
 busy machine, not a fact about the host) is tried again.
 
 Secrets never leave the instance: password hashes in shadow and gshadow are replaced by their
-scheme prefix, private keys and /etc/security/opasswd are stat'ed but not read, and the
+scheme prefix, GRUB's by their iteration count and a digest, private keys and /etc/security/opasswd are stat'ed but not read, and the
 secret scan returns file names and the kind of secret only, never what matched.
 
 Standard library only, Python 3.6 or newer (the oldest python3 among the supported OS).
@@ -22,6 +22,7 @@ import concurrent.futures
 import fnmatch
 import glob
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -106,6 +107,21 @@ def redact_accounts(text):
     return "\n".join(_redact_account_line(line) for line in text.split("\n"))
 
 
+# A GRUB password hash (grub-mkpasswd-pbkdf2's output) wherever a file holds one (grub.cfg,
+# user.cfg): its iteration count stays, salt and hash become a short digest of the whole, which
+# tells a configured hash from another without giving anything to guess passwords against.
+_GRUB_HASH = re.compile(r"grub\.pbkdf2\.sha512\.([0-9]+)\.[0-9A-Fa-f]+\.[0-9A-Fa-f]+")
+
+
+def grub_hash_digest(grub_hash):
+    return hashlib.sha256(grub_hash.encode("ascii")).hexdigest()[:16]
+
+
+def redact_grub_hashes(text):
+    return _GRUB_HASH.sub(lambda m: "grub.pbkdf2.sha512.%s.<redacted sha256:%s>"
+                          % (m.group(1), grub_hash_digest(m.group(0))), text)
+
+
 def read_file(path):
     """{"content": text} | {"exists": False} | {"error": why} | {"skipped": why}."""
     if any(fnmatch.fnmatch(path, pattern) for pattern in NEVER_READ):
@@ -127,7 +143,7 @@ def read_file(path):
     text = data.decode("utf-8", errors="replace")
     if path in SHADOW_FILES:
         text = redact_accounts(text)
-    return {"content": text}
+    return {"content": redact_grub_hashes(text)}
 
 
 def run(argv, timeout=COMMAND_TIMEOUT, env=None):

@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from collector import redact_grub_hashes
 from ga_facts import FactUnavailable
 from ga_system import apt_config, installed, module_problems, mount_at, os_release_id, systemd_settings, unit_state
 
@@ -201,6 +202,47 @@ def test_boot_loader_config_root_only(facts, params):
     enabled, _ = unit_state(facts, "golden-ami-bootloader-perms.service")
     assert enabled == "enabled", \
         f"golden-ami-bootloader-perms.service is {enabled}, expected enabled (it keeps grub.cfg private after kernel updates)"
+
+
+_GRUB_SUPERUSERS = re.compile(r'^\s*set\s+superusers=["\']?([^"\']*)["\']?\s*$')
+_GRUB_PASSWORD = re.compile(r"^\s*(password|password_pbkdf2)\s+(\S+)\s+(\S+)")
+_GRUB_PBKDF2 = re.compile(r"^grub\.pbkdf2\.sha512\.([0-9]+)\.")
+_GRUB_SECTION = re.compile(r"^### BEGIN (\S+) ###$")
+# grub-mkpasswd-pbkdf2's default and the least the catalogue accepts for a configured hash.
+_GRUB_MIN_ITERATIONS = 10000
+
+
+@pytest.mark.control("GA-BOOT-PASSWORD")
+def test_boot_menu_has_superuser_password(facts, params):
+    grub_cfg = params["grub_cfg"]
+    lines = facts.content(grub_cfg).splitlines()
+    superusers = [m.group(1).replace(",", " ").split() for m in map(_GRUB_SUPERUSERS.match, lines) if m]
+    assert superusers, f"{grub_cfg} names no superuser (set superusers=): anyone at the boot menu may edit an entry"
+    names = superusers[-1]  # the last assignment is the one in force
+    assert params["superuser"] in names, \
+        f"{grub_cfg}: the superusers are {names or 'none'}, expected {params['superuser']}"
+    passwords = {m.group(2): (m.group(1), m.group(3)) for m in map(_GRUB_PASSWORD.match, lines) if m}
+    kind, secret = passwords.get(params["superuser"], ("", ""))
+    assert kind, f"{grub_cfg} gives superuser {params['superuser']} no password: GRUB lets nobody in, or (older GRUB) everyone"
+    assert kind == "password_pbkdf2", f"{grub_cfg} keeps {params['superuser']}'s password in clear text (password, not password_pbkdf2)"
+    cost = _GRUB_PBKDF2.match(secret)
+    assert cost, f"{grub_cfg}: {params['superuser']}'s password is not a grub.pbkdf2.sha512 hash"
+    assert int(cost.group(1)) >= _GRUB_MIN_ITERATIONS, \
+        f"{grub_cfg}: {params['superuser']}'s hash has {cost.group(1)} PBKDF2 iterations, expected at least {_GRUB_MIN_ITERATIONS}"
+    if params["password_hash"] != "locked":
+        # The facts hold a digest in place of salt and hash (verify/collector.py).
+        wanted = redact_grub_hashes(params["password_hash"])
+        assert secret == wanted, \
+            f"{grub_cfg}: {params['superuser']}'s hash is not the configured one (controls.GA-BOOT-PASSWORD.params.password_hash)"
+    # With a superuser set, GRUB asks for a password before booting any entry not marked
+    # --unrestricted: the kernels' entries must carry it, or the instance waits at its console.
+    section, locked = "", []
+    for line in lines:
+        begin = _GRUB_SECTION.match(line)
+        section = begin.group(1) if begin else section
+        if section.endswith("/10_linux") and line.lstrip().startswith("menuentry ") and " --unrestricted " not in line:
+            locked.append(line.strip().split("'")[1] if "'" in line else line.strip())
+    assert not locked, f"{grub_cfg}: boot entries that need the password to boot: {', '.join(locked)}"
 
 
 # --- process hardening ---------------------------------------------------------------------
