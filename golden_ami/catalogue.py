@@ -226,11 +226,12 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
 # Params whose value can be weaker than the benchmark's, by name: a weaker value needs an
 # exception (controls_for). File modes may only drop permission bits, a umask only add them;
 # algorithm lists, allowed ports, owning groups and paths allowed to hold a key may only leave
-# entries out; the files a check reads and the trees it scans may only add entries.
+# entries out; the files a check reads, the trees it scans and the packages or units it wants
+# installed, removed or stopped may only add entries.
 _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
 _SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths",
                             "gid0_accounts_allowed"})
-_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files"})
+_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files", "packages", "units"})
 
 
 def _weakens(name: str, benchmark: Any, value: Any) -> str:

@@ -118,7 +118,7 @@ def grub_hash_digest(grub_hash):
 
 
 def redact_grub_hashes(text):
-    return _GRUB_HASH.sub(lambda m: "grub.pbkdf2.sha512.%s.<redacted sha256:%s>"
+    return _GRUB_HASH.sub(lambda m: "grub.pbkdf2.sha512.%s.<redacted-sha256:%s>"
                           % (m.group(1), grub_hash_digest(m.group(0))), text)
 
 
@@ -531,6 +531,8 @@ def commands_for(request, connection):
         "root_login_path": ["runuser", "-l", "root", "-c", "printenv PATH"],
         "chronyc_sources": ["chronyc", "-n", "sources"],
         "chronyc_activity": ["chronyc", "-n", "activity"],
+        # The user each chronyd process runs as (it drops root after start-up).
+        "chronyd_user": ["ps", "-C", "chronyd", "-o", "user="],
     }
     if "address" in connection:
         # What sshd applies to the login user's connection, Match blocks included.

@@ -60,8 +60,13 @@ def test_chrony_uses_target_time_servers(facts, os_data, target_os):
 
 
 @pytest.mark.control("GA-TIME-RUNNING")
-def test_chrony_enabled_and_running(facts, os_data):
+def test_chrony_enabled_and_running(facts, os_data, params):
     _running(facts, f"{os_data['services']['time_sync']}.service")
+    # `ps -C chronyd -o user=`: one line per chronyd process (none: ps exits 1).
+    users = facts.output("chronyd_user", ok=(0, 1)).split()
+    assert users, "no chronyd process is running"
+    others = sorted(set(users) - {params["user"]})
+    assert not others, f"chronyd runs as {', '.join(others)}, expected {params['user']} only"
 
 
 @pytest.mark.control("GA-AGENT-SSM")

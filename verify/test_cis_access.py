@@ -398,6 +398,17 @@ def test_strong_password_hashing(facts, params):
         f"login.defs ENCRYPT_METHOD is {methods or 'not set'}, expected {params['encrypt_method']}"
 
 
+@pytest.mark.control("GA-PAM-CURRENT")
+def test_pam_packages_current(facts, params, pending_updates):
+    missing = sorted(set(params["packages"]) - set(installed(facts, params["packages"])))
+    assert not missing, f"not installed: {', '.join(missing)}"
+    # apt's simulated upgrade, one line per package it would change:
+    # "Inst libpam-modules [1.5.2-6+deb12u1] (1.5.2-6+deb12u3 Debian-Security:12/... [amd64])"
+    upgradable = {line.split()[1]: line for line in pending_updates.splitlines() if line.startswith("Inst ")}
+    behind = [upgradable[name] for name in params["packages"] if name in upgradable]
+    assert not behind, f"a newer version is in the archive: {'; '.join(behind)}"
+
+
 @pytest.mark.control("GA-PAM-UNIX")
 def test_pam_unix_options(facts, params):
     wrong = []

@@ -23,12 +23,16 @@ def test_nftables_installed(facts, os_data):
 
 
 @pytest.mark.control("3.4.1.2")
-def test_single_firewall_utility_active(facts, os_data):
+def test_single_firewall_utility_active(facts, os_data, params):
     enabled, active = unit_state(facts, f"{os_data['services']['firewall']}.service")
     assert (enabled, active) == ("enabled", "active"), f"nftables is {enabled}/{active}"
     for other in os_data["conflicting_firewalls"]:
-        _, other_active = unit_state(facts, f"{other}.service")
-        assert other_active != "active", f"{other} is active beside nftables"
+        other_enabled, other_active = unit_state(facts, f"{other}.service")
+        # enabled: started at the next boot, beside nftables, even when stopped now.
+        assert other_active != "active" and other_enabled not in ("enabled", "enabled-runtime"), \
+            f"{other} is {other_enabled}/{other_active} beside nftables, expected neither enabled nor active"
+    restoring = installed(facts, params["packages"])
+    assert not restoring, f"{', '.join(restoring)} installed beside nftables: it restores its own rules at boot"
 
 
 @pytest.mark.control("3.4.2.2")

@@ -65,6 +65,23 @@ def test_param_overrides_are_checked(state_dir, tmp_path):
             catalogue.controls_for(config.resolve("debian12", "local", str(user)))
 
 
+def test_the_boot_password_is_a_grub_hash_or_locked_and_a_bad_value_is_never_echoed(state_dir, tmp_path):
+    grub_hash = "grub.pbkdf2.sha512.10000." + "A1" * 64 + "." + "b2" * 64  # 282 characters, as the tool writes
+    chosen = catalogue.controls_for(config.resolve("debian12", "local")).by_id()["GA-BOOT-PASSWORD"]
+    assert chosen.applicable and chosen.params["password_hash"] == "locked"
+    user = tmp_path / "c.yaml"
+    user.write_text(f"controls:\n  GA-BOOT-PASSWORD:\n    params:\n      password_hash: {grub_hash}\n")
+    assert catalogue.controls_for(config.resolve("debian12", "local", str(user))).params("GA-BOOT-PASSWORD")[
+        "password_hash"] == grub_hash
+    for bad in ("correct-horse-battery", "s3cret pass!", grub_hash.replace(".10000.", ".1000."),
+                grub_hash.replace("sha512", "sha256"), grub_hash + ";reboot"):
+        user.write_text(f"controls:\n  GA-BOOT-PASSWORD:\n    params:\n      password_hash: '{bad}'\n")
+        with pytest.raises(UserError, match="password_hash is not in the form this control needs") as raised:
+            catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+        assert bad not in str(raised.value)
+    assert not catalogue.controls_for(config.resolve("al2023", "aws")).by_id()["GA-BOOT-PASSWORD"].applicable
+
+
 def test_a_per_target_value_applies_to_its_target_only_and_the_config_still_decides(state_dir, tmp_path, monkeypatch):
     real = catalogue.load_catalogue()
     ipv6 = next(spec for spec in real if spec.id == "3.1.1")

@@ -22,6 +22,7 @@ import pytest
 from tests.unit.offline_suite import FACTS, controls_document, judge_many
 
 HARDENED = FACTS / "debian12-hardened.json"
+GRUB_CFG = "/boot/grub/grub.cfg"
 
 
 # --- editing a snapshot -----------------------------------------------------------------------
@@ -290,6 +291,30 @@ CASES = [
     ("4.6.4", "another account with primary group 0",
      command("getent_passwd", sub(r"^(debian:x:1000):1000:", r"\1:0:")), "debian"),
     ("4.6.4", "another group with GID 0", command("getent_group", lambda t: t + "admins:x:0:\n"), "admins"),
+    # one firewall utility; the PAM packages current; chronyd's own user
+    ("3.4.1.2", "ufw enabled beside nftables (stopped now, started at boot)",
+     collected(["units", "show"], lambda show: {**show, "stdout": sub(
+         r"^(Id=ufw\.service\n(?:[^\n]+\n)*?)LoadState=not-found\n((?:[^\n]+\n)*?)UnitFileState=$",
+         r"\1LoadState=loaded\n\2UnitFileState=enabled")(show["stdout"])}), "ufw is enabled/inactive"),
+    ("3.4.1.2", "iptables-persistent installed",
+     command("packages", lambda t: t + "iptables-persistent\tinstall ok installed\t1.0.20\tall\n"), "iptables-persistent"),
+    ("GA-PAM-CURRENT", "a newer libpam-modules in the archive",
+     dynamic("pending_updates:apt", stdout="Inst libpam-modules [1.5.2-6+deb12u3] (1.5.2-6+deb12u4 "
+                                           "Debian-Security:12/oldstable-security [amd64])\n"), "libpam-modules"),
+    ("GA-PAM-CURRENT", "libpam-runtime not installed",
+     command("packages", sub(r"^libpam-runtime\tinstall ok installed\t.*\n", "")), "libpam-runtime"),
+    ("GA-TIME-RUNNING", "chronyd runs as root", command("chronyd_user", lambda t: "root\n"), "root"),
+    ("GA-TIME-RUNNING", "chronyd not running",
+     collected(["commands", "chronyd_user"], lambda r: {**r, "rc": 1, "stdout": ""}), "no chronyd"),
+    # the boot menu's superuser (grub.cfg as update-grub wrote it, hash reduced to a digest)
+    ("GA-BOOT-PASSWORD", "no superuser", file(GRUB_CFG, sub(r"^set superusers=.*\n", "")), "no superuser"),
+    ("GA-BOOT-PASSWORD", "the superuser has no password", file(GRUB_CFG, sub(r"^password_pbkdf2 .*\n", "")), "no password"),
+    ("GA-BOOT-PASSWORD", "a password in clear text",
+     file(GRUB_CFG, sub(r"^password_pbkdf2 (\S+) \S+", r"password \1 hunter2")), "clear text"),
+    ("GA-BOOT-PASSWORD", "a hash of 1000 iterations",
+     file(GRUB_CFG, sub(r"grub\.pbkdf2\.sha512\.[0-9]+\.", "grub.pbkdf2.sha512.1000.")), "1000 PBKDF2 iterations"),
+    ("GA-BOOT-PASSWORD", "a kernel entry without --unrestricted",
+     file(GRUB_CFG, sub(r"^(\s*menuentry '[^']*recovery mode[^']*'.*) --unrestricted ", r"\1 ")), "recovery mode"),
     ("GA-ROOT-UMASK", "root's .bashrc sets umask 022", file("/root/.bashrc", lambda t: t + "umask 022\n"), "umask 022"),
     ("4.6.5", "login.defs UMASK 022", file("/etc/login.defs", sub(r"^UMASK\s+\d+", "UMASK 022")), "UMASK"),
     # key-only accounts and password ageing
@@ -313,6 +338,8 @@ def debian12_controls(tmp_path_factory) -> dict:
 PARAM_CASES = [
     ("6.1.1", "a path with a typo", {"paths": ["/etc/passwd", "/etc/paswd"]}, "/etc/paswd does not exist"),
     ("6.1.6", "a path moved away", {"paths": ["/etc/shadow.moved"]}, "/etc/shadow.moved does not exist"),
+    ("GA-BOOT-PASSWORD", "a configured hash the image does not have",
+     {"password_hash": "grub.pbkdf2.sha512.10000." + "AB" * 64 + "." + "CD" * 64}, "not the configured one"),
 ]
 
 
@@ -332,7 +359,7 @@ def verdicts(tmp_path_factory, debian12_controls) -> dict[int, dict]:
         entry = next(c for c in debian12_controls["controls"] if c["id"] == control)
         only = {**debian12_controls, "controls": [{**entry, "params": {**entry["params"], **params}}]}
         snapshot = copy.deepcopy(good)
-        for path in params["paths"]:  # as the collector records a path it was asked to stat
+        for path in params.get("paths", []):  # as the collector records a path it was asked to stat
             snapshot["collected"]["files"].setdefault(path, {"stat": {"exists": False}})
         runs[f"case-{index}"] = (snapshot, only)
     for worker in range(4):
@@ -377,3 +404,25 @@ def test_pwhistory_reads_enforce_for_root_from_its_own_file(tmp_path, debian12_c
     assert judged["in-file"]["4.5.3"]["outcome"] == "pass", judged["in-file"]["4.5.3"]["message"]
     assert judged["nowhere"]["4.5.3"]["outcome"] == "fail"
     assert "enforce_for_root" in judged["nowhere"]["4.5.3"]["message"]
+
+
+def test_a_configured_boot_password_hash_is_recognised_by_its_digest(tmp_path, debian12_controls):
+    """The facts hold a digest of GRUB's hash (verify/collector.py): the image's hash passes
+    as the configured one, another hash of the same password (another salt) does not."""
+    import sys
+
+    from golden_ami import paths
+
+    sys.path.insert(0, str(paths.VERIFY_DIR))
+    import collector
+
+    ours = "grub.pbkdf2.sha512.10000." + "1F" * 64 + "." + "2E" * 64
+    resalted = "grub.pbkdf2.sha512.10000." + "3D" * 64 + "." + "2E" * 64
+    entry = next(c for c in debian12_controls["controls"] if c["id"] == "GA-BOOT-PASSWORD")
+    snapshot = json.loads(HARDENED.read_text())
+    file(GRUB_CFG, sub(r"grub\.pbkdf2\.sha512\.\S+", collector.redact_grub_hashes(ours)))(snapshot)
+    runs = {name: (snapshot, {**debian12_controls, "controls": [{**entry, "params": {**entry["params"], "password_hash": h}}]})
+            for name, h in (("same", ours), ("resalted", resalted))}
+    judged = judge_many(tmp_path, runs)
+    assert judged["same"]["GA-BOOT-PASSWORD"]["outcome"] == "pass", judged["same"]["GA-BOOT-PASSWORD"]["message"]
+    assert judged["resalted"]["GA-BOOT-PASSWORD"]["outcome"] == "fail"

@@ -32,6 +32,20 @@ def test_password_hashes_are_reduced_to_their_scheme():
     assert lines[3].startswith("empty::"), "an empty password field must stay visible as empty"
 
 
+def test_grub_password_hashes_keep_their_cost_and_a_digest_only(tmp_path):
+    salt, digest = "9F" * 64, "0a" * 64
+    grub_hash = f"grub.pbkdf2.sha512.10000.{salt}.{digest}"
+    cfg = tmp_path / "grub.cfg"
+    cfg.write_text(f'set superusers="bootadmin"\npassword_pbkdf2 bootadmin {grub_hash}\n')
+    read = collector.read_file(str(cfg))["content"]
+    assert salt not in read and digest not in read
+    kept = read.splitlines()[1].split()[2]
+    assert kept == collector.redact_grub_hashes(grub_hash)
+    assert kept.startswith("grub.pbkdf2.sha512.10000.<redacted-sha256:") and len(kept) < 64
+    other = collector.redact_grub_hashes(grub_hash.replace("9F", "9E", 1))
+    assert other != kept, "two hashes must stay told apart"
+
+
 def test_secrets_are_stat_ed_never_read(tmp_path, monkeypatch):
     monkeypatch.setattr(collector, "NEVER_READ", (str(tmp_path / "ssh_host_*_key"),))
     key = tmp_path / "ssh_host_ed25519_key"
