@@ -367,6 +367,24 @@ def test_failed_logins_lock_accounts(facts, params):
             f"{name} unlock_time is {unlock}, expected 0 or at least {params['unlock_time']}"
 
 
+@pytest.mark.control("GA-FAILLOCK-ROOT")
+def test_failed_logins_lock_root(facts, params):
+    # pam_faillock never locks root without even_deny_root (on the line or in the file it reads),
+    # whatever root_unlock_time says - stricter than the benchmark's "and/or", as the module is.
+    wrong = []
+    stacks = _pam_modules(facts, params["pam_tool"], "auth", "pam_faillock.so")
+    for arguments in [args for lines in stacks.values() for args in lines] or [[]]:
+        path, conf, flags = _module_conf(facts, arguments, FAILLOCK_CONF)
+        name = "faillock.conf" if path == FAILLOCK_CONF else path
+        if "even_deny_root" not in flags | set(arguments):
+            wrong.append(f"{name}: failed logins do not lock root (no even_deny_root)")
+        unlock = with_arguments(conf, arguments).get("root_unlock_time")
+        seconds = None if unlock is None else faillock_seconds(unlock, f"{name} root_unlock_time")
+        if seconds is not None and 0 < seconds < params["root_unlock_time"]:
+            wrong.append(f"{name}: root_unlock_time is {unlock}, expected 0 or at least {params['root_unlock_time']}")
+    assert not wrong, "; ".join(dict.fromkeys(wrong))
+
+
 @pytest.mark.control("4.5.3")
 def test_password_reuse_limited(facts, params):
     for path, lines in _pam_modules(facts, params["pam_tool"], "password", "pam_pwhistory.so").items():
@@ -608,6 +626,13 @@ def test_root_gid_zero(facts, params):
 def test_root_umask(facts, params):
     weak = _weaker_umask_lines(facts, params["rc_files"], params["umask"])
     assert not weak, f"root's start-up files set a weaker umask than {params['umask']}: {', '.join(weak)}"
+
+
+@pytest.mark.control("GA-SHELLS-NOLOGIN")
+def test_nologin_not_a_listed_shell(facts):
+    listed = [line for line in active_lines(facts.content("/etc/shells"))
+              if posixpath.basename(line.split()[0]) == "nologin"]
+    assert not listed, f"/etc/shells lists {', '.join(listed)} (nologin is not a login shell)"
 
 
 @pytest.mark.control("4.6.5")

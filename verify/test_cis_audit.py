@@ -129,6 +129,34 @@ def test_audit_logs_kept(facts):
     assert value.lower() == "keep_logs", f"auditd.conf max_log_file_action is {value or 'not set'}, expected keep_logs"
 
 
+def _auditd_actions(facts, wanted):
+    """The auditd.conf settings (lower-cased) not among the values the benchmark accepts, as messages."""
+    conf = _auditd_conf(facts)
+    wrong = []
+    for key, accepted in wanted.items():
+        value = conf.get(key, "")
+        # "exec" is followed by the program it runs.
+        if (value.split() or [""])[0].lower() not in accepted:
+            wrong.append(f"auditd.conf {key} is {value or 'not set'}, expected {' or '.join(accepted)}")
+    return wrong
+
+
+@pytest.mark.control("5.2.2.3")
+def test_audit_low_space_warns_then_stops(facts):
+    # The values the benchmarks accept (the params choose among them).
+    wrong = _auditd_actions(facts, {"space_left_action": ("email", "exec", "single", "halt"),
+                                    "action_mail_acct": ("root",),
+                                    "admin_space_left_action": ("single", "halt")})
+    assert not wrong, "; ".join(wrong)
+
+
+@pytest.mark.control("GA-AUDIT-DISK-FULL")
+def test_audit_disk_full_stops_the_system(facts):
+    wrong = _auditd_actions(facts, {"disk_full_action": ("halt", "single"),
+                                    "disk_error_action": ("syslog", "single", "halt")})
+    assert not wrong, "; ".join(wrong)
+
+
 # --- 5.2.3 rules ----------------------------------------------------------------------------
 @pytest.mark.control("5.2.3.1")
 def test_rules_sudoers_scope(audit_rules):

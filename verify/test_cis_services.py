@@ -168,6 +168,11 @@ def test_x_server_not_installed(facts, params):
     _not_installed(facts, params)
 
 
+@pytest.mark.control("GA-SVC-GDM")
+def test_gdm_not_installed(facts, params):
+    _not_installed(facts, params)
+
+
 @pytest.mark.control("2.3.1")
 def test_telnet_client_not_installed(facts, params):
     _not_installed(facts, params)

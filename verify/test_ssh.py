@@ -193,6 +193,11 @@ def test_hostbased_authentication_disabled(sshd):
     _expect(sshd, "hostbasedauthentication", "no")
 
 
+@pytest.mark.control("GA-SSH-GSSAPI")
+def test_gssapi_authentication_disabled(sshd):
+    _expect(sshd, "gssapiauthentication", "no")
+
+
 @pytest.mark.control("4.2.10")
 def test_user_environment_refused(sshd):
     _expect(sshd, "permituserenvironment", "no")

@@ -214,6 +214,16 @@ CASES = [
      "/usr/local/bin/helper (4755, not reviewed)"),
     ("GA-SETID-REVIEWED", "a reviewed program with one more bit", collected(["walk"], _widen_setid),
      "/usr/bin/sudo (4775, reviewed as 4755)"),
+    # auditd.conf actions (5.2.2.3, GA-AUDIT-DISK-FULL: hold once the snapshot is re-recorded from
+    # a build with their hardening; the one recorded before has auditd's defaults)
+    ("5.2.2.3", "the system runs on at admin_space_left, only logging",
+     file("/etc/audit/auditd.conf", sub(r"^admin_space_left_action\s*=.*$", "admin_space_left_action = SYSLOG")),
+     "admin_space_left_action"),
+    ("5.2.2.3", "low space ignored", file("/etc/audit/auditd.conf", sub(r"^space_left_action\s*=.*$",
+                                                                       "space_left_action = IGNORE")),
+     "space_left_action is IGNORE"),
+    ("GA-AUDIT-DISK-FULL", "a full disk is ignored",
+     file("/etc/audit/auditd.conf", sub(r"^disk_full_action\s*=.*$", "disk_full_action = IGNORE")), "disk_full_action"),
     ("5.2.3.21", "a loaded rule missing", command("auditctl_l", sub(r"^-w /etc/sudoers -p wa.*\n", "")), "loaded"),
     ("5.2.3.21", "rules.d changed, audit.rules not regenerated",
      file("/etc/audit/rules.d/60-golden-ami-scope.rules", lambda t: t + "-w /etc/hosts -p wa -k scope\n"), "augenrules"),
@@ -253,6 +263,13 @@ CASES = [
                                                         sub(r"(pam_unix\.so.*) use_authtok", r"\1")), "use_authtok"),
     ("GA-PAM-UNIX", "no pam_unix session line", file("/etc/pam.d/common-session", sub(r"^session\s.*pam_unix\.so.*\n", "")),
      "session"),
+    # (GA-FAILLOCK-ROOT: the snapshot recorded before its hardening has neither line; these two
+    # cases hold once it is re-recorded from a build that has.)
+    ("GA-FAILLOCK-ROOT", "even_deny_root commented out",
+     file("/etc/security/faillock.conf", sub(r"^even_deny_root$", "# even_deny_root")), "even_deny_root"),
+    ("GA-FAILLOCK-ROOT", "root unlocked after 30 seconds",
+     file("/etc/security/faillock.conf", sub(r"^root_unlock_time\s*=\s*\d+", "root_unlock_time = 30")),
+     "root_unlock_time"),
     ("4.3.6", "su open to everyone", file("/etc/pam.d/su", sub(r"^(auth\s+required\s+pam_wheel\.so)", r"# \1")),
      "pam_wheel"),
     # what is in force, not only what is configured
@@ -267,6 +284,9 @@ CASES = [
     ("GA-SSH-HOSTKEY-TYPES", "an RSA host key made at boot, not loaded",
      collected(["globs", "/etc/ssh/ssh_host_*_key"], lambda keys: sorted([*keys, "/etc/ssh/ssh_host_rsa_key"])),
      "another type"),
+    ("GA-SSH-GSSAPI", "GSSAPI authentication switched on",
+     lambda snapshot: [command(name, sub(r"^gssapiauthentication no$", "gssapiauthentication yes"))(snapshot)
+                       for name in ("sshd_T", "sshd_T_login")], "gssapiauthentication"),
     ("4.2.7", "a Match block lets root in for the login user's connection",
      command("sshd_T_login", sub(r"^permitrootlogin no$", "permitrootlogin yes")), "permitrootlogin"),
     ("1.5.3", "a login session's hard core limit is unlimited",
@@ -288,6 +308,8 @@ CASES = [
      collected(["sysctl", "values", "net.ipv4.conf.all.rp_filter"], "0"), "rp_filter"),
     ("2.2.1", "an X server installed", command("packages", lambda t: t + "xserver-common\tinstall ok installed\t2:21.1.7-3\tall\n"),
      "xserver-common"),
+    ("GA-SVC-GDM", "a display manager installed",
+     command("packages", lambda t: t + "gdm3\tinstall ok installed\t43.0-3\tamd64\n"), "gdm3"),
     ("4.6.4", "another account with primary group 0",
      command("getent_passwd", sub(r"^(debian:x:1000):1000:", r"\1:0:")), "debian"),
     ("4.6.4", "another group with GID 0", command("getent_group", lambda t: t + "admins:x:0:\n"), "admins"),
@@ -316,6 +338,8 @@ CASES = [
     ("GA-BOOT-PASSWORD", "a kernel entry without --unrestricted",
      file(GRUB_CFG, sub(r"^(\s*menuentry '[^']*recovery mode[^']*'.*) --unrestricted ", r"\1 ")), "recovery mode"),
     ("GA-ROOT-UMASK", "root's .bashrc sets umask 022", file("/root/.bashrc", lambda t: t + "umask 022\n"), "umask 022"),
+    ("GA-SHELLS-NOLOGIN", "nologin listed as a shell", file("/etc/shells", lambda t: t + "/usr/sbin/nologin\n"),
+     "/usr/sbin/nologin"),
     ("4.6.5", "login.defs UMASK 022", file("/etc/login.defs", sub(r"^UMASK\s+\d+", "UMASK 022")), "UMASK"),
     # key-only accounts and password ageing
     ("GA-AGEING-KEYONLY", "a key-only account with useradd's ageing",
