@@ -153,28 +153,35 @@ class ControlSet:
         }
 
 
-def _pickled_specs(path: Path, document: Any) -> bytes:
-    """One controls/*.yaml file's entries as ControlSpecs, pickled: validating the catalogue is
-    most of a controls_for, and unpickling a copy costs less than half of it."""
+@dataclass(frozen=True)
+class _Validated:
+    """One controls/*.yaml file's entries as ControlSpecs: shared (controls_for only reads them)
+    and pickled (load_catalogue hands each caller an unpickled copy of its own)."""
+
+    specs: tuple[ControlSpec, ...]
+    pickled: bytes
+
+
+def _validated(path: Path, document: Any) -> _Validated:
+    """Validating the catalogue is most of a controls_for: once per version of each file."""
     specs = []
     for index, entry in enumerate(document or []):
         try:
             specs.append(ControlSpec.model_validate(entry))
         except ValidationError as exc:
             raise UserError(describe_validation_error(exc, f"controls/{path.name} entry {index + 1}")) from None
-    return pickle.dumps(specs, protocol=pickle.HIGHEST_PROTOCOL)
+    return _Validated(tuple(specs), pickle.dumps(specs, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_catalogue() -> list[ControlSpec]:
-    """Every control of every controls/*.yaml file, in file order then entry order.
-
-    Each file is validated once per version of it (yamlfiles.derived); each caller gets specs
-    of its own (unpickled), so what one caller edits in them no other caller sees."""
-    specs: list[ControlSpec] = []
+def _catalogue_files() -> list[_Validated]:
+    """Every controls/*.yaml file validated (yamlfiles.derived), in name order, each checked
+    against the files before it as it is read: an id listed once, only OS names that exist."""
+    files: list[_Validated] = []
     seen: dict[str, str] = {}
     systems = set(available_os())
     for path in sorted(paths.CONTROLS_DIR.glob(CATALOGUE_GLOB)):
-        for index, spec in enumerate(pickle.loads(yamlfiles.derived(path, _pickled_specs))):
+        validated = yamlfiles.derived(path, _validated)
+        for index, spec in enumerate(validated.specs):
             if spec.id in seen:
                 raise UserError(f"controls/{path.name} entry {index + 1}: control {spec.id} is already listed in "
                                 f"controls/{seen[spec.id]}")
@@ -184,8 +191,22 @@ def load_catalogue() -> list[ControlSpec]:
             if unknown:
                 raise UserError(f"controls/{path.name} entry {index + 1}: names an unknown OS {unknown[0]!r}")
             seen[spec.id] = path.name
-            specs.append(spec)
-    return specs
+        files.append(validated)
+    return files
+
+
+def load_catalogue() -> list[ControlSpec]:
+    """Every control of every controls/*.yaml file, in file order then entry order.
+
+    Each file is validated once per version of it (yamlfiles.derived); each caller gets specs
+    of its own (unpickled), so what one caller edits in them no other caller sees."""
+    return [spec for validated in _catalogue_files() for spec in pickle.loads(validated.pickled)]
+
+
+def _shared_catalogue() -> list[ControlSpec]:
+    """What load_catalogue lists, but the specs as validated, the same objects for every caller
+    in this process: only for code that never changes them (controls_for)."""
+    return [spec for validated in _catalogue_files() for spec in validated.specs]
 
 
 def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: Optional[Bounds]) -> Any:
@@ -269,16 +290,16 @@ def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
     return True, ""
 
 
-def _benchmark_number(spec: ControlSpec, os_name: str) -> str:
-    """The number(s) this recommendation has in the OS's own CIS benchmark ('' if none)."""
-    return ", ".join(benchmarks.numbers_of(spec.id, spec.refs, os_name))
-
-
 def level_on(spec: ControlSpec, os_name: str, levels: dict[str, Optional[int]]) -> int:
     """The control's Server level on os_name: the lowest level its numbers have in the OS's
     benchmark (a control that meets a Level 1 recommendation is needed at Level 1), else the
     catalogue's own (GA- controls, numbers the benchmark puts in no Server profile)."""
-    known = [levels[n] for n in benchmarks.numbers_of(spec.id, spec.refs, os_name) if levels.get(n)]
+    return _level_of(spec, benchmarks.numbers_of(spec.id, spec.refs, os_name), levels)
+
+
+def _level_of(spec: ControlSpec, numbers: list[str], levels: dict[str, Optional[int]]) -> int:
+    """level_on for the numbers the control carries on that OS (worked out once per control)."""
+    known = [levels[n] for n in numbers if levels.get(n)]
     return min(known) if known else spec.level
 
 
@@ -290,7 +311,8 @@ def in_profile_at(spec: ControlSpec, profile: str, level: int) -> bool:
 
 def controls_for(cfg: Resolved) -> ControlSet:
     """The controls in force for this OS, target and profile, with user overrides applied."""
-    specs = load_catalogue()
+    # Only read: what a Control holds of a spec is copied (params, refs) or immutable.
+    specs = _shared_catalogue()
     known = {s.id for s in specs}
     for control_id in cfg.settings.controls:
         if control_id not in known:
@@ -301,13 +323,14 @@ def controls_for(cfg: Resolved) -> ControlSet:
     for spec in specs:
         override = cfg.settings.controls.get(spec.id)
         enabled = spec.enabled if override is None or override.enabled is None else override.enabled
-        level = level_on(spec, cfg.os.name, levels)
+        numbers = benchmarks.numbers_of(spec.id, spec.refs, cfg.os.name)
+        level = _level_of(spec, numbers, levels)
         in_profile = in_profile_at(spec, cfg.profile, level)
         if in_profile and spec.enabled and not enabled:
             exceptions.append(_exception(spec.id, override))
         if not in_profile or not enabled:
             continue
-        params = dict(spec.params)
+        params = {name: _copied(value) for name, value in spec.params.items()}
         for where, values in ((f"params_by_os.{cfg.os.name}", spec.params_by_os.get(cfg.os.name, {})),
                               (f"params_by_target.{cfg.target}", spec.params_by_target.get(cfg.target, {}))):
             for name, value in values.items():
@@ -337,7 +360,7 @@ def controls_for(cfg: Resolved) -> ControlSet:
                 params=params,
                 applicable=applicable,
                 reason=reason,
-                os_id=_benchmark_number(spec, cfg.os.name),
+                os_id=", ".join(numbers),  # the number(s) in the OS's own CIS benchmark ('' if none)
             )
         )
     return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen),

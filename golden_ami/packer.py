@@ -7,6 +7,8 @@ kept in the build directory (packer.log); its step headers and the hardening scr
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -17,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from . import paths
 from .errors import StepFailed, UserError
+from .files import write_atomic
 from .layout import TEMPLATE_FILE, BuildDir
 from .procs import run_streaming
 from .progress import Progress
-from .yamlfiles import RACY_NS
+from .yamlfiles import RACY_NS, private_directory
 
 RUNTIME_VARS_FILE = "runtime.pkrvars.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -36,18 +40,24 @@ def find(binary: str = "packer") -> str:
     return path
 
 
-# Packer's version by the binary's real path, modification time, size and inode: every render
-# asks (packer.syntax auto), and `packer version` is a process start. A binary changed within
-# the last RACY_NS is asked again each time (a coarse clock could hide a second change).
-_VERSIONS: dict[tuple[str, int, int, int], tuple[int, int, int]] = {}
+# Packer's version by the binary's real path and what stat says of it (device, inode, size,
+# modification and change times): every render asks (packer.syntax auto), and `packer version`
+# is a process start, about a tenth of an `invoke render`. Kept in this process and, for the
+# next ones, in the cache dir (one small JSON file per binary). A binary changed within the
+# last RACY_NS is asked again each time (a coarse clock could hide a second change); any
+# change to it, even one that puts its modification time back, moves its change time.
+_VERSIONS: dict[tuple[Any, ...], tuple[int, int, int]] = {}
 
 
 def version(binary: str = "packer") -> tuple[int, int, int]:
     path = find(binary)
+    real = os.path.realpath(path)
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    if key in _VERSIONS:
-        return _VERSIONS[key]
+    key = (real, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    found = _VERSIONS.get(key) or _kept_version(key)
+    if found is not None:
+        _VERSIONS[key] = found
+        return found
     asked_at = time.time_ns()
     out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "CHECKPOINT_DISABLE": "1"}).stdout  # no call home for an update check
@@ -55,9 +65,37 @@ def version(binary: str = "packer") -> tuple[int, int, int]:
     if not match:
         raise RuntimeError(f"cannot read Packer's version from {out!r}")
     found = int(match[1]), int(match[2]), int(match[3])
-    if asked_at - stat.st_mtime_ns >= RACY_NS:
+    if asked_at - max(stat.st_mtime_ns, stat.st_ctime_ns) >= RACY_NS:
         _VERSIONS[key] = found
+        _keep_version(key, found)
     return found
+
+
+def _version_file(real: str) -> Optional[Path]:
+    """Where the version of the binary at this real path is kept (None: no private cache dir)."""
+    directory = private_directory(paths.cache_dir() / "packer")
+    return directory / (hashlib.sha256(real.encode()).hexdigest() + ".json") if directory is not None else None
+
+
+def _kept_version(key: tuple[Any, ...]) -> Optional[tuple[int, int, int]]:
+    """The version an earlier process found for exactly this binary (the same key), else None."""
+    where = _version_file(key[0])
+    try:
+        kept = json.loads(where.read_text()) if where is not None else None
+        if kept["key"] == list(key) and len(kept["version"]) == 3 \
+                and all(type(part) is int for part in kept["version"]):
+            return tuple(kept["version"])  # type: ignore[return-value]
+    except (OSError, ValueError, TypeError, KeyError):  # not kept yet, or not what this writes
+        pass
+    return None
+
+
+def _keep_version(key: tuple[Any, ...], found: tuple[int, int, int]) -> None:
+    """Best effort: a version that cannot be kept is asked again by the next process."""
+    where = _version_file(key[0])
+    if where is not None:
+        with contextlib.suppress(OSError):
+            write_atomic(where, json.dumps({"key": list(key), "version": list(found)}) + "\n", 0o600)
 
 
 def _env(extra: Optional[dict[str, str]], runtime_dir: Path, tmp_dir: Optional[Path] = None) -> dict[str, str]:

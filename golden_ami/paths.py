@@ -27,8 +27,14 @@ def default_state_dir() -> Path:
     return Path(data_home).expanduser().resolve() / "golden-ami"
 
 
-def template_cache_dir() -> Path:
-    """Where compiled Jinja templates are kept between processes (a cache: safe to delete).
-    Not in the state dir: it holds no result, and the state dir's contents are the pipeline's record."""
+def cache_dir() -> Path:
+    """Where what is worked out once is kept between processes (caches: safe to delete), each
+    in a directory of its own: compiled templates, parsed YAML, Packer's version. Not in the
+    state dir: it holds no result, and the state dir's contents are the pipeline's record."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home).expanduser().resolve() / "golden-ami" / "templates"
+    return Path(cache_home).expanduser().resolve() / "golden-ami"
+
+
+def template_cache_dir() -> Path:
+    """Where compiled Jinja templates are kept between processes (see cache_dir)."""
+    return cache_dir() / "templates"

@@ -5,9 +5,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -17,6 +14,10 @@ class KeyPair:
 
 def generate(directory: Path, name: str, comment: str) -> KeyPair:
     """Write an ed25519 private key (mode 0600, created that way) and return its public half."""
+    # cryptography only here: every invoke task imports KeyPair (the targets' interface), few make a key.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(

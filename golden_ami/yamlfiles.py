@@ -162,7 +162,7 @@ class _DocumentUnpickler(pickle.Unpickler):
 def _parsed(raw: bytes) -> bytes:
     """What raw parses to, pickled: as kept by an earlier process (once it is seen to hold only
     YAML's types), else parsed now, and kept."""
-    directory = private_directory(paths.template_cache_dir().parent / "yaml")
+    directory = private_directory(paths.cache_dir() / "yaml")
     kept = directory / _kept_name(raw) if directory is not None else None
     if kept is not None:
         try:

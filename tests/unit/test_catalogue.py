@@ -86,14 +86,14 @@ def test_a_per_target_value_applies_to_its_target_only_and_the_config_still_deci
     real = catalogue.load_catalogue()
     ipv6 = next(spec for spec in real if spec.id == "3.1.1")
     decided = ipv6.model_copy(update={"params_by_target": {"aws": {"ipv6": "disabled"}}})
-    monkeypatch.setattr(catalogue, "load_catalogue", lambda: [decided if s.id == "3.1.1" else s for s in real])
+    monkeypatch.setattr(catalogue, "_shared_catalogue", lambda: [decided if s.id == "3.1.1" else s for s in real])
     assert catalogue.controls_for(config.resolve("debian12", "aws")).params("3.1.1")["ipv6"] == "disabled"
     assert catalogue.controls_for(config.resolve("debian12", "local")).params("3.1.1")["ipv6"] == "enabled"
     user = tmp_path / "c.yaml"
     user.write_text("controls:\n  '3.1.1':\n    params:\n      ipv6: enabled\n")
     assert catalogue.controls_for(config.resolve("debian12", "aws", str(user))).params("3.1.1")["ipv6"] == "enabled"
     wrong = ipv6.model_copy(update={"params_by_target": {"local": {"ipv4": "disabled"}}})
-    monkeypatch.setattr(catalogue, "load_catalogue", lambda: [wrong if s.id == "3.1.1" else s for s in real])
+    monkeypatch.setattr(catalogue, "_shared_catalogue", lambda: [wrong if s.id == "3.1.1" else s for s in real])
     with pytest.raises(UserError, match="params_by_target.local.ipv4 is not one of its params"):
         catalogue.controls_for(config.resolve("debian12", "local"))
 
