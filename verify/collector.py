@@ -12,8 +12,9 @@ fail with that reason. Nothing is ignored; only a systemctl call that timed out 
 busy machine, not a fact about the host) is tried again.
 
 Secrets never leave the instance: password hashes in shadow and gshadow are replaced by their
-scheme prefix, GRUB's by their iteration count and a digest, private keys and /etc/security/opasswd are stat'ed but not read, and the
-secret scan returns file names and the kind of secret only, never what matched.
+scheme prefix, GRUB's by their iteration count and a digest, private keys and
+/etc/security/opasswd are stat'ed but not read, and the secret scan returns file names and the
+kind of secret only, never what matched.
 
 Standard library only, Python 3.6 or newer (the oldest python3 among the supported OS).
 """

@@ -225,6 +225,18 @@ def installed(facts: Snapshot, names: Iterable[str]) -> list[str]:
     return [name for name in names if name in found]
 
 
+def not_installed(facts: Snapshot, names: Iterable[str]) -> list[str]:
+    """Those of names that are not installed, in the order given."""
+    found = packages(facts)
+    return [name for name in names if name not in found]
+
+
+def apt_simulated_installs(simulated: str) -> dict[str, str]:
+    """Package -> its line, for each package apt's simulated upgrade (`apt-get -s`) would install
+    or upgrade: "Inst libc6 [2.36-9+deb12u3] (2.36-9+deb12u4 Debian-Security:12/stable-security [amd64])"."""
+    return {line.split()[1]: line for line in simulated.splitlines() if line.startswith("Inst ")}
+
+
 @dataclass(frozen=True)
 class UnitState:
     enabled: str  # as `systemctl is-enabled` says: enabled, disabled, static, masked, not-found, ...

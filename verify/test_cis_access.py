@@ -13,7 +13,7 @@ from ga_access import (
     umask_weaker, with_arguments,
 )
 from ga_facts import FactUnavailable
-from ga_system import active_lines, getent, installed, login_shells, unit_state
+from ga_system import active_lines, apt_simulated_installs, getent, installed, login_shells, not_installed, unit_state
 
 
 def _optional_text(facts, path):
@@ -285,8 +285,7 @@ def _pwquality_files(facts):
 
 @pytest.mark.control("4.5.1")
 def test_password_quality(facts, params):
-    found = installed(facts, params["packages"])
-    missing = [name for name in params["packages"] if name not in found]
+    missing = not_installed(facts, params["packages"])
     assert not missing, f"package {', '.join(missing)} is not installed"
     settings = conf_values(_pwquality_files(facts))
     stack = _pam_modules(facts, params["pam_tool"], "password", "pam_pwquality.so")
@@ -418,11 +417,9 @@ def test_strong_password_hashing(facts, params):
 
 @pytest.mark.control("GA-PAM-CURRENT")
 def test_pam_packages_current(facts, params, pending_updates):
-    missing = sorted(set(params["packages"]) - set(installed(facts, params["packages"])))
+    missing = not_installed(facts, params["packages"])
     assert not missing, f"not installed: {', '.join(missing)}"
-    # apt's simulated upgrade, one line per package it would change:
-    # "Inst libpam-modules [1.5.2-6+deb12u1] (1.5.2-6+deb12u3 Debian-Security:12/... [amd64])"
-    upgradable = {line.split()[1]: line for line in pending_updates.splitlines() if line.startswith("Inst ")}
+    upgradable = apt_simulated_installs(pending_updates)
     behind = [upgradable[name] for name in params["packages"] if name in upgradable]
     assert not behind, f"a newer version is in the archive: {'; '.join(behind)}"
 

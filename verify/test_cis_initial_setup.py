@@ -14,7 +14,8 @@ import pytest
 
 from collector import redact_grub_hashes
 from ga_facts import FactUnavailable
-from ga_system import apt_config, installed, module_problems, mount_at, os_release_id, systemd_settings, unit_state
+from ga_system import (apt_config, installed, module_problems, mount_at, not_installed, os_release_id, systemd_settings,
+                       unit_state)
 
 # apt's and dnf's spellings of "on".
 _TRUE_WORDS = {"1", "yes", "true", "on", "enable", "with"}
@@ -369,8 +370,7 @@ _SELINUX_OFF = re.compile(r'(^|[\s"])(selinux|enforcing)=0([\s"]|$)')
 
 @pytest.mark.control("1.6.1.1")
 def test_mac_installed(facts, params):
-    present = installed(facts, params["packages"])
-    missing = [p for p in params["packages"] if p not in present]
+    missing = not_installed(facts, params["packages"])
     assert not missing, f"{params['framework']} packages not installed: {', '.join(missing)}"
 
 

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from ga_system import (
-    active_lines, assert_listed_completely, directory_listing, getent, installed, listeners, logrotate_creates, parent_dir,
-    systemd_settings, unit_state,
+    active_lines, assert_listed_completely, directory_listing, getent, listeners, logrotate_creates, parent_dir,
+    not_installed, systemd_settings, unit_state,
 )
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
@@ -42,8 +42,7 @@ def _journald_setting(journald, key, expected):
 
 @pytest.mark.control("5.1.1.1")
 def test_rsyslog_installed(facts, params):
-    present = installed(facts, params["packages"])
-    missing = [name for name in params["packages"] if name not in present]
+    missing = not_installed(facts, params["packages"])
     assert not missing, f"not installed: {', '.join(missing)}"
 
 

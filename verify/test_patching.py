@@ -7,13 +7,13 @@ import re
 
 import pytest
 
-from ga_system import apt_config, ini_section, installed, newest_version, unit_state
+from ga_system import apt_config, apt_simulated_installs, ini_section, installed, newest_version, unit_state
 
 
 def _pending_apt(simulated: str) -> list[str]:
-    # "Inst libc6 [2.36-9+deb12u3] (2.36-9+deb12u4 Debian-Security:12/stable-security [amd64])"
-    return sorted({line.split()[1] for line in simulated.splitlines()
-                   if line.startswith("Inst ") and re.search(r"[-/][A-Za-z0-9.]*-security[\s\],]", line)})
+    # Those the simulated upgrade takes from a security suite ("... Debian-Security:12/stable-security [amd64])").
+    return sorted(name for name, line in apt_simulated_installs(simulated).items()
+                  if re.search(r"[-/][A-Za-z0-9.]*-security[\s\],]", line))
 
 
 def _pending_dnf(listing: str) -> list[str]:

@@ -79,6 +79,10 @@ def test_the_boot_password_is_a_grub_hash_or_locked_and_a_bad_value_is_never_ech
         with pytest.raises(UserError, match="password_hash is not in the form this control needs") as raised:
             catalogue.controls_for(config.resolve("debian12", "local", str(user)))
         assert bad not in str(raised.value)
+    # The hardening makes the hash file's directory root-only: never a shared one such as /tmp.
+    user.write_text("controls:\n  GA-BOOT-PASSWORD:\n    params:\n      hash_file: /tmp/grub.pbkdf2\n")
+    with pytest.raises(UserError, match="hash_file is not in the form"):
+        catalogue.controls_for(config.resolve("debian12", "local", str(user)))
     assert not catalogue.controls_for(config.resolve("al2023", "aws")).by_id()["GA-BOOT-PASSWORD"].applicable
 
 
