@@ -246,13 +246,15 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
 
 # Params whose value can be weaker than the benchmark's, by name: a weaker value needs an
 # exception (controls_for). File modes may only drop permission bits, a umask only add them;
-# algorithm lists, allowed ports, owning groups and paths allowed to hold a key may only leave
-# entries out; the files a check reads, the trees it scans and the packages or units it wants
-# installed, removed or stopped may only add entries.
+# algorithm lists, allowed ports, owning groups, paths allowed to hold a key and the files a
+# watch excuses (AIDE's instance_files and not_watched) may only leave entries out; the files a
+# check reads, the trees it scans or watches, the attributes it compares and the packages or
+# units it wants installed, removed or stopped may only add entries.
 _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
 _SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths",
-                            "gid0_accounts_allowed"})
-_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files", "packages", "units"})
+                            "gid0_accounts_allowed", "instance_files", "not_watched"})
+_COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files", "packages", "units",
+                           "audit_tools", "attributes"})
 
 
 def _weakens(name: str, benchmark: Any, value: Any) -> str:

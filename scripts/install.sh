@@ -27,8 +27,10 @@ apt-get install -y -q --no-install-recommends \
 if [ "$requirements" = requirements-test.txt ]; then
   # systemd-analyze: the tests verify the shipped systemd units; jq, openssl: the tests run
   # docs/consumers.md's signature check; chromium: the tests open verify/report.html in a
-  # headless browser (counts, rows and filter as rendered, a screenshot).
-  apt-get install -y -q --no-install-recommends systemd jq openssl chromium
+  # headless browser (counts, rows and filter as rendered, a screenshot); aide: the tests run
+  # the rendered AIDE configuration on a tree of files (without aide-common: nothing of it runs
+  # on this machine).
+  apt-get install -y -q --no-install-recommends systemd jq openssl chromium aide
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -40,6 +40,7 @@ READ_LIMIT = 512 * 1024  # larger files are stat'ed, not read
 WALK_SAMPLE = 1000  # findings kept per class of the filesystem walk (the count is kept whole)
 COMMAND_TIMEOUT = 180
 WALK_TIMEOUT = 900
+LONG_COMMANDS = ("aide_check",)
 # sudo's secure_path is usually fine; this makes the collector independent of it.
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Files read for their metadata only: they hold secrets or are not configuration.
@@ -565,6 +566,10 @@ def commands_for(request, connection):
         commands[name] = argv
     for module in request.get("modules", []):
         commands["modprobe_dry_run:" + module] = ["modprobe", "-n", "-v", "--", module]
+    integrity = request.get("file_integrity")
+    if integrity:
+        # Reads, never writes: --check compares and reports (the database is only read).
+        commands["aide_check"] = [integrity["binary"], "--config", integrity["config"], "--check"]
     return commands
 
 
@@ -589,8 +594,9 @@ def collect(request):
         scan_future = (pool.submit(secret_scan, request.get("secret_scan", {}))
                        if "secret_scan" in optional else None)
         units_future = pool.submit(systemd_units, request.get("units", []))
-        command_futures = {name: pool.submit(run, argv) for name, argv in commands.items()
-                           if name != "package_verify"}
+        # AIDE hashes every watched file: like the walk, it gets the walk's time limit.
+        command_futures = {name: pool.submit(run, argv, WALK_TIMEOUT if name in LONG_COMMANDS else COMMAND_TIMEOUT)
+                           for name, argv in commands.items() if name != "package_verify"}
         if "package_verify" in commands:
             command_futures["package_verify"] = pool.submit(
                 run_split_by_package, commands["package_verify"], min(os.cpu_count() or 1, 4))

@@ -75,6 +75,8 @@ CHECKED_UNITS = ("apparmor.service", "apport.service", "golden-ami-bootloader-pe
 # Checks whose walk roots come from their params; the walk runs once for all of them.
 WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
+# The check that runs AIDE on the instance (its binary and configuration are its params).
+FILE_INTEGRITY_CONTROL = "1.3.1"
 # Checks that share the one grep walk for secrets: its roots and patterns are the union of theirs.
 SECRET_SCAN_CONTROLS = ("GA-HYG-AWSCREDS", "GA-HYG-PRIVKEYS")
 
@@ -168,6 +170,8 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
                 units.append(f"{value}.service")
             elif name.endswith("_dropins"):
                 dropins.append(f"{value}/*")  # every entry, read: what each file opens, and its owner
+            elif name.endswith("_conf") and isinstance(value, str):
+                dropins.append(value)  # a configuration file the check reads
     for name in [*os_data.get("services", {}).values(), *os_data.get("conflicting_firewalls", []),
                  *(agent["service"] for agent in target_os.get("agents", {}).values() if agent.get("service"))]:
         units.append(name if "." in name else f"{name}.service")
@@ -192,6 +196,10 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
         # dpkg --verify / rpm -Va hash every installed file: asked for only when checked.
         "verify_packages": "GA-PATCH-VERIFIED" in by_id,
     }
+    if FILE_INTEGRITY_CONTROL in by_id:
+        # AIDE's own check against the image's database: it reads every watched file.
+        aide = by_id[FILE_INTEGRITY_CONTROL]["params"]
+        request["file_integrity"] = {"binary": aide["binary"], "config": aide["aide_conf"]}
     if "walk" in optional:
         scan = next((by_id[i]["params"] for i in WALK_SCAN_CONTROLS if i in by_id), {})
         suid = next((by_id[i]["params"] for i in WALK_SUID_CONTROLS if i in by_id), {})

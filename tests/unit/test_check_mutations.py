@@ -23,6 +23,31 @@ from tests.unit.offline_suite import FACTS, controls_document, judge_many
 
 HARDENED = FACTS / "debian12-hardened.json"
 GRUB_CFG = "/boot/grub/grub.cfg"
+AIDE_CONF = "/etc/aide/aide.conf"
+AIDE_DATABASE = "/var/lib/aide/aide.db"
+# What `aide --check` prints when a program changed (the layout of AIDE 0.18's report).
+AIDE_CHANGED_REPORT = """Start timestamp: 2026-12-03 20:00:00 +0000 (AIDE 0.18.3)
+AIDE found differences between database and filesystem!!
+
+Summary:
+  Total number of entries:\t10102
+  Added entries:\t\t0
+  Removed entries:\t\t0
+  Changed entries:\t\t1
+
+---------------------------------------------------
+Changed entries:
+---------------------------------------------------
+
+f =.... i  ..H..   : /usr/bin/passwd
+
+---------------------------------------------------
+Detailed information about changes:
+---------------------------------------------------
+
+File: /usr/bin/passwd
+ Inode     : 1234                             | 5678
+"""
 
 
 # --- editing a snapshot -----------------------------------------------------------------------
@@ -346,6 +371,34 @@ CASES = [
      command("getent_shadow", sub(r"^(debian:!:\d+):0:99999:7:::$", r"\1:0:365:7:45::")), "debian"),
     ("GA-AGEING-KEYONLY", "the path unit disabled",
      unit_file_state("golden-ami-keyonly-ageing.path", "disabled"), "not watched"),
+    # file integrity: AIDE's own verdict on the fresh instance, and the configuration it reads
+    ("1.3.1", "AIDE found a changed program",
+     collected(["commands", "aide_check"], lambda r: {**r, "rc": 4, "stdout": AIDE_CHANGED_REPORT}),
+     "Changed: /usr/bin/passwd"),
+    ("1.3.1", "AIDE stopped on an error",
+     collected(["commands", "aide_check"], lambda r: {**r, "rc": 17, "stdout": "", "stderr": "configuration error"}),
+     "did not run to the end"),
+    ("1.3.1", "no database in the image",
+     collected(["files", AIDE_DATABASE], {"stat": {"exists": False}}), "no AIDE database"),
+    ("1.3.1", "the database readable by others",
+     collected(["files", AIDE_DATABASE, "stat", "mode"], "0644"), "root's alone"),
+    ("1.3.1", "an exclusion the catalogue does not name",
+     file(AIDE_CONF, sub(r"^!/boot/grub/grubenv$", "!/boot/grub/grubenv\n!/usr/local/sbin/extra")),
+     "!/usr/local/sbin/extra"),
+    ("1.3.1", "a file's content ignored that is not the instance's own",
+     file(AIDE_CONF, sub(r"^(/etc/machine-id\$ InstanceFile)$", "/etc/sudoers$ InstanceFile\n\\1")),
+     "/etc/sudoers"),
+    ("1.3.1", "a watched tree without a hash",
+     file(AIDE_CONF, sub(r"^/usr/lib Watched$", "/usr/lib InstanceFile")), "/usr/lib"),
+    ("1.3.2", "the timer disabled", unit_file_state("aidecheck.timer", "disabled"), "disabled"),
+    ("1.3.2", "the check run with another configuration",
+     file("/etc/systemd/system/aidecheck.service", sub(r"--config \S+", "--config /tmp/aide.conf")), "/tmp/aide.conf"),
+    ("1.3.2", "a weekly check", file("/etc/systemd/system/aidecheck.timer", sub(r"^OnCalendar=.*$", "OnCalendar=weekly")),
+     "OnCalendar=weekly"),
+    ("1.3.3", "an audit tool with a weaker hash",
+     file(AIDE_CONF, sub(r"^(/usr/sbin/auditctl\$ .*)sha512$", r"\1sha256")), "lacks sha512"),
+    ("1.3.3", "an audit tool excluded",
+     file(AIDE_CONF, sub(r"^(!/boot/grub/grubenv)$", "\\1\n!/usr/sbin/auditd$")), "/usr/sbin/auditd is excluded"),
 ]
 
 

@@ -1,0 +1,126 @@
+"""The rendered AIDE configuration, run by AIDE itself on a small tree of files.
+
+AIDE's root_prefix makes it read <tree>/etc/shadow as /etc/shadow, so the configuration the
+image gets is used unchanged apart from where its database lives. What a new instance changes at
+its first boot must pass; every other change must be found. And verify/ga_aide.py, which the
+checks use to read the configuration, must agree with AIDE on what decides each path.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from golden_ami import config, paths, render
+from tests.conftest import required_tool
+
+sys.path.insert(0, str(paths.VERIFY_DIR))
+
+import ga_aide  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
+                            checksum="sha256:" + "1" * 64)
+# A few files of each kind, relative to the tree: (path, content).
+TREE = {
+    "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+    "etc/hostname": "build\n",
+    "etc/shadow": "root:*:20000:0:99999:7:::\n",
+    "etc/ssh/sshd_config": "PermitRootLogin no\n",
+    "etc/sudoers": "root ALL=(ALL:ALL) ALL\n",
+    "boot/grub/grubenv": "# GRUB Environment Block\n",
+    "boot/grub/grub.cfg": "set timeout=0\n",
+    "usr/bin/passwd": "a program\n",
+    "usr/sbin/auditctl": "an audit tool\n",
+    "usr/lib/libexample.so": "a library\n",
+    "usr/local/sbin/golden-ami-helper": "a helper\n",
+    "var/lib/app/state": "data\n",
+}
+
+
+@pytest.fixture(scope="module")
+def aide_conf(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("render") / "debian12"
+    render.render(config.resolve("debian12", "local", overrides={"profile": "cis-level2-server"}), SOURCE, out)
+    return (out / "files" / "cis-file-integrity" / "aide.conf").read_text()
+
+
+@pytest.fixture
+def aide(tmp_path, aide_conf):
+    """(tree, check): a tree initialised into a database; check() runs `aide --check` on it."""
+    binary = required_tool("aide", "scripts/install.sh --with-tests")
+    tree = tmp_path / "tree"
+    for relative, content in TREE.items():
+        (tree / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tree / relative).write_text(content)
+    os.chmod(tree / "etc/shadow", 0o640)
+    database = tmp_path / "aide.db"
+    text = aide_conf.replace("file:/var/lib/aide/aide.db", f"file:{database}")
+    assert text != aide_conf, "the rendered configuration no longer names /var/lib/aide/aide.db"
+    conf = tmp_path / "aide.conf"
+    conf.write_text(f"root_prefix={tree}\n" + text)
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([binary, "--config", str(conf), mode], capture_output=True, text=True, timeout=120)
+
+    initialised = run("--init")
+    assert initialised.returncode == 0, initialised.stderr
+    Path(f"{database}.new").rename(database)
+    return tree, lambda: run("--check")
+
+
+def test_a_first_boot_changes_nothing_aide_reports(aide):
+    tree, check = aide
+    (tree / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+    (tree / "etc/hostname").write_text("ip-10-0-0-7\n")
+    # cloud-init sets up the login user: a new shadow file put in place by rename (a new inode)
+    (tree / "etc/shadow.new").write_text("root:*:20000:0:99999:7:::\ndebian:!:20001:0:99999:7:::\n")
+    os.chmod(tree / "etc/shadow.new", 0o640)
+    (tree / "etc/shadow.new").rename(tree / "etc/shadow")
+    (tree / "etc/ssh/ssh_host_ed25519_key").write_text("a host key\n")
+    (tree / "etc/ssh/ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAA\n")
+    (tree / "boot/grub/grubenv").write_text("# GRUB Environment Block\nrecordfail=1\n")
+    (tree / "var/lib/app/state").write_text("more data\n")
+    result = check()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change, code, entry", [
+    (lambda t: (t / "etc/ssh/sshd_config").write_text("PermitRootLogin yes\n"), 4, "Changed: /etc/ssh/sshd_config"),
+    (lambda t: (t / "usr/sbin/auditctl").write_text("a replaced audit tool\n"), 4, "Changed: /usr/sbin/auditctl"),
+    (lambda t: (t / "usr/lib/libexample.so").write_text("a library!\n"), 4, "Changed: /usr/lib/libexample.so"),
+    (lambda t: os.chmod(t / "etc/shadow", 0o644), 4, "Changed: /etc/shadow"),
+    (lambda t: (t / "usr/bin/new-tool").write_text("x\n"), 1, "Added: /usr/bin/new-tool"),
+    (lambda t: (t / "usr/local/sbin/golden-ami-helper").unlink(), 2, "Removed: /usr/local/sbin/golden-ami-helper"),
+    (lambda t: (t / "boot/grub/grub.cfg").write_text("set timeout=5\n"), 4, "Changed: /boot/grub/grub.cfg"),
+], ids=["config", "audit tool", "library", "shadow readable", "new program", "removed helper", "boot config"])
+def test_every_other_change_is_found_and_read_back(aide, change, code, entry):
+    tree, check = aide
+    change(tree)
+    result = check()
+    assert result.returncode == code, result.stdout + result.stderr
+    assert entry in ga_aide.reported_entries(result.stdout)
+
+
+def test_the_checks_reading_of_the_configuration_agrees_with_aide(aide_conf):
+    """For each file of the tree: ga_aide's deciding line compares content exactly where AIDE
+    reports a content change (the tests above), and excludes exactly what AIDE ignores."""
+    _, rules = ga_aide.parse(aide_conf)
+    hashed = {path for path in ("/etc/ssh/sshd_config", "/usr/sbin/auditctl", "/usr/lib/libexample.so",
+                                "/boot/grub/grub.cfg", "/usr/bin/passwd")}
+    content_blind = {"/etc/machine-id", "/etc/hostname", "/etc/shadow"}
+    excluded = {"/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub", "/boot/grub/grubenv"}
+    for path in hashed:
+        rule = ga_aide.deciding_rule(rules, path)
+        assert rule is not None and rule.kind != "!" and rule.attributes & ga_aide.HASHES, (path, str(rule))
+    for path in content_blind:
+        rule = ga_aide.deciding_rule(rules, path)
+        assert rule is not None and rule.kind != "!" and not rule.attributes & ga_aide.HASHES, (path, str(rule))
+        assert "p" in rule.attributes, (path, str(rule))
+    for path in excluded:
+        assert ga_aide.deciding_rule(rules, path).kind == "!", path
+    assert ga_aide.deciding_rule(rules, "/var/lib/app/state") is None
