@@ -54,7 +54,7 @@ def test_aide_database_and_clean_check(facts, params):
         raise FactUnavailable(f"AIDE's check did not run to the end: {result.describe()}")
     entries = ga_aide.reported_entries(result.stdout)
     assert result.rc == 0, (
-        f"AIDE found {len(entries)} difference(s) from the image's database on this fresh instance "
+        f"AIDE found {len(entries)} difference(s) from its database (the image's, or what was last accepted) "
         f"(exit {result.rc}): {'; '.join(entries[:12]) or 'see its report'}")
 
 

@@ -2,7 +2,7 @@
 
 What it adds to the image at launch is cloud-init user-data only (docs/app-teams.md): a
 firewall drop-in opening TCP 8080, and a small HTTP listener on 8080 and on 8081 (enabled, so
-it comes back after a reboot). 8081 listens but stays closed: that is what shows the firewall,
+it comes back after a reboot), accepted into AIDE's baseline. 8081 listens but stays closed: that is what shows the firewall,
 not a missing listener, keeps it out.
 """
 from __future__ import annotations
@@ -56,6 +56,9 @@ def app_user_data() -> dict:
             ["chmod", "0755", "/srv/day-two"],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", LISTENER.format(port=APP_PORT), LISTENER.format(port=CLOSED_PORT)],
+            # Last: the files above are the team's on purpose; AIDE takes them into its baseline
+            # (1.3.1), so that its daily check - and an audit - report only later changes.
+            ["/usr/local/sbin/golden-ami-aide-accept"],
         ],
     }
 

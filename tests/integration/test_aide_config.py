@@ -40,13 +40,20 @@ TREE = {
     "usr/local/sbin/golden-ami-helper": "a helper\n",
     "var/lib/app/state": "data\n",
 }
+# Empty directories of the image (the firewall's drop-in directory).
+TREE_DIRS = ("etc/nftables.d",)
 
 
 @pytest.fixture(scope="module")
-def aide_conf(tmp_path_factory) -> str:
+def rendered(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("render") / "debian12"
     render.render(config.resolve("debian12", "local", overrides={"profile": "cis-level2-server"}), SOURCE, out)
-    return (out / "files" / "cis-file-integrity" / "aide.conf").read_text()
+    return out / "files" / "cis-file-integrity"
+
+
+@pytest.fixture(scope="module")
+def aide_conf(rendered) -> str:
+    return (rendered / "aide.conf").read_text()
 
 
 @pytest.fixture
@@ -57,6 +64,8 @@ def aide(tmp_path, aide_conf):
     for relative, content in TREE.items():
         (tree / relative).parent.mkdir(parents=True, exist_ok=True)
         (tree / relative).write_text(content)
+    for relative in TREE_DIRS:
+        (tree / relative).mkdir(parents=True)
     os.chmod(tree / "etc/shadow", 0o640)
     database = tmp_path / "aide.db"
     text = aide_conf.replace("file:/var/lib/aide/aide.db", f"file:{database}")
@@ -70,11 +79,32 @@ def aide(tmp_path, aide_conf):
     initialised = run("--init")
     assert initialised.returncode == 0, initialised.stderr
     Path(f"{database}.new").rename(database)
-    return tree, lambda: run("--check")
+    return tree, lambda: run("--check"), (conf, database)
+
+
+def test_the_accept_helper_makes_a_deliberate_change_the_new_baseline(aide, rendered, tmp_path):
+    """golden-ami-aide-accept (what docs/app-teams.md tells a team to run after a change)."""
+    tree, check, (conf, database) = aide
+    helper = tmp_path / "golden-ami-aide-accept"
+    text = (rendered / "golden-ami-aide-accept").read_text()
+    moved = text.replace("conf=/etc/aide/aide.conf", f"conf={conf}").replace("database=/var/lib/aide/aide.db",
+                                                                              f"database={database}")
+    assert moved.count(str(tmp_path)) == 2, "the rendered helper no longer names the configuration and database"
+    helper.write_text(moved)
+    helper.chmod(0o755)
+    (tree / "etc/nftables.d/web.nft").write_text("tcp dport 8080 accept\n")
+    assert check().returncode == 1
+    accepted = subprocess.run([str(helper)], capture_output=True, text=True, timeout=120)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "Added: /etc/nftables.d/web.nft" in ga_aide.reported_entries(accepted.stdout)
+    assert oct(database.stat().st_mode & 0o777) == "0o600" and not Path(f"{database}.new").exists()
+    assert check().returncode == 0
+    (tree / "etc/nftables.d/web.nft").write_text("tcp dport 8081 accept\n")
+    assert check().returncode == 4, "after accepting, a later change is still found"
 
 
 def test_a_first_boot_changes_nothing_aide_reports(aide):
-    tree, check = aide
+    tree, check, _ = aide
     (tree / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
     (tree / "etc/hostname").write_text("ip-10-0-0-7\n")
     # cloud-init sets up the login user: a new shadow file put in place by rename (a new inode)
@@ -99,7 +129,7 @@ def test_a_first_boot_changes_nothing_aide_reports(aide):
     (lambda t: (t / "boot/grub/grub.cfg").write_text("set timeout=5\n"), 4, "Changed: /boot/grub/grub.cfg"),
 ], ids=["config", "audit tool", "library", "shadow readable", "new program", "removed helper", "boot config"])
 def test_every_other_change_is_found_and_read_back(aide, change, code, entry):
-    tree, check = aide
+    tree, check, _ = aide
     change(tree)
     result = check()
     assert result.returncode == code, result.stdout + result.stderr
