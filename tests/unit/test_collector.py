@@ -178,6 +178,22 @@ def test_the_request_asks_for_what_the_controls_name():
     assert "secret_scan" not in request
 
 
+def test_the_request_reads_a_controls_conf_files_and_runs_aide_only_for_its_check():
+    aide = {"id": "1.3.1", "params": {"binary": "/usr/bin/aide", "aide_conf": "/etc/aide/aide.conf",
+                                      "database": "/var/lib/aide/aide.db"}}
+    timer = {"id": "1.3.2", "params": {"service_conf": "/etc/systemd/system/aidecheck.service",
+                                       "units": ["aidecheck.timer"]}}
+    os_data = {"package_manager": "apt", "paths": {}}
+    request = ga_facts.build_request([aide, timer], os_data, {"login_user": "debian", "agents": {}}, set())
+    assert {"/etc/aide/aide.conf", "/etc/systemd/system/aidecheck.service"} <= set(request["read"])
+    assert "/var/lib/aide/aide.db" in request["stat"] and "/var/lib/aide/aide.db" not in request["read"]
+    assert request["file_integrity"] == {"binary": "/usr/bin/aide", "config": "/etc/aide/aide.conf"}
+    commands = collector.commands_for(request, {})
+    assert commands["aide_check"] == ["/usr/bin/aide", "--config", "/etc/aide/aide.conf", "--check"]
+    without = ga_facts.build_request([timer], os_data, {"login_user": "debian", "agents": {}}, set())
+    assert "file_integrity" not in without and "aide_check" not in collector.commands_for(without, {})
+
+
 def test_the_snapshot_is_sealed_by_its_digest(tmp_path):
     facts = _snapshot()
     path = tmp_path / "facts.json"
