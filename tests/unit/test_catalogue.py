@@ -133,6 +133,10 @@ EXCEPTION = "    exception: {justification: the legacy fleet still needs this, e
     ("4.6.5", "umask", "'000'", "masks fewer bits than the benchmark's 027"),
     ("GA-SSH-CIPHERS", "ciphers", "[aes256-ctr, 3des-cbc]", "adds ['3des-cbc']"),
     ("GA-FW-INBOUND", "allowed_tcp_ports", "[22, 23, 3389]", "adds [23, 3389]"),
+    ("1.3.1", "not_watched", "[/etc/ssh/ssh_host_, /boot/grub/grubenv, /etc/sudoers.d]", "adds ['/etc/sudoers.d']"),
+    ("1.3.1", "instance_files", "[/etc/machine-id, /etc/sudoers]", "adds ['/etc/sudoers']"),
+    ("1.3.1", "watch_paths", "[/boot, /etc]", "leaves out ['/usr/bin'"),
+    ("1.3.3", "attributes", "[p, u, g, sha256]", "leaves out ['i'"),
 ])
 def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_path, control, param, value, bound):
     user = tmp_path / "c.yaml"
@@ -150,6 +154,8 @@ def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_pat
 @pytest.mark.parametrize("control, param, value", [
     ("6.1.6", "mode", "'0600'"), ("4.6.5", "umask", "'077'"), ("GA-SSH-CIPHERS", "ciphers", "[aes256-ctr]"),
     ("GA-FW-INBOUND", "allowed_tcp_ports", "[22]"),
+    ("1.3.1", "instance_files", "[/etc/machine-id]"),
+    ("1.3.1", "watch_paths", "[/boot, /etc, /usr/bin, /usr/sbin, /usr/lib, /usr/local/bin, /usr/local/sbin, /opt]"),
 ])
 def test_a_param_as_strict_or_stricter_needs_none(state_dir, tmp_path, control, param, value):
     user = tmp_path / "c.yaml"
