@@ -9,6 +9,8 @@ user-data writes a firewall drop-in for TCP 8080 and starts listeners on 8080 an
     with a password still are (GA-AGEING-KEYONLY beside 4.6.1.1/4.6.1.4);
   - `invoke audit` of the lived-in instance (issue 13 item 3) names the image, reports the
     drop-in as a finding, fails only 2.4 (the team's listeners), and leaves apt's state as it was;
+  - the daily file integrity check (aidecheck.service) passes once the team accepted its files
+    at launch, and fails on a file added later (about 40 s per run under TCG, two runs);
   - the drop-in opens 8080 and nothing else, before and after a reboot (GA-FW-DROPIN), with
     the host keys unchanged. The reboot test runs last: the others need no reboot.
 The fixture is module-scoped: the VM stops when this module ends, so it does not idle beside
@@ -222,6 +224,23 @@ def test_an_audit_of_a_lived_in_instance_finds_no_failure_and_reports_the_drop_i
     assert report["image_id"] == app_instance.image_id
     assert (out / "report.md").read_text().startswith(f"# Audit of {app_instance.ssh_host}:{app_instance.ssh_port}")
     assert _text(app_instance.run(APT_STATE)) == before
+
+
+def test_the_daily_integrity_check_passes_after_the_accepted_launch_and_finds_a_later_change(app_instance):
+    """aidecheck.service as the timer runs it (1.3.2): clean after the user-data accepted the
+    team's files with golden-ami-aide-accept; failed, naming the file, once /etc has one more."""
+    app = app_instance
+    clean = app.run("sudo -n systemctl start aidecheck.service", timeout=900)
+    assert clean.returncode == 0, app.run("sudo -n journalctl -u aidecheck.service -o cat --no-pager -n 60").stdout
+    marker = "/etc/day-two-unaccepted.conf"
+    app.check(f"sudo -n sh -c {shlex.quote(f'echo changed > {marker}')}")
+    try:
+        found = app.run("sudo -n systemctl start aidecheck.service", timeout=900)
+        journal = app.run("sudo -n journalctl -u aidecheck.service -o cat --no-pager -n 200").stdout
+    finally:
+        app.check(f"sudo -n rm -f {marker}")
+    assert found.returncode != 0, "aidecheck.service passed with an unaccepted file in /etc"
+    assert f": {marker}" in journal, journal[-3000:]
 
 
 def test_the_drop_in_opens_its_port_and_nothing_else_across_a_reboot(app_instance):
