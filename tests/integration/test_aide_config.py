@@ -115,8 +115,20 @@ def test_a_first_boot_changes_nothing_aide_reports(aide):
     (tree / "etc/ssh/ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAA\n")
     (tree / "boot/grub/grubenv").write_text("# GRUB Environment Block\nrecordfail=1\n")
     (tree / "var/lib/app/state").write_text("more data\n")
+    # a tool writes a config file again with the same content (a new inode): not a change
+    (tree / "etc/ssh/sshd_config.new").write_text("PermitRootLogin no\n")
+    (tree / "etc/ssh/sshd_config.new").rename(tree / "etc/ssh/sshd_config")
     result = check()
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_audit_tool_written_again_with_the_same_content_is_still_found(aide):
+    """The benchmark's attributes for the audit tools include the inode."""
+    tree, check, _ = aide
+    (tree / "usr/sbin/auditctl.new").write_text("an audit tool\n")
+    (tree / "usr/sbin/auditctl.new").rename(tree / "usr/sbin/auditctl")
+    result = check()
+    assert result.returncode == 4 and "Changed: /usr/sbin/auditctl" in ga_aide.reported_entries(result.stdout)
 
 
 @pytest.mark.parametrize("change, code, entry", [
