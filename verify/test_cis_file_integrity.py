@@ -65,6 +65,8 @@ def test_aide_check_scheduled(facts, params):
         assert enabled == "enabled", f"{unit} is {enabled}, expected enabled"
         assert active == "active", f"{unit} is {active}, expected active (waiting for its next run)"
     service = ini_section(facts.content(params["service_conf"]), "Service")
+    # The configuration the check runs with is there (a run without it checks nothing).
+    assert facts.exists(params["aide_conf"]), f"{params['aide_conf']}, which the daily check reads, does not exist"
     wanted = [params["binary"], "--config", params["aide_conf"], "--check"]
     command = service.get("ExecStart", "").split()
     assert command == wanted, \

@@ -393,6 +393,8 @@ CASES = [
     ("1.3.2", "the timer disabled", unit_file_state("aidecheck.timer", "disabled"), "disabled"),
     ("1.3.2", "the check run with another configuration",
      file("/etc/systemd/system/aidecheck.service", sub(r"--config \S+", "--config /tmp/aide.conf")), "/tmp/aide.conf"),
+    ("1.3.2", "the configuration the check reads is gone",
+     collected(["files", AIDE_CONF], {"stat": {"exists": False}, "exists": False}), "does not exist"),
     ("1.3.2", "a weekly check", file("/etc/systemd/system/aidecheck.timer", sub(r"^OnCalendar=.*$", "OnCalendar=weekly")),
      "OnCalendar=weekly"),
     ("1.3.3", "an audit tool with a weaker hash",
