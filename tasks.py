@@ -136,13 +136,15 @@ def base_image(c, os_=None, from_=None, rebuild=False, accelerator=None, point_r
     """Build (or import) the base disk the local target builds from, and cache it.
 
     debian12 is built from Debian's archive (mmdebstrap, then GRUB installed by the guest
-    itself); other OSes take their official cloud image with --from PATH.
+    itself); other OSes take their official cloud image with --from PATH. The configuration's
+    disk_layout chooses one root filesystem (single) or CIS's separate filesystems (cis);
+    each layout has its own cached base image.
     """
     from golden_ami.targets.local import base_image as base
 
     cfg = _resolve(os_, "local", config_, accelerator=accelerator)
     progress = Progress()
-    cached = base.load(cfg.state_dir, cfg.os.name)
+    cached = base.load(cfg.state_dir, cfg.os.name, cfg.settings.disk_layout)
     if from_:
         image = base.import_image(cfg, Path(from_), progress)
     elif cached and not rebuild:

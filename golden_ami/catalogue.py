@@ -39,6 +39,9 @@ class Applies(BaseModel):
     targets: Optional[list[Literal["aws", "local"]]] = None
     os: Optional[list[str]] = None
     requires_agent: Optional[Literal["ssm", "cloudwatch"]] = None
+    # The disk layouts (settings disk_layout) that have what the control concerns: a separate
+    # /var, say, exists only in disk_layout: cis.
+    disk_layouts: Optional[list[Literal["single", "cis"]]] = None
     # OS on which the recommendation does not apply, each with the reason the report shows.
     not_on: dict[str, str] = Field(default_factory=dict)
 
@@ -283,6 +286,9 @@ def _applicability(spec: ControlSpec, cfg: Resolved) -> tuple[bool, str]:
         return False, f"applies to {', '.join(applies.os)} only"
     if cfg.os.name in applies.not_on:
         return False, " ".join(applies.not_on[cfg.os.name].split())
+    if applies.disk_layouts is not None and cfg.settings.disk_layout not in applies.disk_layouts:
+        return False, (f"not a separate filesystem with disk_layout: {cfg.settings.disk_layout} (one root "
+                       f"filesystem); disk_layout: {' or '.join(applies.disk_layouts)} makes it one")
     if applies.requires_agent:
         agent = cfg.target_os.agents.get(applies.requires_agent)
         if agent is None:

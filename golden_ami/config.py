@@ -339,6 +339,8 @@ class Settings(_Strict):
     state_dir: Optional[str] = None
     # Expiring exceptions for failing controls (golden_ami/waivers.py); relative to the config file.
     waivers_file: Optional[str] = None
+    # single: one root filesystem; cis: separate /home, /var, /var/tmp, /var/log, /var/log/audit.
+    disk_layout: Literal["single", "cis"] = "single"
     packer: PackerSettings = PackerSettings()
     local: LocalSettings = LocalSettings()
     aws: AwsSettings = AwsSettings()

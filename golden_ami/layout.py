@@ -99,5 +99,6 @@ class StateDir:
     def build(self, build_id: str) -> BuildDir:
         return BuildDir(self.path / "builds" / build_id)
 
-    def base(self, os_name: str) -> Path:
-        return self.path / "base" / os_name
+    def base(self, os_name: str, disk_layout: str = "single") -> Path:
+        """The cached base disk of one OS and disk layout (the single layout keeps its old place)."""
+        return self.path / "base" / (os_name if disk_layout == "single" else f"{os_name}.{disk_layout}")

@@ -104,6 +104,39 @@ def test_tmp_nosuid(facts, params):
     _assert_mounted_with(facts, "/tmp", params["option"])
 
 
+# --- separate filesystems of disk_layout: cis (not applicable with one root filesystem) -------
+# One check per control: each parameter carries its control's mark (the option is the control's
+# param, as for /tmp).
+@pytest.mark.parametrize("path", [
+    pytest.param("/var", marks=pytest.mark.control("1.1.3.1"), id="1.1.3.1"),
+    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.1"), id="1.1.4.1"),
+    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.1"), id="1.1.5.1"),
+    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.1"), id="1.1.6.1"),
+    pytest.param("/home", marks=pytest.mark.control("1.1.7.1"), id="1.1.7.1"),
+])
+def test_separate_filesystem(facts, path):
+    _assert_separate(facts, path, "a filesystem of its own (disk_layout: cis)")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param("/var", marks=pytest.mark.control("1.1.3.2"), id="1.1.3.2"),
+    pytest.param("/var", marks=pytest.mark.control("1.1.3.3"), id="1.1.3.3"),
+    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.2"), id="1.1.4.2"),
+    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.3"), id="1.1.4.3"),
+    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.4"), id="1.1.4.4"),
+    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.2"), id="1.1.5.2"),
+    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.3"), id="1.1.5.3"),
+    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.4"), id="1.1.5.4"),
+    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.2"), id="1.1.6.2"),
+    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.3"), id="1.1.6.3"),
+    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.4"), id="1.1.6.4"),
+    pytest.param("/home", marks=pytest.mark.control("1.1.7.2"), id="1.1.7.2"),
+    pytest.param("/home", marks=pytest.mark.control("1.1.7.3"), id="1.1.7.3"),
+])
+def test_separate_filesystem_mount_option(facts, params, path):
+    _assert_mounted_with(facts, path, params["option"])
+
+
 @pytest.mark.control("1.1.8.1")
 def test_dev_shm_separate(facts):
     _assert_separate(facts, "/dev/shm", "a tmpfs")

@@ -120,6 +120,14 @@ def test_journald_persistent(facts, journald):
     assert files, f"no journal files in {journal_dir}: this boot's journal is not kept on disk"
 
 
+@pytest.mark.control("5.1.2.6")
+def test_journald_rotation(journald, params):
+    for key, param in (("SystemMaxUse", "system_max_use"), ("SystemKeepFree", "system_keep_free"),
+                       ("RuntimeMaxUse", "runtime_max_use"), ("RuntimeKeepFree", "runtime_keep_free"),
+                       ("MaxFileSec", "max_file_sec")):
+        _journald_setting(journald, key, params[param])
+
+
 # --- 5.1.3 ------------------------------------------------------------------------------------
 LOGIN_RECORD = re.compile(r"^(lastlog|lastlog\..*|wtmp|wtmp[.-].*|btmp|btmp[.-].*)$")
 

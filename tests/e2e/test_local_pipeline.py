@@ -44,6 +44,9 @@ def test_a_good_build_is_approved_and_latest(local_state, approved_build):
     assert sum(1 for outcome in outcomes.values() if outcome == "pass") >= 120
     # Every not-applicable row says why.
     assert all(row["message"] for row in report["controls"] if row["outcome"] == "not-applicable")
+    # One root filesystem (disk_layout: single): the separate-filesystem rows say so.
+    messages = {row["id"]: row["message"] for row in report["controls"]}
+    assert outcomes["1.1.4.2"] == "not-applicable" and "disk_layout: single" in messages["1.1.4.2"]
     assert (build_dir / "verify" / "report.md").read_text().startswith("# Verification report")
     # The base image kept the point release's kernel: the build had to install a newer one and
     # reboot into it (unless Debian's point release is the newest kernel right now).

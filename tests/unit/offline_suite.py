@@ -20,10 +20,10 @@ FACTS = Path(__file__).resolve().parents[1] / "data" / "facts"
 _DRIVER = "import gc, json, sys\nimport pytest\nfor argv in json.load(open(sys.argv[1])):\n    pytest.main(argv)\n    gc.freeze()\n"
 
 
-def controls_document(os_name: str, target: str = "local") -> dict:
-    """The controls in force for os_name/target with the default profile (config resolution
-    needs a state dir: the caller's environment names one)."""
-    return catalogue.controls_for(config.resolve(os_name, target)).as_dict()
+def controls_document(os_name: str, target: str = "local", **settings) -> dict:
+    """The controls in force for os_name/target with the default profile, or the settings given
+    (disk_layout="cis"); config resolution needs a state dir: the caller's environment names one."""
+    return catalogue.controls_for(config.resolve(os_name, target, overrides=settings or None)).as_dict()
 
 
 def _prepare(work: Path, name: str, snapshot: Path | dict, document: dict) -> tuple[list[str], Path]:

@@ -205,3 +205,10 @@ def test_runner_address(monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(UserError, match="set aws.ssh_cidrs"):
         runner_cidrs([])
+
+
+def test_the_cis_disk_layout_is_refused_before_any_aws_call(state_dir):
+    # No aws_env: a call to AWS here would fail on credentials, not with this message.
+    cfg = config.resolve("debian12", "aws", overrides={"disk_layout": "cis", "aws": {"ssh_cidrs": ["203.0.113.7/32"]}})
+    with pytest.raises(UserError, match="disk_layout: cis is built on the local target only"):
+        _target(cfg).resolve_source(cfg)

@@ -9,16 +9,17 @@ from golden_ami.errors import UserError
 
 
 def _verify_markers() -> dict[str, list[str]]:
-    """control id -> the verify/ test functions marked with it (read from source, not imported)."""
+    """control id -> the verify/ test functions marked with it (read from source, not imported):
+    marked as a whole, or one parameter each (pytest.param(..., marks=pytest.mark.control(id)))."""
     found: dict[str, list[str]] = {}
     for path in sorted(paths.VERIFY_DIR.glob("test_*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                for deco in node.decorator_list:
-                    if (isinstance(deco, ast.Call) and getattr(deco.func, "attr", "") == "control"
-                            and deco.args and isinstance(deco.args[0], ast.Constant)):
-                        found.setdefault(deco.args[0].value, []).append(f"{path.name}::{node.name}")
+                for call in (c for deco in node.decorator_list for c in ast.walk(deco)):
+                    if (isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "control"
+                            and call.args and isinstance(call.args[0], ast.Constant)):
+                        found.setdefault(call.args[0].value, []).append(f"{path.name}::{node.name}")
     return found
 
 

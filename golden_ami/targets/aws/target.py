@@ -100,6 +100,12 @@ class AwsTarget(Target):
         return found
 
     def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
+        if cfg.settings.disk_layout != "single":
+            # Separate EBS volumes for /var, /var/tmp, /var/log, /var/log/audit and /home are not
+            # built yet: refused here rather than an image whose mount-option controls claim
+            # filesystems it does not have.
+            raise UserError(f"disk_layout: {cfg.settings.disk_layout} is built on the local target only; "
+                            "the aws target builds disk_layout: single")
         if pinned:
             source.check_pinned(pinned)
         return source.resolve(cfg, self._ec2(), self._ssm(), pinned)

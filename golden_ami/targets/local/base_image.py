@@ -5,8 +5,10 @@ GRUB, kernel, systemd, openssh-server, cloud-init with NoCloud) that Packer star
 
 The debootstrap recipe needs no loop devices and no mounts:
   1. mmdebstrap fills a directory with the packages the OS data lists;
-  2. mke2fs -d writes that directory into an ext4 filesystem at the partition's offset of a
-     raw disk file (sfdisk writes the partition table into the same file);
+  2. mke2fs -d writes that directory into ext4 filesystems at the partitions' offsets of a
+     raw disk file (sfdisk writes the partition table into the same file); disk_layout.py
+     says which filesystems: one root (disk_layout: single) or CIS's separate /home, /var,
+     /var/tmp, /var/log and /var/log/audit (disk_layout: cis), each layout cached apart;
   3. the disk's own kernel boots once under QEMU (direct kernel boot) into a one-shot unit
      that runs grub-install and update-grub on the guest's /dev/vda, then powers off - the
      boot loader is installed by the guest, the way an installer would;
@@ -24,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from ...errors import StepFailed, UserError
 from ...layout import StateDir
 from ...procs import run_streaming, stop_process
 from ...progress import Progress
+from . import disk_layout
 from .accel import Accelerator
 from .accel import choose as choose_accelerator
 
@@ -42,8 +44,6 @@ BASE_FILE = "base.qcow2"
 META_FILE = "base.json"
 KERNEL_FILE = "vmlinuz"
 FINALIZE_MARKER = "GOLDEN-AMI-FINALIZE-OK"
-PARTITION_OFFSET = 1024 * 1024  # the first partition starts at 1 MiB; GRUB's core sits before it
-BASE_DISK_MB = 3072  # Packer grows the disk to local.disk_size_mb; cloud-init grows the partition
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,13 @@ class BaseImage:
         return f"sha256:{self.sha256}"
 
 
-def cache_dir(state_dir: Path, os_name: str) -> Path:
-    return StateDir(state_dir).base(os_name)
+def cache_dir(state_dir: Path, os_name: str, layout: str = "single") -> Path:
+    return StateDir(state_dir).base(os_name, layout)
 
 
-def load(state_dir: Path, os_name: str) -> Optional[BaseImage]:
-    directory = cache_dir(state_dir, os_name)
+def load(state_dir: Path, os_name: str, layout: str = "single") -> Optional[BaseImage]:
+    """The cached base disk of os_name with that disk layout (disk_layout.LAYOUTS), if any."""
+    directory = cache_dir(state_dir, os_name, layout)
     meta_path, disk = directory / META_FILE, directory / BASE_FILE
     if not (meta_path.is_file() and disk.is_file()):
         return None
@@ -118,7 +119,8 @@ def import_image(cfg: Resolved, source: Path, progress: Progress) -> BaseImage:
         raise UserError(f"--from {source}: a {fmt!r} image; give a qcow2 or raw cloud image")
     if info.get("backing-filename"):
         raise UserError(f"--from {source}: has a backing file; give a standalone image (qemu-img convert)")
-    final = cache_dir(cfg.state_dir, cfg.os.name)
+    layout = cfg.settings.disk_layout
+    final = cache_dir(cfg.state_dir, cfg.os.name, layout)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".work-{cfg.os.name}-", dir=final.parent))
     try:
@@ -128,6 +130,8 @@ def import_image(cfg: Resolved, source: Path, progress: Progress) -> BaseImage:
             digest = sha256_file(work / BASE_FILE)
             _write_meta(work, {
                 "os": cfg.os.name, "recipe": "imported", "name": source.name, "sha256": digest,
+                # as declared by the configuration: the checks of the built image tell the truth
+                "disk_layout": layout,
                 "imported_from_sha256": sha256_file(source),
                 "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             })
@@ -135,7 +139,7 @@ def import_image(cfg: Resolved, source: Path, progress: Progress) -> BaseImage:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    image = load(cfg.state_dir, cfg.os.name)
+    image = load(cfg.state_dir, cfg.os.name, layout)
     assert image is not None
     return image
 
@@ -174,9 +178,9 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
+def _configure_rootfs(rootfs: Path, fstab: str, login_user: str) -> None:
     """Files a cloud image has that a bare bootstrap lacks."""
-    _write(rootfs / "etc/fstab", f"UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n")
+    _write(rootfs / "etc/fstab", fstab)
     _write(rootfs / "etc/hostname", "localhost\n")
     # The console on the serial port last, so /dev/console (and cloud-init's key block) is there.
     _write(rootfs / "etc/default/grub.d/50-golden-ami.cfg",
@@ -195,7 +199,9 @@ def _configure_rootfs(rootfs: Path, root_uuid: str, login_user: str) -> None:
            "[Unit]\nDescription=golden-ami: install the boot loader on the base disk\n"
            "After=local-fs.target\n\n[Service]\nType=oneshot\n"
            "ExecStart=/usr/local/sbin/golden-ami-finalize\n"
-           "ExecStartPost=/bin/systemctl --no-block poweroff\n"
+           # Powers off whether the script succeeded or failed: the marker on the console says
+           # which, and a failure is reported at once instead of after the boot's time limit.
+           "ExecStopPost=/bin/systemctl --no-block poweroff\n"
            "StandardOutput=journal+console\nStandardError=journal+console\n")
     _write(rootfs / "etc/systemd/system/golden-ami-finalize.target",
            "[Unit]\nDescription=golden-ami: finalize the base disk\n"
@@ -238,14 +244,15 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
             f"{cfg.os.name} has no base-image recipe on this machine: supply its cloud image with "
             f"invoke base-image --os={cfg.os.name} --from PATH"
         )
+    layout = cfg.settings.disk_layout
     if os.geteuid() != 0:
         raise UserError("invoke base-image needs root (mmdebstrap creates device nodes and file owners): run it as root")
-    for tool in ("mmdebstrap", "mke2fs", "sfdisk", "qemu-img", "qemu-system-x86_64"):
+    for tool in ("mmdebstrap", "mke2fs", "debugfs", "sfdisk", "qemu-img", "qemu-system-x86_64"):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} is not installed (needed to build a base image): run invoke doctor")
     local = cfg.settings.local
     accel = accel or choose_accelerator(local.accelerator, cfg.state_dir)
-    final = cache_dir(cfg.state_dir, cfg.os.name)
+    final = cache_dir(cfg.state_dir, cfg.os.name, layout)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".work-{cfg.os.name}-", dir=final.parent))
     scratch = Path(tempfile.mkdtemp(prefix=f".scratch-{cfg.os.name}-", dir=final.parent))
@@ -279,8 +286,9 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
                 raise StepFailed(f"mmdebstrap failed (exit {status}): {tail}")
         _write_sources(rootfs, mirrors)
         (rootfs / POINT_RELEASE_PIN).unlink(missing_ok=True)  # the golden build may upgrade the kernel
-        root_uuid = str(uuid.uuid4())
-        _configure_rootfs(rootfs, root_uuid, cfg.target_os.login_user)
+        disk = disk_layout.plan(layout)
+        root_uuid = disk.root.uuid
+        _configure_rootfs(rootfs, disk.fstab, cfg.target_os.login_user)
         kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
         initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
         if not kernels or not initrds:
@@ -288,14 +296,10 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         kernel_version = kernels[-1].name.removeprefix("vmlinuz-")
 
         raw = scratch / "disk.raw"
-        with progress.step("write the disk (partition table + ext4 filesystem)"):
-            with raw.open("wb") as handle:
-                handle.truncate(BASE_DISK_MB * 1024 * 1024)
-            _run(["sfdisk", "--quiet", str(raw)], "write the partition table",
-                 input="label: dos\nstart=2048, type=83, bootable\n")
-            size_kb = (BASE_DISK_MB * 1024 * 1024 - PARTITION_OFFSET) // 1024
-            _run(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-U", root_uuid, "-E", f"offset={PARTITION_OFFSET}",
-                  "-d", str(rootfs), str(raw), f"{size_kb}k"], "write the root filesystem")
+        with progress.step(f"write the disk ({layout} layout: partition table + "
+                           f"{len(disk.filesystems)} ext4 filesystem(s))"):
+            trees = disk_layout.split_tree(rootfs, disk, scratch)
+            disk_layout.write_disk(raw, disk, trees, _run)
 
         serial = scratch / "finalize-serial.log"
         with progress.step(f"install the boot loader inside the guest ({accel.name})"):
@@ -315,9 +319,11 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         _write_meta(work, {
             "os": cfg.os.name, "recipe": "debootstrap", "suite": suite, "mirror": local.debian_mirror,
-            "name": f"{cfg.os.name}-base-{created[:10]}", "sha256": digest, "kernel": kernel_version,
+            "name": f"{cfg.os.name}-base-{'' if layout == 'single' else layout + '-'}{created[:10]}",
+            "sha256": digest, "kernel": kernel_version,
             "packages": list(source.packages), "created_at": created, "accelerator": accel.name,
-            "point_release_kernel": point_release_kernel,
+            "point_release_kernel": point_release_kernel, "disk_layout": layout,
+            "filesystems": [fs.mount for fs in disk.filesystems],
         })
         _publish(work, final)
     except BaseException:
@@ -325,7 +331,7 @@ def build_debootstrap(cfg: Resolved, progress: Progress, accel: Optional[Acceler
         raise
     finally:
         remove_tree(scratch)
-    image = load(cfg.state_dir, cfg.os.name)
+    image = load(cfg.state_dir, cfg.os.name, layout)
     assert image is not None
     return image
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ... import config
 from ..base import Finding, tool_finding
-from . import accel, base_image
+from . import accel, base_image, disk_layout
 
 
 def findings(state_dir: Path, probe_kvm: bool = True) -> list[Finding]:
@@ -17,6 +17,7 @@ def findings(state_dir: Path, probe_kvm: bool = True) -> list[Finding]:
         tool_finding("local", "xorriso", "xorriso"),
         tool_finding("local", "mmdebstrap", "mmdebstrap"),
         tool_finding("local", "mke2fs", "e2fsprogs"),
+        tool_finding("local", "debugfs", "e2fsprogs"),
         tool_finding("local", "sfdisk", "fdisk"),
     ]
     if probe_kvm and shutil.which("qemu-system-x86_64"):
@@ -35,6 +36,11 @@ def findings(state_dir: Path, probe_kvm: bool = True) -> list[Finding]:
             how = (f"invoke base-image --os={os_name}" if data.targets["local"].source.recipe
                    else f"invoke base-image --os={os_name} --from PATH-TO-CLOUD-IMAGE")
             found.append(Finding("local", False, f"no base image for {os_name}", how))
+        for layout in disk_layout.LAYOUTS[1:]:  # other layouts only when one was built
+            other = base_image.load(state_dir, os_name, layout)
+            if other:
+                found.append(Finding("local", True, f"base image {os_name} (disk_layout: {layout}): "
+                                                    f"{other.name} ({other.path})"))
     if os.geteuid() != 0:
         found.append(Finding("local", False, "not root: invoke base-image needs root", "run it as root"))
     return found

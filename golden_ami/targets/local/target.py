@@ -18,7 +18,7 @@ from ...render import SourceImage
 from ...sshkeys import KeyPair, generate
 from ..base import BuildContext, Image, Problem, Target, TestInstance
 from . import accel as accelerators
-from . import base_image, doctor, prune, reap, vm
+from . import base_image, disk_layout, doctor, prune, reap, vm
 from .seed import write_seed_files
 from .store import Store, StoredImage
 
@@ -37,6 +37,16 @@ def _image(stored: StoredImage) -> Image:
     return Image(id=stored.id, tags=provenance.migrated(stored.tags), location=str(stored.path))
 
 
+def _layout_words(cfg: Resolved) -> str:
+    return "" if cfg.settings.disk_layout == "single" else f"disk_layout: {cfg.settings.disk_layout} "
+
+
+def _base_image_how(cfg: Resolved) -> str:
+    config = f" --config {cfg.config_files[0]}" if cfg.config_files and cfg.settings.disk_layout != "single" else ""
+    return (f"invoke base-image --os={cfg.os.name}{config}" if cfg.target_os.source.recipe
+            else f"invoke base-image --os={cfg.os.name}{config} --from PATH-TO-CLOUD-IMAGE")
+
+
 class LocalTarget(Target):
     name = "local"
 
@@ -48,20 +58,20 @@ class LocalTarget(Target):
     def problems(self, cfg: Optional[Resolved] = None) -> list[Problem]:
         found = [Problem(f"{tool} is not installed", fix) for tool, fix in REQUIRED_TOOLS.items()
                  if shutil.which(tool) is None]
-        if cfg is not None and base_image.load(self.state_dir, cfg.os.name) is None:
-            how = (f"invoke base-image --os={cfg.os.name}" if cfg.target_os.source.recipe
-                   else f"invoke base-image --os={cfg.os.name} --from PATH-TO-CLOUD-IMAGE")
-            found.append(Problem(f"no base image for {cfg.os.name}", how))
+        if cfg is not None and base_image.load(self.state_dir, cfg.os.name, cfg.settings.disk_layout) is None:
+            found.append(Problem(f"no {_layout_words(cfg)}base image for {cfg.os.name}", _base_image_how(cfg)))
         return found
 
     def resolve_source(self, cfg: Resolved, pinned: Optional[str] = None) -> SourceImage:
         if pinned:
             raise UserError("--source-ami applies to the aws target; the local target builds from its base image")
-        base = base_image.load(self.state_dir, cfg.os.name)
+        layout = cfg.settings.disk_layout
+        base = base_image.load(self.state_dir, cfg.os.name, layout)
         if base is None:
-            how = (f"invoke base-image --os={cfg.os.name}" if cfg.target_os.source.recipe
-                   else f"invoke base-image --os={cfg.os.name} --from PATH-TO-CLOUD-IMAGE")
-            raise UserError(f"no base image for {cfg.os.name} yet: run {how}")
+            raise UserError(f"no {_layout_words(cfg)}base image for {cfg.os.name} yet: run {_base_image_how(cfg)}")
+        if cfg.settings.local.disk_size_mb < disk_layout.DISK_MB[layout]:
+            raise UserError(f"local.disk_size_mb {cfg.settings.local.disk_size_mb} is smaller than the {layout} "
+                            f"base disk ({disk_layout.DISK_MB[layout]} MiB): give at least that")
         return SourceImage(id=base.image_id, name=base.name, location=str(base.path), checksum=f"sha256:{base.sha256}")
 
     # --- build ---
