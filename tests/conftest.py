@@ -40,10 +40,24 @@ def required_tool(name: str, installed_by: str) -> str:
 
 
 def invoke_cmd(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600):
-    """Run `invoke <args>` the way a user would; returns the CompletedProcess."""
+    """Run `invoke <args>` the way a user would; returns the CompletedProcess.
+
+    The child runs in a session of its own. When the test session is interrupted (Ctrl-C, or
+    SIGTERM: see pytest_configure) or the timeout passes, the child gets SIGTERM and two minutes
+    to tear down what it started (its VMs), as the product does with its own children; only
+    then is its group killed. (subprocess.run would SIGKILL it at once and leave its VMs.)"""
+    from golden_ami.procs import stop_process
+
     invoke = shutil.which("invoke", path=os.path.dirname(sys.executable)) or "invoke"
-    return subprocess.run([invoke, "--search-root", str(PROJECT_ROOT), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd or PROJECT_ROOT, timeout=timeout)
+    proc = subprocess.Popen([invoke, "--search-root", str(PROJECT_ROOT), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            cwd=cwd or PROJECT_ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        stop_process(proc, grace_seconds=120)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def provenance_vars(source) -> dict[str, str]:
@@ -191,8 +205,20 @@ class IamRecording:
 _IAM: dict[str, Any] = {"recording": None, "previous_env": None}
 
 
+def _terminate_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    import signal
+    import threading
+
     from golden_ami.targets.aws import recorder
+
+    # SIGTERM stops the session as Ctrl-C does: fixtures are torn down and invoke_cmd's child
+    # cleans up, instead of the process dying with VMs still running.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
     config.addinivalue_line("markers", "runs_last: runs after every other test of the session (the IAM policy "
                                        "check reads what they recorded)")

@@ -27,6 +27,7 @@ import ga_facts  # noqa: E402
 from ga_ssh import pinned_host  # noqa: E402
 
 from golden_ami import catalogue, config, hostkeys, sshkeys  # noqa: E402
+from golden_ami.procs import terminate_as_interrupt  # noqa: E402
 from golden_ami.progress import Progress  # noqa: E402
 from golden_ami.targets.base import Image  # noqa: E402
 from golden_ami.targets.local.target import LocalTarget  # noqa: E402
@@ -73,4 +74,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM (a `timeout` around this script) tears the VM down as Ctrl-C does.
+    with terminate_as_interrupt():
+        main()
