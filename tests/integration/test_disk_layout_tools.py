@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from golden_ami import config, render
+from golden_ami.errors import StepFailed
 from golden_ami.targets.local import base_image, disk_layout
 from tests.conftest import required_tool
 
@@ -71,6 +72,27 @@ def test_write_disk_makes_the_planned_partitions_and_filesystems(tmp_path):
     for parent, child in (("/", "var"), ("/", "home"), ("/var", "log"), ("/var", "tmp"), ("/var/log", "audit")):
         listing = _debugfs(raw, by_mount[parent], f"ls -l /{child}").split()
         assert "lost+found" not in listing and ".." in listing, f"{parent}: /{child} is not an empty mount point"
+
+
+def test_a_root_directory_debugfs_did_not_change_stops_the_build(tmp_path):
+    """debugfs exits 0 when a request fails: write_disk reads each root back."""
+    for tool in ("sfdisk", "mke2fs", "debugfs"):
+        required_tool(tool, "scripts/install.sh (e2fsprogs, fdisk)")
+    rootfs = tmp_path / "rootfs"
+    for directory in ("home", "var/tmp"):
+        (rootfs / directory).mkdir(parents=True)
+        (rootfs / directory).chmod(0o755)  # /home and /var as mke2fs makes a root anyway
+    (rootfs / "var/tmp").chmod(0o1777)
+    plan = disk_layout.plan("cis")
+    trees = disk_layout.split_tree(rootfs, plan, tmp_path)
+
+    def run_without_setting(argv, what, **kwargs):
+        if argv[:2] == ["debugfs", "-w"]:  # as if every request had failed
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return base_image._run(argv, what, **kwargs)
+
+    with pytest.raises(StepFailed, match="the /var/tmp filesystem's root did not get mode 1777 and owner 0:0"):
+        disk_layout.write_disk(tmp_path / "disk.raw", plan, trees, run_without_setting)
 
 
 FSTAB = ("# /etc/fstab: static file system information.\n"

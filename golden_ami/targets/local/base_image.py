@@ -63,6 +63,12 @@ def cache_dir(state_dir: Path, os_name: str, layout: str = "single") -> Path:
     return StateDir(state_dir).base(os_name, layout)
 
 
+def how_to_make(os_name: str, has_recipe: bool, config_file: Optional[str] = None) -> str:
+    """The command that makes (or, without a recipe here, imports) a base image for os_name."""
+    config = f" --config {config_file}" if config_file else ""
+    return f"invoke base-image --os={os_name}{config}" + ("" if has_recipe else " --from PATH-TO-CLOUD-IMAGE")
+
+
 def load(state_dir: Path, os_name: str, layout: str = "single") -> Optional[BaseImage]:
     """The cached base disk of os_name with that disk layout (disk_layout.LAYOUTS), if any."""
     directory = cache_dir(state_dir, os_name, layout)

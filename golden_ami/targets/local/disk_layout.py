@@ -19,11 +19,16 @@ the mount options are the hardening's work (hardening/51-cis-initial-setup), and
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ...errors import StepFailed
 
 LAYOUTS = ("single", "cis")
 SECTOR = 512
@@ -117,36 +122,52 @@ def split_tree(rootfs: Path, disk: Plan, scratch: Path) -> dict[str, Path]:
         if source.is_dir():
             shutil.move(str(source), str(staged))
         else:
-            staged.mkdir(mode=0o700)
-            source.mkdir(mode=0o700, parents=True)
-            os.chmod(staged, 0o700)
+            staged.mkdir()
+            os.chmod(staged, 0o700)  # whatever the umask
         info = staged.stat()
-        source.mkdir(exist_ok=True)
+        source.mkdir(parents=True, exist_ok=True)
         os.chown(source, info.st_uid, info.st_gid)
         os.chmod(source, info.st_mode & 0o7777)
         trees[fs.mount] = staged
     return trees
 
 
-def write_disk(raw: Path, disk: Plan, trees: dict[str, Path], run: Callable[..., object]) -> None:
+def write_disk(raw: Path, disk: Plan, trees: dict[str, Path],
+               run: Callable[..., subprocess.CompletedProcess]) -> None:
     """The partition table, then each filesystem at its offset, in one raw disk file.
 
-    run(argv, what, input=...) runs a command and raises on failure (base_image._run).
+    run(argv, what, input=...) runs a command, raises on a failed exit and returns the
+    CompletedProcess (base_image._run).
     """
     with raw.open("wb") as handle:
         handle.truncate(disk.disk_bytes)
     run(["sfdisk", "--quiet", str(raw)], "write the partition table", input=disk.sfdisk_script)
     for fs in disk.filesystems:
-        # nodiscard: the disk is a file; discarding would punch holes outside this partition's
-        # range on some e2fsprogs versions.
+        # nodiscard: the file is new and sparse, there is nothing to discard; mke2fs writes only
+        # the filesystem's own blocks.
         run(["mke2fs", "-q", "-t", "ext4", "-L", fs.label, "-U", fs.uuid,
              "-E", f"offset={fs.offset},nodiscard", "-d", str(trees[fs.mount]), str(raw), f"{fs.size // 1024}k"],
             f"write the {fs.mount} filesystem")
-        # mke2fs -d gives the filesystem's root directory 0755 root:root whatever the tree's
-        # own: /var/tmp must stay 1777, /var/log/audit 0700.
-        info = trees[fs.mount].stat()
-        device = f"{raw}?offset={fs.offset}"
-        for field, value in (("mode", f"0{0o40000 | (info.st_mode & 0o7777):o}"), ("uid", str(info.st_uid)),
-                             ("gid", str(info.st_gid))):
-            run(["debugfs", "-w", "-R", f"set_inode_field / {field} {value}", device],
-                f"set the {field} of the {fs.mount} filesystem's root directory")
+        _set_root_owner_and_mode(raw, fs, trees[fs.mount].stat(), run)
+
+
+_STAT_MODE = re.compile(r"\bMode:\s+([0-7]+)")
+_STAT_OWNER = re.compile(r"\bUser:\s+(\d+)\s+Group:\s+(\d+)")
+
+
+def _set_root_owner_and_mode(raw: Path, fs: Filesystem, info: os.stat_result,
+                             run: Callable[..., subprocess.CompletedProcess]) -> None:
+    """mke2fs -d gives a filesystem's root directory 0755 root:root, whatever the tree's own:
+    /var/tmp must stay 1777, /var/log/audit 0700. debugfs sets it, in one session, and is read
+    back: it exits 0 even when a request fails."""
+    device = f"{raw}?offset={fs.offset}"
+    mode = stat.S_IMODE(info.st_mode)
+    run(["debugfs", "-w", "-f", "-", device], f"set the owner and mode of the {fs.mount} filesystem's root",
+        input=(f"set_inode_field / mode 0{stat.S_IFDIR | mode:o}\nset_inode_field / uid {info.st_uid}\n"
+               f"set_inode_field / gid {info.st_gid}\n"))
+    shown = run(["debugfs", "-R", "stat /", device], f"read back the {fs.mount} filesystem's root").stdout
+    found_mode, found_owner = _STAT_MODE.search(shown), _STAT_OWNER.search(shown)
+    if not (found_mode and found_owner and int(found_mode.group(1), 8) == mode
+            and (int(found_owner.group(1)), int(found_owner.group(2))) == (info.st_uid, info.st_gid)):
+        raise StepFailed(f"the {fs.mount} filesystem's root did not get mode {mode:04o} and owner "
+                         f"{info.st_uid}:{info.st_gid} (debugfs shows: {' | '.join(shown.splitlines()[:3])})")

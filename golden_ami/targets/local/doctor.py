@@ -33,8 +33,7 @@ def findings(state_dir: Path, probe_kvm: bool = True) -> list[Finding]:
             found.append(Finding("local", True, f"base image {os_name}: {image.name} ({image.path})"))
         else:
             data = config.load_os_data(os_name)
-            how = (f"invoke base-image --os={os_name}" if data.targets["local"].source.recipe
-                   else f"invoke base-image --os={os_name} --from PATH-TO-CLOUD-IMAGE")
+            how = base_image.how_to_make(os_name, bool(data.targets["local"].source.recipe))
             found.append(Finding("local", False, f"no base image for {os_name}", how))
         for layout in disk_layout.LAYOUTS[1:]:  # other layouts only when one was built
             other = base_image.load(state_dir, os_name, layout)

@@ -42,9 +42,9 @@ def _layout_words(cfg: Resolved) -> str:
 
 
 def _base_image_how(cfg: Resolved) -> str:
-    config = f" --config {cfg.config_files[0]}" if cfg.config_files and cfg.settings.disk_layout != "single" else ""
-    return (f"invoke base-image --os={cfg.os.name}{config}" if cfg.target_os.source.recipe
-            else f"invoke base-image --os={cfg.os.name}{config} --from PATH-TO-CLOUD-IMAGE")
+    # The config file names the layout; the single layout needs none.
+    config = cfg.config_files[0] if cfg.config_files and cfg.settings.disk_layout != "single" else None
+    return base_image.how_to_make(cfg.os.name, bool(cfg.target_os.source.recipe), config)
 
 
 class LocalTarget(Target):
