@@ -514,6 +514,8 @@ def commands_for(request, connection):
         "modprobe_showconfig": ["modprobe", "--showconfig"],
         "systemd_journald": ["systemd-analyze", "cat-config", "systemd/journald.conf"],
         "systemd_coredump": ["systemd-analyze", "cat-config", "systemd/coredump.conf"],
+        # Every tmpfiles.d line in effect, each file under a "# path" header.
+        "systemd_tmpfiles": ["systemd-tmpfiles", "--cat-config"],
         "sshd_T": ["sshd", "-T"],
         "nft_json": ["nft", "-j", "list", "ruleset"],
         "auditctl_l": ["auditctl", "-l"],

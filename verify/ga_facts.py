@@ -65,7 +65,7 @@ STAT = [
     "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.toml",
 ]
 # (directory, depth): metadata of everything below.
-TREES = [("/var/log", 8), ("/etc/audit", 4), ("/etc/ssh", 2), ("/etc/sudoers.d", 1), ("/etc/cron.d", 1),
+TREES = [("/var/log", 8), ("/run/log/journal", 3), ("/etc/audit", 4), ("/etc/ssh", 2), ("/etc/sudoers.d", 1), ("/etc/cron.d", 1),
          ("/var/lib/cloud/instances", 1), ("/etc/security/pwquality.conf.d", 1)]
 
 # Units checks name in their code (the others come from the controls' params and the OS data):

@@ -60,6 +60,48 @@ def systemd_settings(facts: Snapshot, command: str, section: str) -> dict[str, s
 
 
 @dataclass(frozen=True)
+class TmpfilesLine:
+    """A line of systemd-tmpfiles' effective configuration that sets a mode."""
+    source: str  # the tmpfiles.d file it is in
+    type: str  # d, z, Z, f, ... with its modifiers (d!, Z~ ...)
+    path: str
+    mode: str  # as written: "2755", "~2750", ":0640"
+
+    @property
+    def bits(self) -> int:
+        return int(self.mode.lstrip("~:"), 8)
+
+    @property
+    def for_files(self) -> bool:
+        """Whether the mode is a file's: a file type, or a journal file's path."""
+        return self.type[0] in "fFwC" or self.path.endswith(".journal")
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.type} {self.path} {self.mode}"
+
+
+# tmpfiles.d types whose mode field is ignored or absent (links, removal, attributes, ACLs).
+_TMPFILES_NO_MODE = set("aAhHLrRxXtT")
+
+
+def tmpfiles_modes(text: str) -> list[TmpfilesLine]:
+    """The mode-setting lines of `systemd-tmpfiles --cat-config` (each file after a "# path"
+    header), in the order systemd reads them."""
+    found, source = [], ""
+    for raw in text.splitlines():
+        fields = raw.split()
+        if len(fields) >= 2 and fields[0] == "#" and fields[1].startswith("/"):
+            source = fields[1]
+            continue
+        if not fields or fields[0].startswith("#") or fields[0][0] in _TMPFILES_NO_MODE or len(fields) < 3:
+            continue
+        if fields[2] == "-":
+            continue
+        found.append(TmpfilesLine(source, fields[0], fields[1], fields[2]))
+    return found
+
+
+@dataclass(frozen=True)
 class LogrotateCreate:
     """A `create` directive of a logrotate file: the mode it gives new log files, for which logs."""
     line: int

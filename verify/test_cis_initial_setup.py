@@ -105,36 +105,34 @@ def test_tmp_nosuid(facts, params):
 
 
 # --- separate filesystems of disk_layout: cis (not applicable with one root filesystem) -------
-# One check per control: each parameter carries its control's mark (the option is the control's
-# param, as for /tmp).
-@pytest.mark.parametrize("path", [
-    pytest.param("/var", marks=pytest.mark.control("1.1.3.1"), id="1.1.3.1"),
-    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.1"), id="1.1.4.1"),
-    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.1"), id="1.1.5.1"),
-    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.1"), id="1.1.6.1"),
-    pytest.param("/home", marks=pytest.mark.control("1.1.7.1"), id="1.1.7.1"),
+# One check per control: each parameter (the control's id) carries its control's mark. The mount
+# point and, for an option control, the option are the control's params (pinned in the
+# catalogue): "<x>.1" is the filesystem itself, the others its mount options.
+@pytest.mark.parametrize("control_id", [
+    pytest.param("1.1.3.1", marks=pytest.mark.control("1.1.3.1")),
+    pytest.param("1.1.3.2", marks=pytest.mark.control("1.1.3.2")),
+    pytest.param("1.1.3.3", marks=pytest.mark.control("1.1.3.3")),
+    pytest.param("1.1.4.1", marks=pytest.mark.control("1.1.4.1")),
+    pytest.param("1.1.4.2", marks=pytest.mark.control("1.1.4.2")),
+    pytest.param("1.1.4.3", marks=pytest.mark.control("1.1.4.3")),
+    pytest.param("1.1.4.4", marks=pytest.mark.control("1.1.4.4")),
+    pytest.param("1.1.5.1", marks=pytest.mark.control("1.1.5.1")),
+    pytest.param("1.1.5.2", marks=pytest.mark.control("1.1.5.2")),
+    pytest.param("1.1.5.3", marks=pytest.mark.control("1.1.5.3")),
+    pytest.param("1.1.5.4", marks=pytest.mark.control("1.1.5.4")),
+    pytest.param("1.1.6.1", marks=pytest.mark.control("1.1.6.1")),
+    pytest.param("1.1.6.2", marks=pytest.mark.control("1.1.6.2")),
+    pytest.param("1.1.6.3", marks=pytest.mark.control("1.1.6.3")),
+    pytest.param("1.1.6.4", marks=pytest.mark.control("1.1.6.4")),
+    pytest.param("1.1.7.1", marks=pytest.mark.control("1.1.7.1")),
+    pytest.param("1.1.7.2", marks=pytest.mark.control("1.1.7.2")),
+    pytest.param("1.1.7.3", marks=pytest.mark.control("1.1.7.3")),
 ])
-def test_separate_filesystem(facts, path):
-    _assert_separate(facts, path, "a filesystem of its own (disk_layout: cis)")
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param("/var", marks=pytest.mark.control("1.1.3.2"), id="1.1.3.2"),
-    pytest.param("/var", marks=pytest.mark.control("1.1.3.3"), id="1.1.3.3"),
-    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.2"), id="1.1.4.2"),
-    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.3"), id="1.1.4.3"),
-    pytest.param("/var/tmp", marks=pytest.mark.control("1.1.4.4"), id="1.1.4.4"),
-    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.2"), id="1.1.5.2"),
-    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.3"), id="1.1.5.3"),
-    pytest.param("/var/log", marks=pytest.mark.control("1.1.5.4"), id="1.1.5.4"),
-    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.2"), id="1.1.6.2"),
-    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.3"), id="1.1.6.3"),
-    pytest.param("/var/log/audit", marks=pytest.mark.control("1.1.6.4"), id="1.1.6.4"),
-    pytest.param("/home", marks=pytest.mark.control("1.1.7.2"), id="1.1.7.2"),
-    pytest.param("/home", marks=pytest.mark.control("1.1.7.3"), id="1.1.7.3"),
-])
-def test_separate_filesystem_mount_option(facts, params, path):
-    _assert_mounted_with(facts, path, params["option"])
+def test_separate_filesystem(facts, params, control_id):
+    if "option" in params:
+        _assert_mounted_with(facts, params["mount_point"], params["option"])
+    else:
+        _assert_separate(facts, params["mount_point"], "a filesystem of its own (disk_layout: cis)")
 
 
 @pytest.mark.control("1.1.8.1")

@@ -12,7 +12,7 @@ import pytest
 
 from ga_system import (
     active_lines, assert_listed_completely, directory_listing, getent, listeners, logrotate_creates, parent_dir,
-    not_installed, systemd_settings, unit_state,
+    not_installed, systemd_settings, tmpfiles_modes, unit_state,
 )
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
@@ -126,6 +126,32 @@ def test_journald_rotation(journald, params):
                        ("RuntimeMaxUse", "runtime_max_use"), ("RuntimeKeepFree", "runtime_keep_free"),
                        ("MaxFileSec", "max_file_sec")):
         _journald_setting(journald, key, params[param])
+
+
+def _under(path, prefixes):
+    return any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
+
+
+@pytest.mark.control("5.1.2.7")
+def test_journal_file_access(facts, params):
+    file_mode, directory_mode = int(params["file_mode"], 8), int(params["directory_mode"], 8)
+    problems = []
+    # What systemd-tmpfiles gives journal files and directories (at boot and when it runs again).
+    lines = [line for line in tmpfiles_modes(facts.output("systemd_tmpfiles")) if _under(line.path, params["paths"])]
+    for line in lines:
+        allowed = file_mode if line.for_files else directory_mode
+        if line.bits & ~allowed:
+            problems.append(f"{line} grants {line.bits & ~allowed:04o} beyond {allowed:04o}")
+    assert lines, f"no tmpfiles.d line sets a mode under {', '.join(params['paths'])}: the journal's modes are unset"
+    # What the journal on this instance has now.
+    for root in params["paths"]:
+        for path, st in (directory_listing(facts, root) or {}).items():
+            if st is None or st.type not in ("file", "directory"):
+                continue
+            allowed = file_mode if st.type == "file" else directory_mode
+            if st.mode & ~allowed:
+                problems.append(f"{path} is {st.mode:04o} (at most {allowed:04o})")
+    assert not problems, "journal files or directories more open than the benchmark allows: " + "; ".join(problems)
 
 
 # --- 5.1.3 ------------------------------------------------------------------------------------

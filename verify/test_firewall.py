@@ -1,4 +1,5 @@
-"""Firewall: nftables only, inbound default drop; loopback, established and SSH allowed.
+"""Firewall: nftables only, default drop on input, forward and output; inbound only loopback,
+replies and SSH; outbound loopback and new TCP, UDP and ICMP connections.
 
 The running ruleset is read as `nft -j list ruleset` (JSON), so each rule is judged by its
 parsed matches and verdict, not by how nft happens to print it; rules in chains that a base
@@ -47,9 +48,13 @@ def test_base_chains_exist(ruleset):
     assert not missing, f"no base chain on hook(s): {', '.join(missing)}"
 
 
+def _hook_rules(ruleset, hook):
+    """(inherited matches, rule) of every rule reachable from a base chain on this hook."""
+    return [entry for chain in hook_chains(ruleset, hook) for entry in chain_rules(ruleset, chain)]
+
+
 def _input_rules(ruleset):
-    """(inherited matches, rule) of every rule reachable from an input base chain."""
-    return [entry for chain in hook_chains(ruleset, "input") for entry in chain_rules(ruleset, chain)]
+    return _hook_rules(ruleset, "input")
 
 
 def _only(rule, inherited, left, values):
@@ -59,9 +64,10 @@ def _only(rule, inherited, left, values):
         and matches[0].values == frozenset(values) and not rule.other
 
 
-def _is_loopback_accept(rule, inherited):
-    return rule.verdict == "accept" and (_only(rule, inherited, "meta iif", ["lo"])
-                                         or _only(rule, inherited, "meta iifname", ["lo"]))
+def _is_loopback_accept(rule, inherited, direction="i"):
+    """Accepts everything on lo and nothing else (direction "i": arriving, "o": leaving)."""
+    return rule.verdict == "accept" and (_only(rule, inherited, f"meta {direction}if", ["lo"])
+                                         or _only(rule, inherited, f"meta {direction}ifname", ["lo"]))
 
 
 def _drops_source(rule, left, prefix):
@@ -77,25 +83,55 @@ def test_loopback_traffic(ruleset):
     assert any(_drops_source(rule, "ip saddr", "127.0.0.0/8") for _, rule in rules), \
         "127.0.0.0/8 from outside lo is not dropped"
     assert any(_drops_source(rule, "ip6 saddr", "::1") for _, rule in rules), "::1 from outside lo is not dropped"
+    assert any(_is_loopback_accept(rule, inherited, "o") for inherited, rule in _hook_rules(ruleset, "output")), \
+        "loopback interface traffic is not accepted on the way out"
 
 
 def _is_established_accept(rule, inherited):
     return rule.verdict == "accept" and _only(rule, inherited, "ct state", ["established", "related"])
 
 
+# What a server sends: new connections and their continuation, for each of these protocols.
+_OUTBOUND_PROTOCOLS = {"tcp", "udp", "icmp"}
+_OUTBOUND_STATES = {"new", "established", "related"}
+
+
+def _outbound_protocols(rule, inherited):
+    """The protocols a rule lets out in every state of _OUTBOUND_STATES (empty: none)."""
+    matches = inherited + rule.matches
+    by_left = {m.left: m for m in matches}
+    if rule.verdict != "accept" or rule.other or len(matches) != len(by_left) \
+            or not set(by_left) <= {"meta l4proto", "ct state"}:
+        return set()
+    state = by_left.get("ct state")
+    if state is not None and (state.op not in ("==", "in") or not _OUTBOUND_STATES <= state.values):
+        return set()
+    protocols = by_left.get("meta l4proto")
+    if protocols is None:
+        return set(_OUTBOUND_PROTOCOLS)  # every protocol
+    return set(protocols.values) if protocols.op in ("==", "in") else set()
+
+
 @pytest.mark.control("3.4.2.6")
-def test_established_connections_accepted(ruleset):
+def test_established_inbound_and_new_outbound_connections_accepted(ruleset):
     assert any(_is_established_accept(rule, inherited) for inherited, rule in _input_rules(ruleset)), \
         "no rule accepts established,related inbound traffic"
+    leaving = set().union(*(_outbound_protocols(rule, inherited) for inherited, rule in _hook_rules(ruleset, "output")))
+    missing = sorted(_OUTBOUND_PROTOCOLS - leaving)
+    assert not missing, f"no output rule accepts new, established and related {', '.join(missing)} traffic"
 
 
 @pytest.mark.control("3.4.2.7")
 def test_default_deny(ruleset):
-    for hook in ("input", "forward"):
+    for hook in ("input", "forward", "output"):
         chains = hook_chains(ruleset, hook)
         assert chains, f"no {hook} base chain"
         for chain in chains:
             assert chain.policy == "drop", f"{chain.label} ({hook}) does not drop by default (policy {chain.policy})"
+        # A rule that accepts whatever reaches it makes the policy say nothing.
+        everything = [f"{rule.chain}: {rule.text}" for inherited, rule in _hook_rules(ruleset, hook)
+                      if rule.verdict == "accept" and not inherited and not rule.matches and not rule.other]
+        assert not everything, f"the {hook} chain accepts everything before its drop policy: {' | '.join(everything)}"
 
 
 # The only shapes of "accept" an input chain may have: loopback, replies, IPv6 neighbour
@@ -136,7 +172,7 @@ def _dropin_ports(facts, controls) -> dict[str, set[int]]:
     control = controls.get("GA-FW-DROPIN")
     if control is None or not control["applicable"]:
         return {}
-    found = [o for path in _dropin_files(facts, control["params"])[0] for o in openings(facts.text(path) or "")]
+    found = [o for path in _dropin_files(facts, control["params"])["input"] for o in openings(facts.text(path) or "")]
     return {proto: port_numbers(tuple(p for o in found for p in o.ports), proto) for proto in ("tcp", "udp", "sctp")}
 
 
@@ -198,11 +234,15 @@ def test_ruleset_persisted_and_loaded_at_boot(facts, os_data, ruleset):
         "the running ruleset has no drop-policy input chain after boot"
 
 
-def _dropin_files(facts, params) -> tuple[list[str], list[str]]:
-    """(input drop-ins, forward drop-ins): every entry of the two directories but the forward
-    directory itself - also files the ruleset would not read (not *.nft): none belong here."""
-    inputs = [p for p in facts.glob(f"{params['input_dropins']}/*") if p != params["forward_dropins"]]
-    return inputs, facts.glob(f"{params['forward_dropins']}/*")
+_DROPIN_HOOKS = ("input", "forward", "output")
+
+
+def _dropin_files(facts, params) -> dict[str, list[str]]:
+    """hook -> its drop-ins: every entry of its directory (the input directory's without the two
+    others) - also files the ruleset would not read (not *.nft): none belong here."""
+    nested = {params["forward_dropins"], params["output_dropins"]}
+    return {hook: [p for p in facts.glob(f"{params[f'{hook}_dropins']}/*") if p not in nested]
+            for hook in _DROPIN_HOOKS}
 
 
 def _writable_by_others(stat) -> bool:
@@ -213,20 +253,21 @@ def _writable_by_others(stat) -> bool:
 def test_dropins_included_root_only_and_none_shipped(facts, os_data, params, ga_mode):
     conf_path = os_data["paths"]["nftables_conf"]
     included = included_by_hook(facts.content(conf_path))
-    for hook, directory in (("input", params["input_dropins"]), ("forward", params["forward_dropins"])):
+    for hook in _DROPIN_HOOKS:
+        directory = params[f"{hook}_dropins"]
         assert f"{directory}/*.nft" in included.get(hook, []), \
             f"{conf_path} does not include {directory}/*.nft inside its {hook} chain"
         stat = facts.stat(directory)
         assert stat is not None and stat.type == "directory", f"{directory} is not a directory"
         assert not _writable_by_others(stat), \
             f"{directory} is not root-owned and writable by root only ({stat.owner}, {stat.mode:04o})"
-    inputs, forwards = _dropin_files(facts, params)
-    loose = [f"{path} ({facts.stat(path).owner}, {facts.stat(path).mode:04o})" for path in inputs + forwards
-             if _writable_by_others(facts.stat(path))]
+    dropins = _dropin_files(facts, params)
+    loose = [f"{path} ({facts.stat(path).owner}, {facts.stat(path).mode:04o})"
+             for paths in dropins.values() for path in paths if _writable_by_others(facts.stat(path))]
     # Both modes: a drop-in someone other than root can write is a hole in the firewall.
     assert not loose, f"firewall drop-ins not root-owned or writable by others than root: {', '.join(loose)}"
     present = []
-    for chain, paths in (("input", inputs), ("forward", forwards)):
+    for chain, paths in dropins.items():
         for path in paths:
             text = facts.text(path) or ""
             what = ", ".join(o.text for o in openings(text)) or "accepts nothing"

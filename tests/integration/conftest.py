@@ -1,4 +1,5 @@
-"""A real OpenSSH server on 127.0.0.1 for the SSH and verify tests (started and stopped here)."""
+"""A real OpenSSH server on 127.0.0.1 for the SSH and verify tests (started and stopped here),
+and debian12 build directories rendered for the tests that run what the build would."""
 from __future__ import annotations
 
 import shutil
@@ -8,10 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from golden_ami import sshkeys
+from golden_ami import config, render, sshkeys
 from tests.conftest import free_port, wait_for_port
 
 SSHD = "/usr/sbin/sshd"
+# A base image that is never read: rendering only names it.
+STAND_IN_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
+                                     checksum="sha256:" + "1" * 64)
+
+
+def rendered_build(tmp_path_factory, **overrides) -> Path:
+    """A debian12 / local build directory rendered with these settings overridden."""
+    out = tmp_path_factory.mktemp("render") / "build"
+    render.render(config.resolve("debian12", "local", overrides=overrides or None), STAND_IN_SOURCE, out)
+    return out
 
 
 @dataclass

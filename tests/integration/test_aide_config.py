@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from golden_ami import config, paths, render
+from golden_ami import paths
 from tests.conftest import required_tool
+from tests.integration.conftest import rendered_build
 
 sys.path.insert(0, str(paths.VERIFY_DIR))
 
@@ -23,8 +24,6 @@ import ga_aide  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
-                            checksum="sha256:" + "1" * 64)
 # A few files of each kind, relative to the tree: (path, content).
 TREE = {
     "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
@@ -46,9 +45,7 @@ TREE_DIRS = ("etc/nftables.d",)
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("render") / "debian12"
-    render.render(config.resolve("debian12", "local", overrides={"profile": "cis-level2-server"}), SOURCE, out)
-    return out / "files" / "cis-file-integrity"
+    return rendered_build(tmp_path_factory, profile="cis-level2-server") / "files" / "cis-file-integrity"
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from golden_ami import config, render
 from golden_ami.errors import StepFailed
+from golden_ami.layout import SHELL_LIBRARY
 from golden_ami.targets.local import base_image, disk_layout
 from tests.conftest import required_tool
+from tests.integration.conftest import rendered_build
 
 pytestmark = pytest.mark.integration
 
-SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
-                            checksum="sha256:" + "1" * 64)
 
 
 def _debugfs(raw: Path, fs: disk_layout.Filesystem, request: str) -> str:
@@ -104,9 +103,7 @@ FSTAB = ("# /etc/fstab: static file system information.\n"
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("render") / "build"
-    render.render(config.resolve("debian12", "local", overrides={"disk_layout": "cis"}), SOURCE, out)
-    return out / "files/lib/golden-ami.sh"
+    return rendered_build(tmp_path_factory, disk_layout="cis") / SHELL_LIBRARY
 
 
 def _run_on_fstab(tmp_path: Path, library: Path, calls: str, fstab: str = FSTAB) -> tuple[subprocess.CompletedProcess, str]:

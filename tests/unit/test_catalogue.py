@@ -66,6 +66,20 @@ def test_param_overrides_are_checked(state_dir, tmp_path):
             catalogue.controls_for(config.resolve("debian12", "local", str(user)))
 
 
+def test_mount_points_and_options_are_pinned_to_the_recommendations_own(state_dir, tmp_path):
+    """A config cannot point a filesystem check at another mount point, nor swap its option for a
+    weaker one (it would pass while the recommendation is not met)."""
+    user = tmp_path / "c.yaml"
+    for control_id, name, value in (("1.1.4.2", "option", "exec"), ("1.1.4.1", "mount_point", "/"),
+                                    ("1.1.7.2", "mount_point", "/srv"), ("1.1.2.3", "option", "dev"),
+                                    ("1.1.8.4", "option", "suid")):
+        user.write_text(f"disk_layout: cis\ncontrols:\n  '{control_id}':\n    params:\n      {name}: {value}\n")
+        with pytest.raises(UserError, match=f"{name} is not in the form this control needs"):
+            catalogue.controls_for(config.resolve("debian12", "local", str(user)))
+    chosen = catalogue.controls_for(config.resolve("debian12", "local", overrides={"disk_layout": "cis"}))
+    assert chosen.params("1.1.4.2") == {"mount_point": "/var/tmp", "option": "noexec"}
+
+
 def test_the_boot_password_is_a_grub_hash_or_locked_and_a_bad_value_is_never_echoed(state_dir, tmp_path):
     grub_hash = "grub.pbkdf2.sha512.10000." + "A1" * 64 + "." + "b2" * 64  # 282 characters, as the tool writes
     chosen = catalogue.controls_for(config.resolve("debian12", "local")).by_id()["GA-BOOT-PASSWORD"]

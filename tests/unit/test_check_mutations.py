@@ -103,6 +103,25 @@ def _policy_accept(items: list) -> None:
     next(i["chain"] for i in items if "chain" in i and i["chain"].get("hook") == "input")["policy"] = "accept"
 
 
+def _output_policy_accept(items: list) -> None:
+    next(i["chain"] for i in items if "chain" in i and i["chain"].get("hook") == "output")["policy"] = "accept"
+
+
+def _output_accepts_everything(items: list) -> None:
+    """An unconditional accept first in the output chain: the drop policy then says nothing."""
+    first = next(index for index, i in enumerate(items) if "rule" in i and i["rule"]["chain"] == "output")
+    rule = items[first]["rule"]
+    items.insert(first, {"rule": {**{k: rule[k] for k in ("family", "table", "chain")}, "handle": 999,
+                                  "expr": [{"accept": None}]}})
+
+
+def _outbound_tcp_only(items: list) -> None:
+    rule = _rule(items, "output", lambda e: _has(e, "l4proto"))
+    for statement in rule["expr"]:
+        if "match" in statement and "l4proto" in json.dumps(statement["match"]["left"]):
+            statement["match"]["right"] = "tcp"
+
+
 def _drop_forward_chain(items: list) -> None:
     items[:] = [i for i in items if not ("chain" in i and i["chain"].get("hook") == "forward")]
 
@@ -210,6 +229,13 @@ CASES = [
      nft(lambda items: _remove_rule(items, "input", lambda e: _has(e, '"lo"') and _has(e, "accept"))), "loopback"),
     ("3.4.2.6", "established,related rule removed",
      nft(lambda items: _remove_rule(items, "input", lambda e: _has(e, "established"))), "established"),
+    ("3.4.2.7", "output chain policy accept", nft(_output_policy_accept), "output"),
+    ("3.4.2.7", "output chain accepts everything first", nft(_output_accepts_everything), "accepts everything"),
+    ("3.4.2.4", "outbound loopback accept removed",
+     nft(lambda items: _remove_rule(items, "output", lambda e: _has(e, '"lo"'))), "on the way out"),
+    ("3.4.2.6", "new outbound connections not accepted",
+     nft(lambda items: _remove_rule(items, "output", lambda e: _has(e, "l4proto"))), "tcp, udp"),
+    ("3.4.2.6", "outbound narrowed to TCP", nft(_outbound_tcp_only), "icmp, udp"),
     ("GA-FW-INBOUND", "SSH rule widened to port 23", nft(_widen_ssh), "23"),
     ("GA-FW-INBOUND", "a jumped-to chain accepts 8080", nft(_jump_to_open_chain), "8080"),
     # firewall drop-ins: none in the image, root's only, included where they belong
@@ -218,6 +244,8 @@ CASES = [
      "writable"),
     ("GA-FW-DROPIN", "the input chain's include left out",
      file("/etc/nftables.conf", sub(r'^\s*include "/etc/nftables\.d/\*\.nft"\n', "")), "input chain"),
+    ("GA-FW-DROPIN", "the output chain's include left out",
+     file("/etc/nftables.conf", sub(r'^\s*include "/etc/nftables\.d/output/\*\.nft"\n', "")), "output chain"),
     # listening sockets (ss)
     ("2.4", "a web server on 0.0.0.0:8080", command("ss_listen", lambda t: t + LISTEN.format(port=8080, proc="python3")
                                                      + "\n"), "8080"),
@@ -259,6 +287,17 @@ CASES = [
     ("5.1.2.6", "a later drop-in keeps journal files for a year",
      command("systemd_journald", lambda t: t + "\n# /etc/systemd/journald.conf.d/99-app.conf\n[Journal]\n"
                                           "MaxFileSec=1year\n"), "MaxFileSec is 1year"),
+    # journal file access: the tmpfiles.d line systemd applies, and the journal as it is now
+    ("5.1.2.7", "an /etc/tmpfiles.d override makes journal files world-readable",
+     command("systemd_tmpfiles", lambda t: t + "\n# /etc/tmpfiles.d/journal-open.conf\n"
+                                          "z /var/log/journal/%m/system.journal 0644 root systemd-journal - -\n"),
+     "journal-open.conf: z /var/log/journal/%m/system.journal 0644 grants 0004"),
+    ("5.1.2.7", "the journal directory's tmpfiles mode group-writable",
+     command("systemd_tmpfiles", sub(r"^z /var/log/journal 2755 ", "z /var/log/journal 2775 ")), "grants 0020"),
+    ("5.1.2.7", "no tmpfiles.d line for the journal",
+     command("systemd_tmpfiles", sub(r"^[zZ] /(var|run)/log/journal.*\n", "", count=0)), "no tmpfiles.d line"),
+    ("5.1.2.7", "the journal directory on disk world-writable",
+     collected(["trees", "/var/log", "/var/log/journal"], lambda st: {**st, "mode": "3777"}), "/var/log/journal is 3777"),
     # PAM, faillock, pwquality, pwhistory
     ("4.5.2", "faillock deny = 10", file("/etc/security/faillock.conf", sub(r"^deny\s*=\s*\d+", "deny = 10")), "deny"),
     ("4.5.2", "no authfail line", file("/etc/pam.d/common-auth", sub(r"^auth\s.*pam_faillock\.so.*authfail.*\n", "")),
