@@ -42,6 +42,21 @@ def _assert_module_refused(facts, module):
     assert not problems, "; ".join(problems)
 
 
+@pytest.mark.control("1.1.1.1")
+def test_squashfs_refused(facts, params):
+    _assert_module_refused(facts, params["module"])
+
+
+@pytest.mark.control("1.1.1.2")
+def test_udf_refused(facts, params):
+    _assert_module_refused(facts, params["module"])
+
+
+@pytest.mark.control("GA-MODULE-OVERLAYFS")
+def test_overlayfs_refused(facts, params):
+    _assert_module_refused(facts, params["module"])
+
+
 @pytest.mark.control("1.1.1.3")
 def test_cramfs_refused(facts, params):
     _assert_module_refused(facts, params["module"])
@@ -440,6 +455,17 @@ def test_selinux_policy(facts, params):
     assert policy == params["policy"], f"/etc/selinux/config SELINUXTYPE is {policy!r}, expected {params['policy']!r}"
 
 
+def _apparmor_profiles(facts):
+    """{profile name: mode} of the profiles the running kernel has loaded (at least one)."""
+    profiles = {}
+    for line in facts.content("/sys/kernel/security/apparmor/profiles").splitlines():
+        match = re.match(r"^(.*) \((\w+)\)$", line.strip())
+        if match:
+            profiles[match.group(1)] = match.group(2)
+    assert profiles, "no AppArmor profile is loaded"
+    return profiles
+
+
 @pytest.mark.control("1.6.1.4")
 def test_mac_active(facts, params):
     if params["framework"] == "selinux":
@@ -451,12 +477,7 @@ def test_mac_active(facts, params):
     _assert_apparmor_enabled(facts)
     enabled, active = unit_state(facts, "apparmor.service")
     assert (enabled, active) == ("enabled", "active"), f"apparmor.service is {enabled}/{active}, expected enabled/active"
-    profiles = {}
-    for line in facts.content("/sys/kernel/security/apparmor/profiles").splitlines():
-        match = re.match(r"^(.*) \((\w+)\)$", line.strip())
-        if match:
-            profiles[match.group(1)] = match.group(2)
-    assert profiles, "no AppArmor profile is loaded"
+    profiles = _apparmor_profiles(facts)
     allowed = {"enforce", "complain"} | ({"unconfined"} if params["unconfined_mode_profiles_allowed"] else set())
     other = sorted(f"{name} ({mode})" for name, mode in profiles.items() if mode not in allowed)
     assert not other, f"AppArmor profiles neither enforcing nor complaining: {', '.join(other)}"
@@ -477,6 +498,13 @@ def test_mac_active(facts, params):
     if int(match.group(1)) and len(listed) != int(match.group(1)):
         unconfined.append(f"{match.group(1)} counted, {len(listed)} listed")
     assert not unconfined, f"processes run unconfined although a profile is defined for them: {', '.join(unconfined)}"
+
+
+@pytest.mark.control("GA-MAC-ALL-ENFORCING")
+def test_apparmor_all_enforcing(facts):
+    _assert_apparmor_enabled(facts)
+    not_enforcing = sorted(f"{name} ({mode})" for name, mode in _apparmor_profiles(facts).items() if mode != "enforce")
+    assert not not_enforcing, f"AppArmor profiles not in enforce mode: {', '.join(not_enforcing)}"
 
 
 @pytest.mark.control("1.6.1.7")

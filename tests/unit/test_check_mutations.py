@@ -298,6 +298,17 @@ CASES = [
      command("systemd_tmpfiles", sub(r"^[zZ] /(var|run)/log/journal.*\n", "", count=0)), "no tmpfiles.d line"),
     ("5.1.2.7", "the journal directory on disk world-writable",
      collected(["trees", "/var/log", "/var/log/journal"], lambda st: {**st, "mode": "3777"}), "/var/log/journal is 3777"),
+    # the Level 2 filesystem modules and AppArmor's modes
+    ("1.1.1.2", "udf loadable (the dry run would insert it)",
+     command("modprobe_dry_run:udf", lambda t: "insmod /lib/modules/6.1.0-50-cloud-amd64/kernel/fs/udf/udf.ko \n"),
+     "modprobe would load udf"),
+    ("GA-MODULE-OVERLAYFS", "overlay not deny-listed", command("modprobe_showconfig", sub(r"^blacklist overlay\n", "")),
+     "overlay is not blacklisted"),
+    ("1.1.1.1", "squashfs loaded now", file("/proc/modules", lambda t: t + "squashfs 73728 0 - Live 0x0000000000000000\n"),
+     "squashfs is loaded"),
+    ("GA-MAC-ALL-ENFORCING", "a profile in complain mode",
+     file("/sys/kernel/security/apparmor/profiles", sub(r"^/usr/sbin/chronyd \(enforce\)$", "/usr/sbin/chronyd (complain)")),
+     "/usr/sbin/chronyd (complain)"),
     # PAM, faillock, pwquality, pwhistory
     ("4.5.2", "faillock deny = 10", file("/etc/security/faillock.conf", sub(r"^deny\s*=\s*\d+", "deny = 10")), "deny"),
     ("4.5.2", "no authfail line", file("/etc/pam.d/common-auth", sub(r"^auth\s.*pam_faillock\.so.*authfail.*\n", "")),
