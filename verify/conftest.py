@@ -292,8 +292,23 @@ def target_os(os_data: dict[str, Any], target: str) -> dict[str, Any]:
     return os_data["targets"][target]
 
 
+class ControlParams(dict):
+    """A control's params as the build's controls.json has them. A name the check reads and the
+    file lacks means the build directory was rendered from an older catalogue than this suite:
+    the check fails saying so (not with a bare KeyError)."""
+
+    def __init__(self, control_id: str, values: dict[str, Any]):
+        super().__init__(values)
+        self.control_id = control_id
+
+    def __missing__(self, name: str) -> Any:
+        raise AssertionError(f"{self.control_id} has no param {name!r} in this build's controls.json: the build "
+                             "directory was rendered from an older catalogue than this verify suite - render it "
+                             "again (a new build) before verifying")
+
+
 @pytest.fixture
 def params(request: pytest.FixtureRequest, controls) -> dict[str, Any]:
     """The parameters of the control the requesting check is marked with."""
     control_id = control_id_of(request.node)
-    return controls[control_id]["params"] if control_id in controls else {}
+    return ControlParams(control_id, controls[control_id]["params"] if control_id in controls else {})

@@ -150,3 +150,15 @@ def test_a_separate_filesystem_without_its_option_or_not_mounted_fails(tmp_path,
         assert row["outcome"] == "fail" and word in row["message"], (control_id, row)
     untouched = verdicts["untouched"]
     assert {untouched[i]["outcome"] for i in _separate_filesystem_ids()} == {"pass"}
+
+
+def test_a_param_missing_from_an_older_controls_json_fails_its_check_saying_so(tmp_path, debian12):
+    # A build directory rendered before a control gained a param (here the usb-storage control's
+    # module name), verified by a newer suite: the check fails with the cause, not a KeyError.
+    document = json.loads(json.dumps(debian12))
+    control = next(c for c in document["controls"] if c["id"] == "1.1.9")
+    del control["params"]["module"]
+    rows = judge(tmp_path, FACTS / "debian12-hardened.json", document)
+    assert rows["1.1.9"]["outcome"] == "fail"
+    assert "1.1.9 has no param 'module' in this build's controls.json" in rows["1.1.9"]["message"]
+    assert "older catalogue" in rows["1.1.9"]["message"]
