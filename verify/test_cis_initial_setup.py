@@ -37,54 +37,22 @@ def _matching_lines(facts, paths, pattern):
 
 
 # --- kernel modules ------------------------------------------------------------------------
-def _assert_module_refused(facts, module):
-    problems = module_problems(facts, module)
+# One check per control: each parameter (the control's id) carries its control's mark, and the
+# module is the control's param (pinned to the recommendation's own in the catalogue).
+@pytest.mark.parametrize("control_id", [
+    pytest.param("1.1.1.1", marks=pytest.mark.control("1.1.1.1")),  # squashfs
+    pytest.param("1.1.1.2", marks=pytest.mark.control("1.1.1.2")),  # udf
+    pytest.param("GA-MODULE-OVERLAYFS", marks=pytest.mark.control("GA-MODULE-OVERLAYFS")),
+    pytest.param("1.1.1.3", marks=pytest.mark.control("1.1.1.3")),  # cramfs
+    pytest.param("1.1.1.4", marks=pytest.mark.control("1.1.1.4")),  # freevxfs
+    pytest.param("1.1.1.5", marks=pytest.mark.control("1.1.1.5")),  # jffs2
+    pytest.param("1.1.1.6", marks=pytest.mark.control("1.1.1.6")),  # hfs
+    pytest.param("1.1.1.7", marks=pytest.mark.control("1.1.1.7")),  # hfsplus
+    pytest.param("1.1.9", marks=pytest.mark.control("1.1.9")),  # usb-storage
+])
+def test_module_refused(facts, params, control_id):
+    problems = module_problems(facts, params["module"])
     assert not problems, "; ".join(problems)
-
-
-@pytest.mark.control("1.1.1.1")
-def test_squashfs_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.2")
-def test_udf_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("GA-MODULE-OVERLAYFS")
-def test_overlayfs_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.3")
-def test_cramfs_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.4")
-def test_freevxfs_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.5")
-def test_jffs2_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.6")
-def test_hfs_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.1.7")
-def test_hfsplus_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
-
-
-@pytest.mark.control("1.1.9")
-def test_usb_storage_refused(facts, params):
-    _assert_module_refused(facts, params["module"])
 
 
 # --- /tmp and /dev/shm ---------------------------------------------------------------------
