@@ -80,11 +80,15 @@ def _against(label: str, seconds: float, target: float) -> str:
     return f"  {label}: {seconds:.2f} s (target < {target:.1f} s: {'met' if seconds < target else 'MISSED'})"
 
 
-def _creating_alone(tmp: Path, index: int, where: Path) -> float:
-    """Seconds to create round index's files again (same names, bytes and modes) in new directories
-    under where, without rendering: what that file system alone charges for a round's output."""
+def _round_files(tmp: Path, index: int) -> dict[str, dict[str, bytes]]:
+    """Round index's build directories: name -> {relative path: bytes}."""
     rounds = sorted(tmp.glob(f"{index}-*"))
-    trees = {d.name: {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()} for d in rounds}
+    return {d.name: {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()} for d in rounds}
+
+
+def _creating_alone(trees: dict[str, dict[str, bytes]], where: Path) -> float:
+    """Seconds to create a round's files again (same names, bytes and modes) in new directories under
+    where, without rendering: what that file system alone charges for a round's output."""
     started = time.perf_counter()
     for name, files in trees.items():
         staging = where / f"copy-{name}"
@@ -110,8 +114,9 @@ def render_figures(rounds: int, scratch: Path) -> None:
             reference.append(_reference_round())
             warm.append(_render_round(Path(tmp), index))
         sizes = [p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()]
-        creating = _creating_alone(Path(tmp), 0, Path(tmp))
-        creating_disk = _creating_alone(Path(tmp), 0, Path(disk))
+        first_round = _round_files(Path(tmp), 0)
+        creating = _creating_alone(first_round, Path(tmp))
+        creating_disk = _creating_alone(first_round, Path(disk))
     # Cold: this process validates the data files and loads every template; warm: both done.
     print(f"  cold round {cold[0] * 1000:.0f} ms wall, {cold[1] * 1000:.0f} ms CPU "
           f"({cold[0] / combinations * 1000:.1f} ms per build directory)")
