@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument("--compression", type=Path, metavar="DISK",
                         help="also time compressing this qcow2 disk (e.g. a store image) with zlib and zstd")
     args = parser.parse_args()
+    if not (args.scratch.is_dir() and os.access(args.scratch, os.W_OK)):
+        parser.error(f"--scratch {args.scratch}: not a writable directory")
     render_figures(args.rounds, args.scratch)
     if args.invoke_rounds:
         invoke_render_figures(args.invoke_rounds)
