@@ -254,10 +254,12 @@ def _check_param(control_id: str, name: str, default: Any, value: Any, bounds: O
 # check reads, the trees it scans or watches, the attributes it compares and the packages or
 # units it wants installed, removed or stopped may only add entries.
 _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
+# A yes/no allowance (unconfined_mode_profiles_allowed): turning one on where it is off is weaker.
+_ALLOWANCE_PARAMS = re.compile(r"^.+_allowed$")
 _SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths",
-                            "gid0_accounts_allowed", "instance_files", "not_watched"})
+                            "gid0_accounts_allowed", "instance_files", "not_watched", "unconfined_programs_allowed"})
 _COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files", "packages", "units",
-                           "audit_tools", "attributes"})
+                           "audit_tools", "attributes", "domains", "relabel_fstypes"})
 
 
 def _weakens(name: str, benchmark: Any, value: Any) -> str:
@@ -269,6 +271,8 @@ def _weakens(name: str, benchmark: Any, value: Any) -> str:
     if _MODE_PARAMS.match(name) and octal.match(str(value)) and octal.match(str(benchmark)):
         added = int(str(value), 8) & ~int(str(benchmark), 8)
         return f"grants bits {added:04o} beyond the benchmark's {benchmark}" if added else ""
+    if _ALLOWANCE_PARAMS.match(name) and value is True and benchmark is False:
+        return "allows what the benchmark's value does not (false)"
     if name in _SUBSET_PARAMS and isinstance(value, list) and isinstance(benchmark, list):
         extra = [item for item in value if item not in benchmark]
         return f"adds {extra!r} to the benchmark's {benchmark!r}" if extra else ""

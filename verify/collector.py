@@ -388,6 +388,25 @@ def replaced_code():
     return found
 
 
+def process_labels():
+    """The security context (/proc/<pid>/attr/current) and program of every process; the
+    context is None where no security module gives one. Kernel threads have no program and are
+    left out, as are processes that end while being read."""
+    found = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        try:
+            exe = os.readlink("/proc/%s/exe" % pid)
+        except OSError:
+            continue
+        try:
+            with open("/proc/%s/attr/current" % pid) as handle:
+                label = handle.read().strip("\0\n ")
+        except OSError:
+            label = None
+        found.append({"pid": int(pid), "exe": exe, "label": label})
+    return found
+
+
 def run_systemctl(argv):
     """systemctl asks PID 1 over D-Bus; on a busy machine that call can time out, which says
     nothing about the host. Such a timeout is tried again (twice); every other failure stands."""
@@ -568,6 +587,10 @@ def commands_for(request, connection):
         commands[name] = argv
     for module in request.get("modules", []):
         commands["modprobe_dry_run:" + module] = ["modprobe", "-n", "-v", "--", module]
+    if request.get("selinux_denials"):
+        # Exits 1 with "<no matches>" on stderr when nothing was denied since boot.
+        commands["selinux_denials"] = ["ausearch", "--message", "AVC,USER_AVC,SELINUX_ERR", "--start", "boot",
+                                       "--interpret"]
     integrity = request.get("file_integrity")
     if integrity:
         # Reads, never writes: --check compares and reports (the database is only read).
@@ -628,6 +651,8 @@ def collect(request):
         snapshot["trees"] = trees
         snapshot["sysctl"] = read_sysctls()
         snapshot["replaced_code"] = replaced_code()
+        if request.get("process_labels"):
+            snapshot["process_labels"] = process_labels()
         snapshot["commands"] = {name: future.result() for name, future in command_futures.items()}
         snapshot["units"] = units_future.result()
         if "sshd_T_login" not in snapshot["commands"]:

@@ -75,6 +75,8 @@ CHECKED_UNITS = ("apparmor.service", "apport.service", "golden-ami-bootloader-pe
 # Checks whose walk roots come from their params; the walk runs once for all of them.
 WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
+# The SELinux checks that ask for more than files: the audited denials, the processes' contexts.
+SELINUX_ENFORCING_CONTROL, SELINUX_SERVICES_CONTROL = "1.6.1.5", "1.6.1.6"
 # The check that runs AIDE on the instance (its binary and configuration are its params).
 FILE_INTEGRITY_CONTROL = "1.3.1"
 # Checks that share the one grep walk for secrets: its roots and patterns are the union of theirs.
@@ -196,6 +198,11 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
         # dpkg --verify / rpm -Va hash every installed file: asked for only when checked.
         "verify_packages": "GA-PATCH-VERIFIED" in by_id,
     }
+    # SELinux: the denials audited since boot (1.6.1.5), the context of every process (1.6.1.6).
+    if SELINUX_ENFORCING_CONTROL in by_id:
+        request["selinux_denials"] = True
+    if SELINUX_SERVICES_CONTROL in by_id:
+        request["process_labels"] = True
     if FILE_INTEGRITY_CONTROL in by_id:
         # AIDE's own check against the image's database: it reads every watched file.
         aide = by_id[FILE_INTEGRITY_CONTROL]["params"]

@@ -468,10 +468,47 @@ def test_mac_active(facts, params):
     assert not unconfined, f"processes run unconfined although a profile is defined for them: {', '.join(unconfined)}"
 
 
+@pytest.mark.control("1.6.1.5")
+def test_selinux_enforcing(facts, params):
+    mode = _selinux_config(facts).get("SELINUX")
+    assert mode == params["mode"], f"/etc/selinux/config SELINUX is {mode!r}, expected {params['mode']!r}"
+    assert facts.exists("/sys/fs/selinux/enforce"), "SELinux is disabled in the running system"
+    running = facts.content("/sys/fs/selinux/enforce").strip()
+    assert running == "1", f"SELinux runs in permissive mode (/sys/fs/selinux/enforce is {running!r}), expected enforcing"
+    # A denial since boot is a service or a file the policy does not fit: enforcing stops it.
+    # ausearch exits 1 with "<no matches>" when there is none.
+    audited = facts.result("selinux_denials")
+    if audited.rc == 1 and "<no matches>" in audited.stderr:
+        return
+    records = [line for line in facts.output("selinux_denials").splitlines() if line.startswith("type=")]
+    assert not records, (f"{len(records)} SELinux denial record(s) audited since boot, first: "
+                         + " | ".join(" ".join(line.split())[:240] for line in records[:3]))
+
+
+def _selinux_type(label):
+    """The type of a SELinux context (user:role:type:level), or None when it is not one."""
+    fields = (label or "").split(":")
+    return fields[2] if len(fields) >= 4 else None
+
+
+@pytest.mark.control("1.6.1.6")
+def test_no_unreviewed_unconfined_service(facts, params):
+    processes = facts.section("process_labels")
+    assert processes, "no process and its SELinux context was read"
+    unlabelled = sorted({f"{p['exe']} ({p['label'] or 'none'})" for p in processes if _selinux_type(p["label"]) is None})
+    assert not unlabelled, f"processes without a SELinux context (is SELinux enabled?): {', '.join(unlabelled)[:300]}"
+    unconfined = [p for p in processes if _selinux_type(p["label"]) in params["domains"]]
+    unreviewed = sorted({f"{p['exe']} ({_selinux_type(p['label'])})" for p in unconfined
+                         if p["exe"] not in params["unconfined_programs_allowed"]})
+    assert not unreviewed, f"services run unconfined and are not on the reviewed list: {', '.join(unreviewed)}"
+
+
 @pytest.mark.control("GA-MAC-ALL-ENFORCING")
-def test_apparmor_all_enforcing(facts):
+def test_apparmor_all_enforcing(facts, params):
     _assert_apparmor_enabled(facts)
-    not_enforcing = sorted(f"{name} ({mode})" for name, mode in _apparmor_profiles(facts).items() if mode != "enforce")
+    # Where allowed (Ubuntu 24.04), a profile in unconfined mode only grants user namespaces.
+    allowed = {"enforce"} | ({"unconfined"} if params["unconfined_mode_profiles_allowed"] else set())
+    not_enforcing = sorted(f"{name} ({mode})" for name, mode in _apparmor_profiles(facts).items() if mode not in allowed)
     assert not not_enforcing, f"AppArmor profiles not in enforce mode: {', '.join(not_enforcing)}"
 
 

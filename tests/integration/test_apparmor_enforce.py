@@ -6,7 +6,8 @@ profiles into this machine's kernel).
 Profiles that load in complain mode - a complain flag on the profile line, or a link in
 force-complain/ - are handed to aa-enforce, and only those (a commented-out flag is not one);
 with none, nothing runs and nothing is logged as changed; a profile the kernel still has in
-complain mode afterwards stops the build, naming it.
+complain mode afterwards stops the build, naming it. A profile in unconfined mode (AppArmor 4 on
+Ubuntu 24.04: a grant of user namespaces to a named program) is left as shipped.
 """
 from __future__ import annotations
 
@@ -81,3 +82,12 @@ def test_a_profile_the_kernel_still_has_in_complain_mode_stops_the_build(library
     done = _run(library, apparmor)
     assert done.returncode == 1
     assert "STOPPED AppArmor profiles still in complain mode: snap-helper (complain)" in done.stderr
+
+
+def test_a_profile_in_unconfined_mode_is_left_as_shipped(library, apparmor):
+    (apparmor["dir"] / "podman").write_text("abi <abi/4.0>,\nprofile podman /usr/bin/podman flags=(unconfined) {\n"
+                                            "  userns,\n}\n")
+    apparmor["loaded"].write_text("/usr/sbin/chronyd (enforce)\npodman (unconfined)\n")
+    done = _run(library, apparmor)
+    assert done.returncode == 0, done.stderr
+    assert _calls(apparmor) == [] and "changed" not in done.stdout

@@ -152,6 +152,8 @@ EXCEPTION = "    exception: {justification: the legacy fleet still needs this, e
     ("1.3.1", "instance_files", "[/etc/machine-id, /etc/sudoers]", "adds ['/etc/sudoers']"),
     ("1.3.1", "watch_paths", "[/boot, /etc]", "leaves out ['/usr/bin'"),
     ("1.3.3", "attributes", "[p, u, g, sha256]", "leaves out ['i'"),
+    ("GA-MAC-ALL-ENFORCING", "unconfined_mode_profiles_allowed", "true", "allows what the benchmark's value does not"),
+    ("1.6.1.4", "unconfined_mode_profiles_allowed", "true", "allows what the benchmark's value does not"),
 ])
 def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_path, control, param, value, bound):
     user = tmp_path / "c.yaml"
@@ -171,6 +173,7 @@ def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_pat
     ("GA-FW-INBOUND", "allowed_tcp_ports", "[22]"),
     ("1.3.1", "instance_files", "[/etc/machine-id]"),
     ("1.3.1", "watch_paths", "[/boot, /etc, /usr/bin, /usr/sbin, /usr/lib, /usr/local/bin, /usr/local/sbin, /opt]"),
+    ("GA-MAC-ALL-ENFORCING", "unconfined_mode_profiles_allowed", "false"),
 ])
 def test_a_param_as_strict_or_stricter_needs_none(state_dir, tmp_path, control, param, value):
     user = tmp_path / "c.yaml"

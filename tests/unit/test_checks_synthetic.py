@@ -35,10 +35,11 @@ from tests.unit.offline_suite import FACTS, judge, judge_many
 
 # The controls whose checks take an OS-specific branch, per OS (all applicable, checked by the suite).
 CONTROL_IDS = {
-    "al2023": ("1.2.2", "1.4.1", "1.6.1.1", "1.6.1.2", "1.6.1.3", "1.6.1.4", "1.6.1.7", "1.6.1.8", "1.8", "1.9",
+    "al2023": ("1.2.2", "1.4.1", "1.6.1.1", "1.6.1.2", "1.6.1.3", "1.6.1.4", "1.6.1.5", "1.6.1.6", "1.6.1.7", "1.6.1.8",
+               "1.8", "1.9",
                "4.2.14", "4.4.2", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "GA-PAM-UNIX", "5.2.1.2", "5.2.1.3", "5.2.3.14",
                "GA-PATCH-AUTO", "GA-PATCH-KERNEL"),
-    "ubuntu2404": ("1.6.1.1", "1.6.1.2", "1.6.1.4", "5.2.3.14", "GA-PROC-APPORT"),
+    "ubuntu2404": ("1.6.1.1", "1.6.1.2", "1.6.1.4", "GA-MAC-ALL-ENFORCING", "5.2.3.14", "GA-PROC-APPORT"),
 }
 
 # Values of the synthetic snapshots the variants refer to.
@@ -179,9 +180,26 @@ def _show_failed(snapshot: dict) -> None:
                                                   stderr="Failed to get properties: Connection timed out\n")
 
 
-def _forbid_unconfined_mode_profiles(document: dict) -> None:
-    control = next(c for c in document["controls"] if c["id"] == "1.6.1.4")
-    control["params"]["unconfined_mode_profiles_allowed"] = False
+def _forbid_unconfined_mode_profiles(control_id: str) -> Callable[[dict], None]:
+    def change(document: dict) -> None:
+        control = next(c for c in document["controls"] if c["id"] == control_id)
+        control["params"]["unconfined_mode_profiles_allowed"] = False
+    return change
+
+
+def _profile_mode(name: str, old: str, new: str) -> Callable[[dict], None]:
+    path = "/sys/kernel/security/apparmor/profiles"
+    return lambda s: _edit(s, path, f"\n{name} ({old})\n", f"\n{name} ({new})\n")
+
+
+def _add_process(exe: str, selinux_type: str, pid: int = 1500) -> Callable[[dict], None]:
+    label = f"system_u:system_r:{selinux_type}:s0"
+    return lambda s: s["collected"]["process_labels"].append({"pid": pid, "exe": exe, "label": label})
+
+
+AVC_DENIED = ("type=AVC msg=audit(12/01/2026 09:14:02.311:212) : avc:  denied  { read } for  pid=702 comm=chronyd "
+              "name=golden-ami.sources dev=\"nvme0n1p1\" ino=25176 scontext=system_u:system_r:chronyd_t:s0 "
+              "tcontext=system_u:object_r:user_tmp_t:s0 tclass=file permissive=0\n")
 
 
 SYSTEM_AUTH, PASSWORD_AUTH = "/etc/pam.d/system-auth", "/etc/pam.d/password-auth"
@@ -206,9 +224,23 @@ MUTATIONS = [
                     r"; grubby --info=ALL: args=.*selinux=0"}),
     _al("1.6.1.3-policy-mls", lambda s: _edit(s, "/etc/selinux/config", "\nSELINUXTYPE=targeted\n", "\nSELINUXTYPE=mls\n"),
         {"1.6.1.3": r"SELINUXTYPE is 'mls', expected 'targeted'"}),
-    _al("1.6.1.4-selinux-disabled", lambda s: _edit(s, "/etc/selinux/config", "\nSELINUX=permissive\n",
+    _al("1.6.1.4-selinux-disabled", lambda s: _edit(s, "/etc/selinux/config", "\nSELINUX=enforcing\n",
                                                       "\nSELINUX=disabled\n"),
-        {"1.6.1.4": r"SELINUX is 'disabled', expected enforcing or permissive"}),
+        {"1.6.1.4": r"SELINUX is 'disabled', expected enforcing or permissive",
+         "1.6.1.5": r"SELINUX is 'disabled', expected 'enforcing'"}),
+    _al("1.6.1.5-configured-permissive", lambda s: _edit(s, "/etc/selinux/config", "\nSELINUX=enforcing\n",
+                                                           "\nSELINUX=permissive\n"),
+        {"1.6.1.5": r"/etc/selinux/config SELINUX is 'permissive', expected 'enforcing'"}),
+    _al("1.6.1.5-running-permissive", lambda s: _files(s)["/sys/fs/selinux/enforce"].update(content="0"),
+        {"1.6.1.5": r"SELinux runs in permissive mode \(/sys/fs/selinux/enforce is '0'\), expected enforcing"}),
+    _al("1.6.1.5-a-denial-since-boot", lambda s: _command(s, "selinux_denials").update(rc=0, stderr="", stdout=AVC_DENIED),
+        {"1.6.1.5": r"1 SELinux denial record\(s\) audited since boot, first: type=AVC .*comm=chronyd "
+                    r".*tcontext=system_u:object_r:user_tmp_t:s0"}),
+    _al("1.6.1.6-an-unreviewed-unconfined-service", _add_process("/usr/local/bin/inventory-daemon", "unconfined_service_t"),
+        {"1.6.1.6": r"services run unconfined and are not on the reviewed list: "
+                    r"/usr/local/bin/inventory-daemon \(unconfined_service_t\)$"}),
+    _al("1.6.1.6-a-service-in-initrc_t", _add_process("/usr/sbin/legacyd", "initrc_t"),
+        {"1.6.1.6": r"not on the reviewed list: /usr/sbin/legacyd \(initrc_t\)"}),
     _al("1.6.1.7-setroubleshoot-installed",
         lambda s: _add_package(s, "setroubleshoot\tinstall ok installed\t0:3.3.32-1.amzn2023.0.1"),
         {"1.6.1.7": r"installed: setroubleshoot, expected not installed"}),
@@ -263,7 +295,12 @@ MUTATIONS = [
         {"1.6.1.4": r"processes run unconfined although a profile is defined for them: /usr/sbin/chronyd \(702\)"}),
     _ub("1.6.1.4-unconfined-mode-profiles-not-allowed", lambda s: None,
         {"1.6.1.4": r"AppArmor profiles neither enforcing nor complaining: 1password \(unconfined\), Discord "},
-        controls=_forbid_unconfined_mode_profiles),
+        controls=_forbid_unconfined_mode_profiles("1.6.1.4")),
+    _ub("GA-MAC-ALL-ENFORCING-a-profile-in-complain-mode", _profile_mode("rsyslogd", "enforce", "complain"),
+        {"GA-MAC-ALL-ENFORCING": r"AppArmor profiles not in enforce mode: rsyslogd \(complain\)$"}),
+    _ub("GA-MAC-ALL-ENFORCING-unconfined-mode-profiles-not-allowed", lambda s: None,
+        {"GA-MAC-ALL-ENFORCING": r"AppArmor profiles not in enforce mode: 1password \(unconfined\), Discord "},
+        controls=_forbid_unconfined_mode_profiles("GA-MAC-ALL-ENFORCING")),
     _ub("5.2.3.14-rules-file-lacks-a-watch",
         lambda s: _edit(s, "/etc/audit/rules.d/60-golden-ami-mac-policy.rules", "-w /etc/apparmor.d -p wa -k MAC-policy\n",
                         ""),
@@ -316,7 +353,19 @@ FAILURES = [
         {"1.8": r"the snapshot has no result of `pending_updates:dnf` \(recorded snapshots only replay it\)"}),
     _al("selinux-config-not-collected", _drop_file("/etc/selinux/config"),
         {"1.6.1.3": r"the snapshot has nothing on /etc/selinux/config \(not collected\)",
-         "1.6.1.4": r"the snapshot has nothing on /etc/selinux/config \(not collected\)"}),
+         "1.6.1.4": r"the snapshot has nothing on /etc/selinux/config \(not collected\)",
+         "1.6.1.5": r"the snapshot has nothing on /etc/selinux/config \(not collected\)"}),
+    _al("ausearch-cannot-read-the-log", lambda s: _fail_command(
+        s, "selinux_denials", 1, stderr="Error opening /var/log/audit/audit.log (Permission denied)\n"),
+        {"1.6.1.5": r"`ausearch --message AVC,USER_AVC,SELINUX_ERR --start boot --interpret` exited 1: "
+                    r"Error opening /var/log/audit/audit\.log \(Permission denied\)"}),
+    _al("process-labels-not-collected", lambda s: s["collected"].pop("process_labels"),
+        {"1.6.1.6": r"the snapshot has no process labels \(not collected\)"}),
+    # SELinux disabled: /proc/PID/attr/current cannot be read (EINVAL), the collector says None.
+    _al("no-process-context-readable", lambda s: [p.update(label=None) for p in s["collected"]["process_labels"]],
+        {"1.6.1.6": r"processes without a SELinux context \(is SELinux enabled\?\): /usr/bin/amazon-ssm-agent \(none\)"}),
+    _al("no-process-listed", lambda s: s["collected"].update(process_labels=[]),
+        {"1.6.1.6": r"no process and its SELinux context was read"}),
     _ub("aa-status-without-privilege",
         lambda s: _fail_command(s, "aa_status", 4, stdout="apparmor module is loaded.\n",
                                 stderr="You do not have enough privilege to read the profile set.\n"),
@@ -432,9 +481,16 @@ def test_a_failed_command_or_missing_fact_fails_the_check_with_its_reason(judged
     assert not wrong, json.dumps(wrong, indent=1)
 
 
+# Controls whose every failure is a failure of a stricter control in force beside them: their
+# mutations fail that one too. SELinux disabled (1.6.1.4) is not enforcing either (1.6.1.5).
+STRICTER = {"al2023": {"1.6.1.4": "1.6.1.5"}}
+
+
 def test_every_control_has_a_mutation_that_fails_it_alone():
     for os_name, ids in CONTROL_IDS.items():
-        alone = {cid for c in MUTATIONS if c.os == os_name and len(c.fails) == 1 for cid in c.fails}
+        stricter = STRICTER.get(os_name, {})
+        alone = {cid for c in MUTATIONS if c.os == os_name for cid in c.fails
+                 if set(c.fails) - {cid} <= {stricter.get(cid)}}
         assert alone == set(ids), f"{os_name}: no single-control mutation for {sorted(set(ids) - alone)}"
 
 
@@ -445,8 +501,9 @@ def _facts_in(snapshot: dict) -> set[str]:
     names = {"context", "collected.collected_at"} | {f"dynamic.{name}" for name in snapshot.get("dynamic", {})}
     for section in ("commands", "files", "globs"):
         names |= {f"collected.{section}.{key}" for key in collected.get(section, {})}
-    if "units" in collected:
-        names.add("collected.units")
+    for section in ("units", "process_labels"):
+        if section in collected:
+            names.add(f"collected.{section}")
     return names
 
 

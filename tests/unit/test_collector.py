@@ -164,6 +164,39 @@ def test_a_recorded_snapshot_replays_dynamic_commands_and_never_runs_them():
         facts.dynamic_output("imds_probe")
 
 
+def test_every_process_s_context_and_program_are_read_kernel_threads_left_out():
+    """This machine's /proc: a process started here is listed with its program and the context
+    its kernel reports (SELinux's on Amazon Linux; here, AppArmor's or none); kthreadd (PID 2) has
+    no program and is not listed."""
+    proc = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        listed = {entry["pid"]: entry for entry in collector.process_labels()}
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        expected_label = Path(f"/proc/{os.getpid()}/attr/current").read_text().strip("\0\n ")
+    except OSError:
+        expected_label = None  # no security module gives this machine's processes a context
+    assert listed[os.getpid()] == {"pid": os.getpid(), "exe": os.path.realpath(sys.executable), "label": expected_label}
+    assert listed[proc.pid]["exe"] == os.path.realpath("/bin/sleep")
+    assert 2 not in listed
+
+
+def test_the_selinux_facts_are_asked_for_only_by_their_checks():
+    os_data = {"package_manager": "dnf", "paths": {}}
+    target = {"login_user": "ec2-user", "agents": {}}
+    enforcing = {"id": "1.6.1.5", "params": {"mode": "enforcing"}}
+    services = {"id": "1.6.1.6", "params": {"domains": ["unconfined_service_t"]}}
+    request = ga_facts.build_request([enforcing, services], os_data, target, set())
+    assert request["selinux_denials"] is True and request["process_labels"] is True
+    assert collector.commands_for(request, {})["selinux_denials"][:3] == ["ausearch", "--message",
+                                                                         "AVC,USER_AVC,SELINUX_ERR"]
+    without = ga_facts.build_request([{"id": "1.6.1.4", "params": {}}], os_data, target, set())
+    assert "selinux_denials" not in without and "process_labels" not in without
+    assert "selinux_denials" not in collector.commands_for(without, {})
+
+
 def test_the_request_asks_for_what_the_controls_name():
     controls = [{"id": "1.1.1.3", "params": {"module": "cramfs"}},
                 {"id": "4.1.1", "params": {"package": "cron", "service": "cron"}},
