@@ -1,5 +1,6 @@
 """One id everywhere: catalogue <-> verify checks <-> rendered remediation."""
 import ast
+import re
 
 import pytest
 
@@ -166,6 +167,29 @@ def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_pat
     chosen = catalogue.controls_for(config.resolve("debian12", "local", str(user)))
     [exception] = chosen.exceptions
     assert exception["kind"] == "weakened" and exception["control"] == control and exception["param"] == param
+
+
+@pytest.mark.parametrize("control, param, value, bound", [
+    ("1.6.1.6", "unconfined_programs_allowed", "[/usr/bin/amazon-ssm-agent, /opt/app/bin/server]",
+     "adds ['/opt/app/bin/server']"),
+    ("1.6.1.6", "domains", "[unconfined_service_t]", "leaves out ['initrc_t']"),
+    ("1.6.1.5", "relabel_fstypes", "[xfs]", "leaves out ['ext4', 'btrfs']"),
+])
+def test_the_selinux_lists_may_only_get_stricter_without_an_exception(state_dir, tmp_path, control, param, value,
+                                                                       bound):
+    user = tmp_path / "c.yaml"
+    user.write_text(f"controls:\n  '{control}':\n    params:\n      {param}: {value}\n")
+    with pytest.raises(UserError, match=re.escape(bound)):
+        catalogue.controls_for(config.resolve("al2023", "local", str(user)))
+    user.write_text(user.read_text() + EXCEPTION)
+    [exception] = catalogue.controls_for(config.resolve("al2023", "local", str(user))).exceptions
+    assert (exception["control"], exception["param"]) == (control, param)
+
+
+def test_a_shorter_reviewed_list_of_unconfined_programs_needs_no_exception(state_dir, tmp_path):
+    user = tmp_path / "c.yaml"
+    user.write_text("controls:\n  '1.6.1.6':\n    params:\n      unconfined_programs_allowed: [/usr/bin/amazon-ssm-agent]\n")
+    assert catalogue.controls_for(config.resolve("al2023", "local", str(user))).exceptions == ()
 
 
 @pytest.mark.parametrize("control, param, value", [
