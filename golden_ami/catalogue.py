@@ -257,7 +257,8 @@ _MODE_PARAMS = re.compile(r"^(.+_)?mode$")
 # A yes/no allowance (unconfined_mode_profiles_allowed): turning one on where it is off is weaker.
 _ALLOWANCE_PARAMS = re.compile(r"^.+_allowed$")
 _SUBSET_PARAMS = frozenset({"ciphers", "macs", "kex", "allowed_tcp_ports", "groups", "allowed_paths",
-                            "gid0_accounts_allowed", "instance_files", "not_watched", "unconfined_programs_allowed"})
+                            "gid0_accounts_allowed", "instance_files", "not_watched", "unconfined_programs_allowed",
+                            "modules_kept"})
 _COVER_PARAMS = frozenset({"paths", "scan_paths", "watch_paths", "home_paths", "rc_files", "packages", "units",
                            "audit_tools", "attributes", "domains", "relabel_fstypes"})
 

@@ -388,6 +388,33 @@ def replaced_code():
     return found
 
 
+def _module_name(path):
+    """A module's name as the kernel writes it, from its file's path in modules.dep."""
+    return path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+
+
+def filesystem_modules(release, root="/lib/modules"):
+    """The kernel's filesystem modules (its modules.dep entries under kernel/fs) and, for every
+    module that needs some of them, which: what loading a module would load with it."""
+    path = "%s/%s/modules.dep" % (root, release)
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        return {"error": "%s: %s" % (path, exc.strerror or exc)}
+    needs = {}
+    filesystems = set()
+    for line in lines:
+        module_path, _, deps = line.partition(":")
+        module = _module_name(module_path.strip())
+        if module_path.startswith("kernel/fs/"):
+            filesystems.add(module)
+        needs[module] = [_module_name(dep) for dep in deps.split()]
+    return {"filesystems": sorted(filesystems),
+            "needs": {module: sorted(set(deps) & filesystems) for module, deps in sorted(needs.items())
+                      if set(deps) & filesystems}}
+
+
 def process_labels():
     """The security context (/proc/<pid>/attr/current) and program of every process; the
     context is None where no security module gives one. Kernel threads have no program and are
@@ -609,7 +636,12 @@ def collect(request):
     snapshot["interfaces"] = network_interfaces()
     # A wireless interface's driver must not be loadable either: ask modprobe about it too.
     wireless = [i["module"] for i in snapshot["interfaces"].values() if i["wireless"] and i["module"]]
-    request = dict(request, modules=sorted(set(request.get("modules", [])) | set(wireless)))
+    # Every filesystem module of the running kernel, when its check asks: modprobe is asked too.
+    found = []
+    if request.get("filesystem_modules"):
+        snapshot["filesystem_modules"] = filesystem_modules(uname_r)
+        found = snapshot["filesystem_modules"].get("filesystems", [])
+    request = dict(request, modules=sorted(set(request.get("modules", [])) | set(wireless) | set(found)))
     commands = commands_for(request, connection)
     optional = set(request.get("optional", []))
 

@@ -77,6 +77,8 @@ WALK_SCAN_CONTROLS = ("6.1.11", "6.1.12")
 WALK_SUID_CONTROLS = ("5.2.3.6",)
 # The SELinux checks that ask for more than files: the audited denials, the processes' contexts.
 SELINUX_ENFORCING_CONTROL, SELINUX_SERVICES_CONTROL = "1.6.1.5", "1.6.1.6"
+# The check that judges every filesystem module of the running kernel.
+UNUSED_FILESYSTEMS_CONTROL = "GA-MODULE-FS-UNUSED"
 # The check that runs AIDE on the instance (its binary and configuration are its params).
 FILE_INTEGRITY_CONTROL = "1.3.1"
 # Checks that share the one grep walk for secrets: its roots and patterns are the union of theirs.
@@ -203,6 +205,8 @@ def build_request(controls: list[dict[str, Any]], os_data: dict[str, Any], targe
         request["selinux_denials"] = True
     if SELINUX_SERVICES_CONTROL in by_id:
         request["process_labels"] = True
+    if UNUSED_FILESYSTEMS_CONTROL in by_id:
+        request["filesystem_modules"] = True  # the kernel's own list, and modprobe about each
     if FILE_INTEGRITY_CONTROL in by_id:
         # AIDE's own check against the image's database: it reads every watched file.
         aide = by_id[FILE_INTEGRITY_CONTROL]["params"]

@@ -14,8 +14,8 @@ import pytest
 
 from collector import redact_grub_hashes
 from ga_facts import FactUnavailable
-from ga_system import (apt_config, installed, module_problems, mount_at, not_installed, os_release_id, systemd_settings,
-                       unit_state)
+from ga_system import (apt_config, installed, loaded_modules, module_name, module_problems, mount_at, not_installed,
+                       os_release_id, systemd_settings, unit_state)
 
 # apt's and dnf's spellings of "on".
 _TRUE_WORDS = {"1", "yes", "true", "on", "enable", "with"}
@@ -53,6 +53,20 @@ def _matching_lines(facts, paths, pattern):
 def test_module_refused(facts, params, control_id):
     problems = module_problems(facts, params["module"])
     assert not problems, "; ".join(problems)
+
+
+@pytest.mark.control("GA-MODULE-FS-UNUSED")
+def test_unused_filesystem_modules_refused(facts, params):
+    inventory = facts.section("filesystem_modules")
+    assert "error" not in inventory, f"the kernel's module list could not be read: {inventory.get('error')}"
+    assert inventory["filesystems"], "the running kernel's modules.dep lists no module under kernel/fs"
+    # In use: loaded (the instance mounts it) or kept; and whatever those load with them.
+    in_use = loaded_modules(facts) | {module_name(m) for m in params["modules_kept"]}
+    needed = in_use | {dep for module in in_use for dep in inventory["needs"].get(module, [])}
+    problems = [problem for module in inventory["filesystems"] if module not in needed
+                for problem in module_problems(facts, module)]
+    assert not problems, (f"{len(problems)} problem(s) with filesystem modules neither in use nor kept: "
+                          + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else ""))
 
 
 # --- /tmp and /dev/shm ---------------------------------------------------------------------

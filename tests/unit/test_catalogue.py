@@ -174,15 +174,18 @@ def test_a_param_weaker_than_the_benchmark_needs_an_exception(state_dir, tmp_pat
      "adds ['/opt/app/bin/server']"),
     ("1.6.1.6", "domains", "[unconfined_service_t]", "leaves out ['initrc_t']"),
     ("1.6.1.5", "relabel_fstypes", "[xfs]", "leaves out ['ext4', 'btrfs']"),
+    ("GA-MODULE-FS-UNUSED", "modules_kept", "[ext4, xfs, vfat, cifs]", "adds ['cifs']"),
 ])
-def test_the_selinux_lists_may_only_get_stricter_without_an_exception(state_dir, tmp_path, control, param, value,
-                                                                       bound):
+def test_the_reviewed_lists_may_only_get_stricter_without_an_exception(state_dir, tmp_path, control, param, value,
+                                                                        bound):
+    # Controls of one OS each: AL2023's SELinux, Ubuntu 22.04's unused filesystem modules.
+    os_name = "ubuntu2204" if control == "GA-MODULE-FS-UNUSED" else "al2023"
     user = tmp_path / "c.yaml"
     user.write_text(f"controls:\n  '{control}':\n    params:\n      {param}: {value}\n")
     with pytest.raises(UserError, match=re.escape(bound)):
-        catalogue.controls_for(config.resolve("al2023", "local", str(user)))
+        catalogue.controls_for(config.resolve(os_name, "local", str(user)))
     user.write_text(user.read_text() + EXCEPTION)
-    [exception] = catalogue.controls_for(config.resolve("al2023", "local", str(user))).exceptions
+    [exception] = catalogue.controls_for(config.resolve(os_name, "local", str(user))).exceptions
     assert (exception["control"], exception["param"]) == (control, param)
 
 

@@ -1,7 +1,8 @@
 """The OS-specific branches of the checks, proven both ways against hand-written snapshots.
 
 No Amazon Linux 2023 or Ubuntu VM can run here, so their branches (SELinux, grubby, authselect,
-dnf, the crypto policy; AppArmor, apport) are exercised against tests/data/facts/*-synthetic.json:
+dnf, the crypto policy; AppArmor, apport; Ubuntu 22.04's unused filesystem modules) are exercised
+against tests/data/facts/*-synthetic.json:
 partial snapshots (schema 1, the collector's shapes) holding exactly the facts those branches
 read, with the values of a hardened image of that OS. Each value's source is named beside it, in
 the snapshot's top-level `_sources` (the loader ignores unknown top-level keys).
@@ -40,12 +41,14 @@ CONTROL_IDS = {
                "4.2.14", "4.4.2", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "GA-PAM-UNIX", "5.2.1.2", "5.2.1.3", "5.2.3.14",
                "GA-PATCH-AUTO", "GA-PATCH-KERNEL"),
     "ubuntu2404": ("1.6.1.1", "1.6.1.2", "1.6.1.4", "GA-MAC-ALL-ENFORCING", "5.2.3.14", "GA-PROC-APPORT"),
+    "ubuntu2204": ("GA-MODULE-FS-UNUSED",),
 }
 
 # Values of the synthetic snapshots the variants refer to.
 AL_KERNEL = "6.1.119-129.201.amzn2023.x86_64"
 AL_NEWER_KERNEL = "6.1.124-134.200.amzn2023.x86_64"
 UBUNTU_KERNEL = "6.8.0-49-generic"
+JAMMY_KERNEL = "6.8.0-1021-aws"
 
 # --- editing a snapshot --------------------------------------------------------------------
 def _files(snapshot: dict) -> dict:
@@ -143,6 +146,10 @@ def _ub(name, change, fails=None, **kw) -> Case:
     return Case("ubuntu2404", name, change, fails or {}, **kw)
 
 
+def _jammy(name, change, fails=None, **kw) -> Case:
+    return Case("ubuntu2204", name, change, fails or {}, **kw)
+
+
 def _drop_file(path: str) -> Callable[[dict], None]:
     return lambda s: _files(s).pop(path)
 
@@ -180,6 +187,13 @@ def _show_failed(snapshot: dict) -> None:
                                                   stderr="Failed to get properties: Connection timed out\n")
 
 
+def _drop_kept(module: str) -> Callable[[dict], None]:
+    def change(document: dict) -> None:
+        control = next(c for c in document["controls"] if c["id"] == "GA-MODULE-FS-UNUSED")
+        control["params"]["modules_kept"].remove(module)
+    return change
+
+
 def _forbid_unconfined_mode_profiles(control_id: str) -> Callable[[dict], None]:
     def change(document: dict) -> None:
         control = next(c for c in document["controls"] if c["id"] == control_id)
@@ -200,6 +214,20 @@ def _add_process(exe: str, selinux_type: str, pid: int = 1500) -> Callable[[dict
 AVC_DENIED = ("type=AVC msg=audit(12/01/2026 09:14:02.311:212) : avc:  denied  { read } for  pid=702 comm=chronyd "
               "name=golden-ami.sources dev=\"nvme0n1p1\" ino=25176 scontext=system_u:system_r:chronyd_t:s0 "
               "tcontext=system_u:object_r:user_tmp_t:s0 tclass=file permissive=0\n")
+
+
+def _loadable(module: str) -> Callable[[dict], None]:
+    """modprobe would load the module: its dry run names its file, not /bin/false."""
+    return lambda s: _command(s, f"modprobe_dry_run:{module}").update(
+        stdout=f"insmod /lib/modules/{JAMMY_KERNEL}/kernel/fs/{module}/{module}.ko.zst \n")
+
+
+def _new_filesystem_module(s: dict) -> None:
+    # A kernel update brings zonefs: on disk, loadable, in no drop-in.
+    s["collected"]["filesystem_modules"]["filesystems"].append("zonefs")
+    s["collected"]["commands"]["modprobe_dry_run:zonefs"] = {
+        "argv": ["modprobe", "-n", "-v", "--", "zonefs"], "rc": 0, "seconds": 0.01, "stderr": "",
+        "stdout": f"insmod /lib/modules/{JAMMY_KERNEL}/kernel/fs/zonefs/zonefs.ko.zst \n"}
 
 
 SYSTEM_AUTH, PASSWORD_AUTH = "/etc/pam.d/system-auth", "/etc/pam.d/password-auth"
@@ -311,6 +339,18 @@ MUTATIONS = [
         {"GA-PROC-APPORT": r"apport\.service is enabled/active, expected masked \(or disabled\) and inactive"}),
     _ub("GA-PROC-APPORT-default-enabled-1", lambda s: _edit(s, "/etc/default/apport", "enabled=0", "enabled=1"),
         {"GA-PROC-APPORT": r"/etc/default/apport enabled=1, expected 0"}),
+    _jammy("GA-MODULE-FS-UNUSED-ceph-loadable", _loadable("ceph"),
+           {"GA-MODULE-FS-UNUSED": r"1 problem\(s\) with filesystem modules neither in use nor kept: modprobe would "
+                                   r"load ceph \(dry run: insmod /lib/modules/.*/ceph\.ko\.zst\), expected "
+                                   r"'install /bin/false'$"}),
+    _jammy("GA-MODULE-FS-UNUSED-cifs-not-blacklisted",
+           lambda s: _edit_output(s, "modprobe_showconfig", "blacklist cifs\n", ""),
+           {"GA-MODULE-FS-UNUSED": r"cifs is not blacklisted"}),
+    _jammy("GA-MODULE-FS-UNUSED-a-new-kernel-s-new-filesystem", _new_filesystem_module,
+           {"GA-MODULE-FS-UNUSED": r"2 problem\(s\) .*modprobe would load zonefs .*; zonefs is not blacklisted"}),
+    _jammy("GA-MODULE-FS-UNUSED-kept-list-shortened", lambda s: None,
+           {"GA-MODULE-FS-UNUSED": r"modprobe would load nfsv4 .*; nfsv4 is not blacklisted"},
+           controls=_drop_kept("nfsv4")),
 ]
 
 # Compliant variants in a real format the checks must read as compliant (everything passes).
@@ -322,10 +362,22 @@ VARIANTS = [
     # has a profile": allowed where unconfined_mode_profiles_allowed is (ubuntu2404).
     _ub("1.6.1.4-process-in-allowed-unconfined-mode-profile",
         _unconfined_process("   /usr/bin/podman (1207) podman")),
+    # A filesystem module loaded on the instance is in use (it mounts it), whether kept or not.
+    _jammy("GA-MODULE-FS-UNUSED-a-loaded-module-is-in-use",
+           lambda s: (_loadable("nls_utf8")(s), _files(s)["/proc/modules"].update(
+               content=_files(s)["/proc/modules"]["content"] + "nls_utf8 12288 1 - Live 0x0000000000000000\n"))),
 ]
 
 # A command the check needs failed, or a fact was never recorded: the check fails with the reason.
 FAILURES = [
+    _jammy("modules-dep-unreadable", lambda s: s["collected"].update(filesystem_modules={
+           "error": f"/lib/modules/{JAMMY_KERNEL}/modules.dep: No such file or directory"}),
+           {"GA-MODULE-FS-UNUSED": r"the kernel's module list could not be read: /lib/modules/.*/modules\.dep: No such "
+                                   r"file"}),
+    _jammy("filesystem-modules-not-collected", lambda s: s["collected"].pop("filesystem_modules"),
+           {"GA-MODULE-FS-UNUSED": r"the snapshot has no filesystem modules \(not collected\)"}),
+    _jammy("a-dry-run-timed-out", lambda s: _fail_command(s, "modprobe_dry_run:udf", None, error="timed out after 60 s"),
+           {"GA-MODULE-FS-UNUSED": r"`modprobe -n -v -- udf` did not run: timed out after 60 s"}),
     _al("grubby-timed-out", lambda s: _fail_command(s, "grubby_info", None, error="timed out after 180 s"),
         {"1.6.1.2": GRUBBY_DID_NOT_RUN, "5.2.1.2": GRUBBY_DID_NOT_RUN, "5.2.1.3": GRUBBY_DID_NOT_RUN}),
     _al("authselect-has-no-configuration",
@@ -501,7 +553,7 @@ def _facts_in(snapshot: dict) -> set[str]:
     names = {"context", "collected.collected_at"} | {f"dynamic.{name}" for name in snapshot.get("dynamic", {})}
     for section in ("commands", "files", "globs"):
         names |= {f"collected.{section}.{key}" for key in collected.get(section, {})}
-    for section in ("units", "process_labels"):
+    for section in ("units", "process_labels", "filesystem_modules"):
         if section in collected:
             names.add(f"collected.{section}")
     return names

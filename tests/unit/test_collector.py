@@ -183,6 +183,27 @@ def test_every_process_s_context_and_program_are_read_kernel_threads_left_out():
     assert 2 not in listed
 
 
+def test_the_kernel_s_filesystem_modules_and_what_needs_them_are_read_from_modules_dep(tmp_path):
+    (tmp_path / "6.8.0-1021-aws").mkdir()
+    (tmp_path / "6.8.0-1021-aws" / "modules.dep").write_text(
+        "kernel/fs/nfs/nfs.ko.zst: kernel/fs/lockd/lockd.ko.zst kernel/fs/netfs/netfs.ko.zst "
+        "kernel/net/sunrpc/sunrpc.ko.zst\n"
+        "kernel/fs/lockd/lockd.ko.zst: kernel/net/sunrpc/sunrpc.ko.zst\n"
+        "kernel/fs/netfs/netfs.ko.zst:\n"
+        "kernel/fs/nls/nls_iso8859-1.ko.zst:\n"
+        "kernel/net/sunrpc/sunrpc.ko.zst:\n"
+        "kernel/drivers/net/sample.ko: kernel/fs/netfs/netfs.ko.zst\n")
+    assert collector.filesystem_modules("6.8.0-1021-aws", str(tmp_path)) == {
+        "filesystems": ["lockd", "netfs", "nfs", "nls_iso8859_1"],
+        "needs": {"nfs": ["lockd", "netfs"], "sample": ["netfs"]}}
+    missing = collector.filesystem_modules("6.1.0-99-cloud-amd64", str(tmp_path))
+    assert missing == {"error": f"{tmp_path}/6.1.0-99-cloud-amd64/modules.dep: No such file or directory"}
+    request = ga_facts.build_request([{"id": "GA-MODULE-FS-UNUSED", "params": {"modules_kept": ["ext4"]}}],
+                                     {"package_manager": "apt", "paths": {}}, {"login_user": "ubuntu", "agents": {}},
+                                     set())
+    assert request["filesystem_modules"] is True
+
+
 def test_the_selinux_facts_are_asked_for_only_by_their_checks():
     os_data = {"package_manager": "dnf", "paths": {}}
     target = {"login_user": "ec2-user", "agents": {}}
