@@ -11,6 +11,8 @@ user-data writes a firewall drop-in for TCP 8080 and starts listeners on 8080 an
     drop-in as a finding, fails only 2.4 (the team's listeners), and leaves apt's state as it was;
   - the daily file integrity check (aidecheck.service) passes once the team accepted its files
     at launch, and fails on a file added later (about 40 s per run under TCG, two runs);
+  - Ubuntu 22.04's unused-filesystem-module refusal (GA-MODULE-FS-UNUSED) and its check's
+    inventory agree on this real kernel's module tree (run into a scratch directory; seconds);
   - the drop-in opens 8080 and nothing else, before and after a reboot (GA-FW-DROPIN), with
     the host keys unchanged. The reboot test runs last: the others need no reboot.
 The fixture is module-scoped: the VM stops when this module ends, so it does not idle beside
@@ -36,8 +38,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
+import yaml
 
-from golden_ami import sshkeys
+from golden_ami import paths, sshkeys
 from tests.conftest import invoke_cmd
 from tests.e2e.app_instance import APP_PORT, CLOSED_PORT, DROPIN, LISTENER
 
@@ -241,6 +244,58 @@ def test_the_daily_integrity_check_passes_after_the_accepted_launch_and_finds_a_
         app.check(f"sudo -n rm -f {marker}")
     assert found.returncode != 0, "aidecheck.service passed with an unaccepted file in /etc"
     assert f": {marker}" in journal, journal[-3000:]
+
+
+def _kept_filesystem_modules() -> list[str]:
+    """GA-MODULE-FS-UNUSED's kept modules, as the catalogue has them."""
+    entries = yaml.safe_load((paths.CONTROLS_DIR / "50-cis-initial-setup.yaml").read_text())
+    return next(e for e in entries if e["id"] == "GA-MODULE-FS-UNUSED")["params"]["modules_kept"]
+
+
+def test_the_unused_filesystem_modules_are_the_same_to_the_hardening_and_the_check_on_a_real_kernel(
+        app_instance, approved_build, tmp_path):
+    """GA-MODULE-FS-UNUSED applies on Ubuntu 22.04, and no Ubuntu VM runs here: its hardening
+    (refuse_unused_filesystem_modules, from this build's rendered library) and its check's
+    inventory (collector.filesystem_modules) run on this instance's real kernel module tree
+    instead, the drop-in written to a scratch directory so the instance is not changed. For the
+    running kernel both name the same unused modules (the hardening also covers any other
+    installed kernel); modprobe, given only that drop-in, refuses each of them and still loads
+    every kept one with what it needs. Costs a few seconds on the booted instance."""
+    app = app_instance
+    staging = "/tmp/golden-ami-fs-modules"
+    collector_dir = tmp_path / "verify"
+    collector_dir.mkdir()
+    (collector_dir / "collector.py").write_text((paths.VERIFY_DIR / "collector.py").read_text())
+    kept = _kept_filesystem_modules()
+    conf = f"{staging}/61-unused.conf"
+    app.check(f"mkdir -m 0700 {staging}")
+    try:
+        app.upload(Path(approved_build["build_dir"]) / "files" / "lib", f"{staging}/lib")
+        app.upload(collector_dir, f"{staging}/verify")
+        harden = ("set -o errexit -o nounset -o pipefail; GA_SECTION=e2e; . " + f"{staging}/lib/golden-ami.sh; "
+                  + shlex.join(["refuse_unused_filesystem_modules", "/lib/modules", "/proc/modules", conf, *kept]))
+        app.check(f"sudo -n bash -c {shlex.quote(harden)}")
+        refused = [line.split()[1] for line in app.check(f"cat {conf}").splitlines() if line.startswith("install ")]
+        inventory_code = (f"import json, os, sys; sys.path.insert(0, {staging + '/verify'!r}); import collector; "
+                          "print(json.dumps(collector.filesystem_modules(os.uname().release)))")
+        inventory = json.loads(app.check(f"python3 -c {shlex.quote(inventory_code)}"))
+        loaded = {line.split()[0] for line in app.check("cat /proc/modules").splitlines() if line.strip()}
+        # The check's reading (verify/test_cis_initial_setup.py), for the running kernel.
+        in_use = loaded | {module.replace("-", "_") for module in kept}
+        needed = in_use | {dep for module in in_use for dep in inventory["needs"].get(module, [])}
+        unused = sorted(m for m in inventory["filesystems"] if m not in needed)
+        assert inventory["filesystems"] and unused, f"nothing to judge: {inventory}"
+        assert set(refused) & set(inventory["filesystems"]) == set(unused), \
+            f"the hardening refuses {sorted(refused)}, the check finds unused {unused}"
+        assert not set(refused) & loaded, f"refused while loaded: {sorted(set(refused) & loaded)}"
+        for module in unused:
+            said = app.check(f"sudo -n modprobe -n -v -C {conf} -- {shlex.quote(module)} 2>&1")
+            assert said.strip().splitlines()[-1].startswith("install /bin/false"), f"{module}: {said}"
+        for module in sorted(set(kept) & set(inventory["filesystems"])):
+            said = app.run(f"sudo -n modprobe -n -v -C {conf} -- {shlex.quote(module)} 2>&1").stdout
+            assert "/bin/false" not in said, f"kept {module} (or what it needs) is refused: {said}"
+    finally:
+        app.run(f"rm -rf {staging}")
 
 
 def test_the_drop_in_opens_its_port_and_nothing_else_across_a_reboot(app_instance):
