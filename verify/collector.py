@@ -394,25 +394,29 @@ def _module_name(path):
 
 
 def filesystem_modules(release, root="/lib/modules"):
-    """The kernel's filesystem modules (its modules.dep entries under kernel/fs) and, for every
-    module that needs some of them, which: what loading a module would load with it."""
+    """The running kernel's filesystem modules (its modules.dep entries under kernel/fs) and,
+    for every module that needs some of them in any installed kernel (the hardening's drop-in
+    applies to all of them), which: what loading a module would load with it."""
     path = "%s/%s/modules.dep" % (root, release)
-    try:
-        with open(path) as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        return {"error": "%s: %s" % (path, exc.strerror or exc)}
+    if not os.path.isfile(path):
+        return {"error": "%s: No such file or directory" % path}
     needs = {}
     filesystems = set()
-    for line in lines:
-        module_path, _, deps = line.partition(":")
-        module = _module_name(module_path.strip())
-        if module_path.startswith("kernel/fs/"):
-            filesystems.add(module)
-        needs[module] = [_module_name(dep) for dep in deps.split()]
+    for dep_file in sorted(glob.glob("%s/*/modules.dep" % root)):
+        try:
+            with open(dep_file) as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            return {"error": "%s: %s" % (dep_file, exc.strerror or exc)}
+        for line in lines:
+            module_path, _, deps = line.partition(":")
+            module = _module_name(module_path.strip())
+            if dep_file == path and module_path.startswith("kernel/fs/"):
+                filesystems.add(module)
+            needs.setdefault(module, set()).update(_module_name(dep) for dep in deps.split())
     return {"filesystems": sorted(filesystems),
-            "needs": {module: sorted(set(deps) & filesystems) for module, deps in sorted(needs.items())
-                      if set(deps) & filesystems}}
+            "needs": {module: sorted(deps & filesystems) for module, deps in sorted(needs.items())
+                      if deps & filesystems}}
 
 
 def process_labels():

@@ -3,7 +3,8 @@ shell library in bash, against kernel module trees and a loaded-module list made
 modules.dep format depmod writes: "path: dependency ...", every dependency listed).
 
 Refused: each module under kernel/fs of any installed kernel that is not loaded, not kept and
-not needed by a loaded or kept module ("-" and "_" are one); modules outside kernel/fs never.
+not needed by a loaded or kept module in any of the kernels ("-" and "_" are one); modules
+outside kernel/fs never.
 The drop-in is written whole (with nothing to refuse, as a header alone), and a second run with
 nothing new changes nothing; no filesystem module at all stops the build, naming the tree it read.
 """
@@ -35,8 +36,13 @@ kernel/fs/nls/nls_iso8859-1.ko.zst:
 kernel/fs/isofs/isofs.ko.zst:
 kernel/drivers/block/nbd.ko.zst:
 """
-# The newer kernel brings a filesystem the older one lacks.
-NEW_KERNEL = OLD_KERNEL + "kernel/fs/erofs/erofs.ko.zst: kernel/lib/crc16.ko.zst\n"
+# The newer kernel brings a filesystem the older one lacks, and its nfs needs fscache, which the
+# older kernel has standalone: needed in one kernel is needed (the drop-in applies to both).
+NEW_KERNEL = (OLD_KERNEL.replace("kernel/fs/netfs/netfs.ko.zst kernel/net/sunrpc/sunrpc.ko.zst\n",
+                                 "kernel/fs/netfs/netfs.ko.zst kernel/fs/fscache/fscache.ko.zst "
+                                 "kernel/net/sunrpc/sunrpc.ko.zst\n", 1)
+              + "kernel/fs/erofs/erofs.ko.zst: kernel/lib/crc16.ko.zst\n")
+OLD_KERNEL += "kernel/fs/fscache/fscache.ko.zst:\n"
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,8 @@ def _refused(tree: dict[str, Path]) -> list[str]:
 def test_what_is_neither_loaded_kept_nor_needed_is_refused(library, tree):
     done = _run(library, tree, "ext4", "nfs")
     assert done.returncode == 0, done.stderr
-    # jbd2, mbcache (ext4's), lockd and netfs (nfs's) are needed; crc16, sunrpc and nbd are not
-    # under kernel/fs; erofs comes from the newer kernel only.
+    # jbd2, mbcache (ext4's), lockd, netfs and - in the newer kernel - fscache (nfs's) are needed;
+    # crc16, sunrpc and nbd are not under kernel/fs; erofs comes from the newer kernel only.
     assert _refused(tree) == ["cifs", "cifs_arc4", "erofs"]
     assert tree["conf"].stat().st_mode & 0o777 == 0o644
     assert f"changed: {tree['conf']} refuses 3 unused filesystem modules" in done.stdout
@@ -88,8 +94,17 @@ def test_a_kept_name_with_a_dash_keeps_the_module_and_a_rerun_changes_nothing(li
     again = _run(library, tree, "ext4", "nfs", "cifs")
     assert again.returncode == 0 and "changed" not in again.stdout
     (tree["root"] / "6.8.0-1021-aws" / "modules.dep").write_text(OLD_KERNEL)  # the newer kernel went
-    assert "refuses 0 unused filesystem modules" in _run(library, tree, "ext4", "nfs", "cifs").stdout
-    assert not _refused(tree)
+    assert "refuses 1 unused filesystem modules" in _run(library, tree, "ext4", "nfs", "cifs").stdout
+    assert _refused(tree) == ["fscache"]  # no kernel's nfs needs it any more
+    assert "refuses 0 unused" in _run(library, tree, "ext4", "nfs", "cifs", "fscache").stdout
+
+
+def test_no_kernel_tree_at_all_stops_the_build(library, tree):
+    for dep in tree["root"].glob("*/modules.dep"):
+        dep.unlink()
+    done = _run(library, tree, "ext4")
+    assert done.returncode == 1
+    assert f"STOPPED no modules.dep under {tree['root']}/*" in done.stderr
 
 
 def test_no_filesystem_module_at_all_stops_the_build(library, tree):

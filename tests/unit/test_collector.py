@@ -193,9 +193,17 @@ def test_the_kernel_s_filesystem_modules_and_what_needs_them_are_read_from_modul
         "kernel/fs/nls/nls_iso8859-1.ko.zst:\n"
         "kernel/net/sunrpc/sunrpc.ko.zst:\n"
         "kernel/drivers/net/sample.ko: kernel/fs/netfs/netfs.ko.zst\n")
+    # An older kernel, still installed: its nfs also needs fscache, which the running one has
+    # standalone - needed there is needed (the hardening's drop-in applies to both).
+    (tmp_path / "6.8.0-1019-aws").mkdir()
+    (tmp_path / "6.8.0-1019-aws" / "modules.dep").write_text(
+        "kernel/fs/nfs/nfs.ko.zst: kernel/fs/fscache/fscache.ko.zst\nkernel/fs/fscache/fscache.ko.zst:\n"
+        "kernel/fs/erofs/erofs.ko.zst:\n")
+    (tmp_path / "6.8.0-1021-aws" / "modules.dep").write_text(
+        (tmp_path / "6.8.0-1021-aws" / "modules.dep").read_text() + "kernel/fs/fscache/fscache.ko.zst:\n")
     assert collector.filesystem_modules("6.8.0-1021-aws", str(tmp_path)) == {
-        "filesystems": ["lockd", "netfs", "nfs", "nls_iso8859_1"],
-        "needs": {"nfs": ["lockd", "netfs"], "sample": ["netfs"]}}
+        "filesystems": ["fscache", "lockd", "netfs", "nfs", "nls_iso8859_1"],
+        "needs": {"nfs": ["fscache", "lockd", "netfs"], "sample": ["netfs"]}}
     missing = collector.filesystem_modules("6.1.0-99-cloud-amd64", str(tmp_path))
     assert missing == {"error": f"{tmp_path}/6.1.0-99-cloud-amd64/modules.dep: No such file or directory"}
     request = ga_facts.build_request([{"id": "GA-MODULE-FS-UNUSED", "params": {"modules_kept": ["ext4"]}}],
