@@ -257,17 +257,24 @@ def test_the_unused_filesystem_modules_are_the_same_to_the_hardening_and_the_che
     """GA-MODULE-FS-UNUSED applies on Ubuntu 22.04, and no Ubuntu VM runs here: its hardening
     (refuse_unused_filesystem_modules, from this build's rendered library) and its check's
     inventory (collector.filesystem_modules) run on this instance's real kernel module tree
-    instead, the drop-in written to a scratch directory so the instance is not changed. For the
-    running kernel both name the same unused modules (the hardening also covers any other
-    installed kernel); modprobe, given only that drop-in, refuses each of them and still loads
-    every kept one with what it needs. Costs a few seconds on the booted instance."""
+    instead. The drop-in is written to a scratch directory: for the running kernel, hardening
+    and check name the same unused modules. Then it is put in /etc/modprobe.d for the rest of
+    the test only (removed after it, on failure too): modprobe refuses each of those modules,
+    and says for every kept one exactly what it said before (the image's own drop-ins may
+    refuse some, e.g. overlay; this one must add nothing). Costs a few seconds on the booted
+    instance."""
     app = app_instance
     staging = "/tmp/golden-ami-fs-modules"
+    installed = "/etc/modprobe.d/61-golden-ami-e2e-unused-filesystems.conf"
     collector_dir = tmp_path / "verify"
     collector_dir.mkdir()
     (collector_dir / "collector.py").write_text((paths.VERIFY_DIR / "collector.py").read_text())
     kept = _kept_filesystem_modules()
     conf = f"{staging}/61-unused.conf"
+
+    def dry_runs(modules):
+        return {module: app.run(f"sudo -n modprobe -n -v -- {shlex.quote(module)} 2>&1").stdout for module in modules}
+
     app.check(f"mkdir -m 0700 {staging}")
     try:
         app.upload(Path(approved_build["build_dir"]) / "files" / "lib", f"{staging}/lib")
@@ -288,14 +295,14 @@ def test_the_unused_filesystem_modules_are_the_same_to_the_hardening_and_the_che
         assert set(refused) & set(inventory["filesystems"]) == set(unused), \
             f"the hardening refuses {sorted(refused)}, the check finds unused {unused}"
         assert not set(refused) & loaded, f"refused while loaded: {sorted(set(refused) & loaded)}"
-        for module in unused:
-            said = app.check(f"sudo -n modprobe -n -v -C {conf} -- {shlex.quote(module)} 2>&1")
+        kept_here = sorted(set(kept) & set(inventory["filesystems"]))
+        before = dry_runs(kept_here)
+        app.check(f"sudo -n install -m 0644 {conf} {installed}")
+        for module, said in dry_runs(unused).items():
             assert said.strip().splitlines()[-1].startswith("install /bin/false"), f"{module}: {said}"
-        for module in sorted(set(kept) & set(inventory["filesystems"])):
-            said = app.run(f"sudo -n modprobe -n -v -C {conf} -- {shlex.quote(module)} 2>&1").stdout
-            assert "/bin/false" not in said, f"kept {module} (or what it needs) is refused: {said}"
+        assert dry_runs(kept_here) == before, "the drop-in changed what modprobe does for a kept module"
     finally:
-        app.run(f"rm -rf {staging}")
+        app.run(f"sudo -n rm -f {installed}; rm -rf {staging}")
 
 
 def test_the_drop_in_opens_its_port_and_nothing_else_across_a_reboot(app_instance):
