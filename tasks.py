@@ -426,7 +426,8 @@ def doctor(c, target=None, json_=False):
 def controls(c, os_=None, target="local", profile=None, config_=None, json_=False):
     """List the controls in force for an OS and target (ids, benchmark numbers, applicability),
     then how they account for the OS's whole CIS benchmark: per Server level and assessment,
-    implemented and checked, not applicable, manual, known gaps, outside the profile. "Proven on
+    implemented and checked, not applicable, manual, known gaps, outside the profile. Values
+    only your site has (the log host of al2023's 5.1.1.6) are named when still unset. "Proven on
     a running system" says whether the test suite runs these checks on a booted instance."""
     from golden_ami.benchmarks import format_table
     from golden_ami.catalogue import controls_for, coverage
@@ -435,7 +436,7 @@ def controls(c, os_=None, target="local", profile=None, config_=None, json_=Fals
     chosen = controls_for(cfg)
     covered = coverage(chosen, cfg.os)
     if json_:
-        _emit(True, {**chosen.as_dict(), "coverage": covered}, "")
+        _emit(True, {**chosen.as_dict(), "coverage": covered, "unset_site_params": list(chosen.unset_site_params)}, "")
         return
     for control in chosen.controls:
         state = "applies" if control.applicable else f"n/a: {control.reason}"
@@ -443,6 +444,8 @@ def controls(c, os_=None, target="local", profile=None, config_=None, json_=Fals
     for exception in chosen.exceptions:
         print(f"{'':12} {exception['control']:18} SWITCHED OFF by exception until {exception['expires']}: "
               f"{exception['justification']}")
+    for unset in chosen.unset_site_params:
+        print(f"a build needs your value first: {unset}", file=sys.stderr)
     print(f"{cfg.os.name}/{cfg.target}, profile {chosen.profile}: {covered['applicable']} applicable controls "
           f"({covered['not_applicable']} not applicable)", file=sys.stderr)
     proven = covered["proven_on_running_system"] or "no - these checks have run only on recorded or hand-written snapshots"

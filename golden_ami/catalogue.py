@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import benchmarks, paths, yamlfiles
 from .config import Resolved, available_os, describe_validation_error
@@ -82,6 +82,17 @@ class ControlSpec(BaseModel):
     # this control's check must pass there, and every other applicable check must fail
     # (tests/unit/test_checks_offline.py, tests/e2e: the base image).
     default_compliant: dict[str, str] = Field(default_factory=dict)
+    # Params only the site can give (the log host logs go to), each with what it is: "" in
+    # params until the config sets it. A build that has such a control in force and applicable
+    # with the value unset is refused before anything is rendered (ControlSet.unset_site_params).
+    site_params: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _site_params_start_unset(self) -> "ControlSpec":
+        for name in self.site_params:
+            if self.params.get(name) != "":
+                raise ValueError(f"{self.id}: site param {name} must be a param whose catalogue value is \"\"")
+        return self
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,9 @@ class ControlSet:
     # Controls the profile has in force that the config switches off, each with its exception
     # ({control, kind, justification, expires}): the report, the tags and the statement show them.
     exceptions: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # What a build needs from the site before it can render (see ControlSpec.site_params): one
+    # line each, naming the config key. Not part of controls.json: a rendered build has none.
+    unset_site_params: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def applicable(self) -> list[Control]:
@@ -332,6 +346,7 @@ def controls_for(cfg: Resolved) -> ControlSet:
             raise UserError(f"config names unknown control {control_id!r}: see `invoke controls`")
     chosen: list[Control] = []
     exceptions: list[dict[str, Any]] = []
+    unset: list[str] = []
     levels = benchmarks.server_levels(cfg.os.name)
     for spec in specs:
         override = cfg.settings.controls.get(spec.id)
@@ -361,6 +376,9 @@ def controls_for(cfg: Resolved) -> ControlSet:
                                        "param": name, "value": value, "benchmark": params[name]})
                 params[name] = value
         applicable, reason = _applicability(spec, cfg)
+        if applicable:
+            unset.extend(f"controls.{spec.id}.params.{name} is not set: {' '.join(what.split())}"
+                         for name, what in spec.site_params.items() if params[name] == "")
         chosen.append(
             Control(
                 id=spec.id,
@@ -377,7 +395,18 @@ def controls_for(cfg: Resolved) -> ControlSet:
             )
         )
     return ControlSet(os=cfg.os.name, target=cfg.target, profile=cfg.profile, controls=tuple(chosen),
-                      exceptions=tuple(exceptions))
+                      exceptions=tuple(exceptions), unset_site_params=tuple(unset))
+
+
+def require_site_params(chosen: ControlSet) -> None:
+    """Refuse a build whose controls still need a value only the site has: before anything is
+    rendered or started, not after a build whose image the check would reject."""
+    if chosen.unset_site_params:
+        more = len(chosen.unset_site_params) - 1
+        raise UserError(f"{chosen.unset_site_params[0]}{f' (+{more} more: invoke controls)' if more else ''}. "
+                        "Set it under controls: in your config, or switch the control off there with an "
+                        "exception: {enabled: false, exception: {justification: ..., expires: YYYY-MM-DD}} "
+                        "(README: \"Values only your site has\")")
 
 
 def _exception(control_id: str, override: Any, weakening: str = "") -> dict[str, Any]:

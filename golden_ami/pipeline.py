@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import approve, lifecycle, packer, paths, render, verify_runner, waivers
+from .catalogue import controls_for, require_site_params
 from .config import Resolved
 from .files import write_atomic
 from .layout import BuildDir, StateDir
@@ -108,6 +109,7 @@ def build(
 ) -> BuildResult:
     """Render (or take a rendered directory), build, verify and approve or reject."""
     waivers.load(cfg.waivers_file)  # a bad waivers file is refused now, not after the build and verify
+    require_site_params(controls_for(cfg))  # so is a control still waiting for the site's value
     target = target_for(cfg)
     _check_prerequisites(target, cfg)
     build_id = new_build_id(cfg.os.name)

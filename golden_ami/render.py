@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional
 import jinja2
 
 from . import packer, paths, yamlfiles
-from .catalogue import ControlSet, controls_for
+from .catalogue import ControlSet, controls_for, require_site_params
 from .config import Resolved
 from .errors import UserError
 from .layout import CONTROLS_FILE, RENDER_MANIFEST, SHELL_LIBRARY, TEMPLATE_FILE, VARIABLES_FILE
@@ -412,6 +412,7 @@ def render(cfg: Resolved, source: SourceImage, out_dir: Path, controls: Optional
         # rendered last, needs the answer: Packer answers while the rest is worked out.
         wanted = helper.submit(packer_plugins_wanted, cfg) if packer_plugins is None else _settled(packer_plugins)
         controls = controls or controls_for(cfg)
+        require_site_params(controls)
         files = _render_files(cfg, controls, source, wanted)
     packer_plugins = wanted.result()
     digests = _file_digests(files)  # once: the fingerprint, render.json and the result all name them

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from .catalogue import controls_for, require_site_params
 from .config import Resolved
 from .layout import StateDir
 from .render import RenderResult, render
@@ -16,6 +17,8 @@ from .targets import get_target
 
 
 def render_for_target(cfg: Resolved, out_dir: Optional[Path], source_pin: Optional[str] = None) -> RenderResult:
+    controls = controls_for(cfg)
+    require_site_params(controls)  # before the target is asked anything (an SSM lookup, a base image)
     source = get_target(cfg.target, cfg.settings, cfg.state_dir).resolve_source(cfg, source_pin)
     out = out_dir or (StateDir(cfg.state_dir).renders / f"{cfg.os.name}-{cfg.target}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
-    return render(cfg, source, out)
+    return render(cfg, source, out, controls)

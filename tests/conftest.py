@@ -12,6 +12,25 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# Values only a site has (ControlSpec.site_params; README "Values only your site has"): a render
+# or build that needs one is refused without it, so tests that render such an OS (al2023's log
+# host, 5.1.1.6) pass these. The name is never resolved: no unit or integration test sends logs.
+SITE_VALUES = {"controls": {"5.1.1.6": {"params": {"log_host": "logs.example.internal"}}}}
+
+
+def site_overrides(**settings) -> dict:
+    """config.resolve overrides: SITE_VALUES plus these settings (a profile, say)."""
+    return {**SITE_VALUES, **settings}
+
+
+def site_config_file(directory: Path) -> Path:
+    """A config file holding SITE_VALUES, for tests that run invoke (--config=...)."""
+    import yaml
+
+    path = directory / "site-values.yaml"
+    path.write_text(yaml.safe_dump(SITE_VALUES))
+    return path
+
 
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch) -> Path:

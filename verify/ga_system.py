@@ -1,5 +1,5 @@
 """Readers of the snapshot that several checks share: packages, units, sshd, nftables,
-listening sockets, mounts, kernel modules and configuration-file syntax.
+listening sockets, mounts, kernel modules and configuration-file syntax (rsyslog's included).
 
 Each takes the snapshot (verify/ga_facts.py) or raw text and returns plain data; none of them
 runs anything. Parsing failures and missing facts raise FactUnavailable, never an empty answer.
@@ -135,6 +135,60 @@ def logrotate_creates(text: str) -> list[LogrotateCreate]:
             found.append(LogrotateCreate(number, mode, block or ()))
     return found
 
+
+
+@dataclass(frozen=True)
+class RsyslogForward:
+    """A forwarding rule of rsyslog: which messages (its selector, "" inside a block) go where."""
+    selector: str
+    target: str
+    port: str
+    protocol: str  # tcp or udp
+
+
+# RainerScript's action(type="omfwd" ...), over as many lines as it takes, and the legacy
+# "@@host:port" (TCP) / "@host" (UDP) forms; each with the selector before it, if any.
+_ACTION_START = re.compile(r"^(?:(?P<selector>[^\s(#]+)\s+)?action\s*\(", re.IGNORECASE | re.MULTILINE)
+_ACTION_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9.]*)\s*=\s*"([^"]*)"')
+_LEGACY_FORWARD = re.compile(
+    r"^(?P<selector>[^\s#]+)\s+(?P<at>@@?)(?:\([^)]*\))?(?P<host>\[[^\]]+\]|[^\s:;#]+)(?::(?P<port>[0-9]+))?",
+    re.MULTILINE)
+
+
+def _action_body(text: str, start: int) -> str:
+    """An action's parameters: from just after its "(" to its ")", quotes respected and
+    comments (# to the end of a line) left out."""
+    body, quoted, index = [], False, start
+    while index < len(text):
+        char = text[index]
+        if char == "#" and not quoted:
+            index = text.find("\n", index)
+            if index < 0:
+                break
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == ")" and not quoted:
+            break
+        body.append(char)
+        index += 1
+    return "".join(body)
+
+
+def rsyslog_forwards(text: str) -> list[RsyslogForward]:
+    """The forwarding rules of an rsyslog configuration, omfwd's defaults filled in (port 514,
+    UDP). Comment lines are left out; an action inside an if-block has no selector ("")."""
+    active = "\n".join(active_lines(text))
+    found = []
+    for match in _ACTION_START.finditer(active):
+        params = {key.lower(): value for key, value in _ACTION_PARAM.findall(_action_body(active, match.end()))}
+        if params.get("type", "").lower() == "omfwd":
+            found.append(RsyslogForward(match.group("selector") or "", params.get("target", ""),
+                                        params.get("port", "514"), params.get("protocol", "udp").lower()))
+    for match in _LEGACY_FORWARD.finditer(active):
+        found.append(RsyslogForward(match.group("selector"), match.group("host").strip("[]"),
+                                    match.group("port") or "514", "tcp" if match.group("at") == "@@" else "udp"))
+    return found
 
 def login_defs(facts: Snapshot) -> dict[str, str]:
     return facts.cached("login.defs", lambda: key_values(facts.content("/etc/login.defs")))

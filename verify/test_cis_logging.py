@@ -12,7 +12,7 @@ import pytest
 
 from ga_system import (
     active_lines, assert_listed_completely, directory_listing, getent, listeners, logrotate_creates, parent_dir,
-    not_installed, systemd_settings, tmpfiles_modes, unit_state,
+    not_installed, rsyslog_forwards, systemd_settings, tmpfiles_modes, unit_state,
 )
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
@@ -71,6 +71,16 @@ def test_rsyslog_file_create_mode(facts, params):
     assert not loose, f"rsyslog file creation modes more permissive than 0640: {', '.join(loose)}"
     assert params["file_create_mode"] in modes, \
         f"rsyslog file creation modes are {', '.join(modes)}, expected {params['file_create_mode']} among them"
+
+
+@pytest.mark.control("5.1.1.6")
+def test_rsyslog_forwards_everything_to_the_log_host(facts, params):
+    forwards = rsyslog_forwards(_rsyslog_config(facts))
+    seen = "; ".join(f"{f.selector or '(in a block)'} -> {f.protocol}://{f.target}:{f.port}" for f in forwards) or "nowhere"
+    assert params["log_host"], f"no log host is configured (controls.5.1.1.6.params.log_host); rsyslog forwards {seen}"
+    wanted = ("*.*", params["log_host"].lower(), str(params["port"]), "tcp")
+    assert any((f.selector, f.target.lower(), f.port, f.protocol) == wanted for f in forwards), \
+        f"rsyslog does not send every message (*.*) to {params['log_host']}:{params['port']} over TCP; it forwards {seen}"
 
 
 REMOTE_INPUT = re.compile(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from golden_ami import packer, render
-from tests.conftest import free_port, invoke_cmd, provenance_vars, required_tool, wait_for_port
+from tests.conftest import free_port, invoke_cmd, provenance_vars, required_tool, site_config_file, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def test_render_al2023_resolves_through_ssm_and_validates(state_dir, tmp_path, m
     required_tool("packer", "scripts/install.sh")
     out = tmp_path / "al2023-aws"
     proc = invoke_cmd("render", "--os=al2023", "--target=aws", f"--out={out}", "--json",
-                      env=_aws_env(state_dir, moto_endpoint))
+                      f"--config={site_config_file(tmp_path)}", env=_aws_env(state_dir, moto_endpoint))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["source_image"]["id"].startswith("ami-")
@@ -62,13 +62,14 @@ def test_no_credentials_is_one_line(state_dir, tmp_path):
                 "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
                 "AWS_EC2_METADATA_DISABLED": "true"})
     proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "--search-root", str(Path(__file__).parents[2]),
-                           "render", "--os=al2023", "--target=aws"], capture_output=True, text=True, env=env, timeout=120)
+                           "render", "--os=al2023", "--target=aws", f"--config={site_config_file(tmp_path)}"],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "no AWS credentials" in proc.stderr
 
 
-def test_a_wrong_endpoint_is_one_line(state_dir):
-    proc = invoke_cmd("render", "--os=al2023", "--target=aws",
+def test_a_wrong_endpoint_is_one_line(state_dir, tmp_path):
+    proc = invoke_cmd("render", "--os=al2023", "--target=aws", f"--config={site_config_file(tmp_path)}",
                       env=_aws_env(state_dir, f"http://127.0.0.1:{free_port()}"), timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr and "AWS_ENDPOINT_URL" in proc.stderr

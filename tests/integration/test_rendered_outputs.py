@@ -8,7 +8,7 @@ import pytest
 
 from golden_ami import catalogue, config, packer, render, sshkeys
 from golden_ami.layout import SHELL_LIBRARY
-from tests.conftest import provenance_vars, required_tool
+from tests.conftest import provenance_vars, required_tool, site_overrides
 
 INSTALLER = "scripts/install.sh"
 
@@ -43,7 +43,7 @@ def rendered_profiles(tmp_path_factory):
     root = tmp_path_factory.mktemp("rendered")
     for profile in PROFILES:
         for os_name, target in CASES:
-            cfg = config.resolve(os_name, target, overrides={"profile": profile})
+            cfg = config.resolve(os_name, target, overrides=site_overrides(profile=profile))
             out[(os_name, target, profile)] = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE,
                                                             root / f"{profile}-{os_name}-{target}")
     return out

@@ -10,6 +10,7 @@ import pytest
 from golden_ami import catalogue, config, render
 from golden_ami.errors import UserError
 from golden_ami.layout import SHELL_LIBRARY
+from tests.conftest import site_overrides
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
                                   checksum="sha256:" + "1" * 64)
@@ -17,6 +18,7 @@ AWS_SOURCE = render.SourceImage(id="ami-0123456789abcdef0", name="debian-12-amd6
 
 
 def _render(tmp_path, name, os_name="debian12", target="local", source=LOCAL_SOURCE, **kw):
+    kw["overrides"] = site_overrides(**kw.get("overrides") or {})
     return render.render(config.resolve(os_name, target, **kw), source, tmp_path / name)
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from golden_ami import catalogue, config, packer, paths, render, yamlfiles
+from tests.conftest import SITE_VALUES
 
 from .test_render import AWS_SOURCE, LOCAL_SOURCE
 
@@ -94,10 +95,11 @@ _FRESH = """
 import json, sys
 from pathlib import Path
 from golden_ami import config, render
+from tests.conftest import SITE_VALUES
 from tests.unit.test_render import AWS_SOURCE, LOCAL_SOURCE
 os_name, target, out = sys.argv[1:]
 source = LOCAL_SOURCE if target == "local" else AWS_SOURCE
-result = render.render(config.resolve(os_name, target), source, Path(out), packer_plugins=False)
+result = render.render(config.resolve(os_name, target, overrides=SITE_VALUES), source, Path(out), packer_plugins=False)
 print(json.dumps(result.fingerprint))
 """
 
@@ -116,7 +118,8 @@ def test_renders_in_one_process_match_renders_in_fresh_processes(state_dir, tmp_
         for os_name, target in COMBINATIONS:
             source = LOCAL_SOURCE if target == "local" else AWS_SOURCE
             out = tmp_path / f"here-{round_}-{os_name}-{target}"
-            result = render.render(config.resolve(os_name, target), source, out, packer_plugins=False)
+            result = render.render(config.resolve(os_name, target, overrides=SITE_VALUES), source, out,
+                                   packer_plugins=False)
             manifest = json.loads((out / render.RENDER_MANIFEST).read_text())
             fresh_manifest = json.loads((tmp_path / f"fresh-{os_name}-{target}" / render.RENDER_MANIFEST).read_text())
             assert result.fingerprint == manifest["fingerprint"] == fresh[os_name, target], (round_, os_name, target)

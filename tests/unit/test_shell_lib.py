@@ -9,6 +9,7 @@ import pytest
 
 from golden_ami import catalogue, config, paths, render
 from golden_ami.layout import SHELL_LIBRARY
+from tests.conftest import SITE_VALUES, site_overrides
 
 LOCAL_SOURCE = render.SourceImage(id="sha256:" + "1" * 64, name="base", location="/images/base.qcow2",
                                   checksum="sha256:" + "1" * 64)
@@ -62,7 +63,7 @@ def test_sections_leave_package_manager_differences_to_the_pkg_libraries():
 @pytest.mark.parametrize("os_name, target", CASES)
 def test_no_rendered_build_defines_a_function_twice(state_dir, tmp_path, os_name, target, profile):
     """Across the whole build directory: the library (files/lib/) and every section script."""
-    cfg = config.resolve(os_name, target, overrides={"profile": profile})
+    cfg = config.resolve(os_name, target, overrides=site_overrides(profile=profile))
     result = render.render(cfg, LOCAL_SOURCE if target == "local" else AWS_SOURCE, tmp_path / "build")
     library = result.directory / SHELL_LIBRARY
     scripts = sorted((result.directory / "scripts").glob("*.sh"))
@@ -87,7 +88,7 @@ def test_no_rendered_build_defines_a_function_twice(state_dir, tmp_path, os_name
 ])
 def test_the_dnf_library_tells_a_failed_package_verification_from_changed_files(
         state_dir, tmp_path, rpm_stdout, rpm_status, wanted_status, wanted_lines):
-    result = render.render(config.resolve("al2023", "aws"), AWS_SOURCE, tmp_path / "build")
+    result = render.render(config.resolve("al2023", "aws", overrides=SITE_VALUES), AWS_SOURCE, tmp_path / "build")
     fake = tmp_path / "bin"
     fake.mkdir()
     complaint = "echo 'error: cannot open Packages database' >&2\n" if rpm_status and not rpm_stdout else ""

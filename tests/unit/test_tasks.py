@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import invoke_cmd
+from tests.conftest import invoke_cmd, site_config_file
 
 
 def _one_line_error(proc, *needles, code=1):
@@ -36,10 +36,24 @@ def test_bad_input_is_one_actionable_line(state_dir, args, needles):
     _one_line_error(invoke_cmd(*args), *needles)
 
 
-def test_no_base_image_is_named_with_its_fix(state_dir):
+def test_no_base_image_is_named_with_its_fix(state_dir, tmp_path):
     _one_line_error(invoke_cmd("render", "--os=debian12", "--target=local"),
                     "no base image for debian12", "invoke base-image --os=debian12")
-    _one_line_error(invoke_cmd("render", "--os=al2023", "--target=local"), "--from PATH")
+    _one_line_error(invoke_cmd("render", "--os=al2023", "--target=local", f"--config={site_config_file(tmp_path)}"),
+                    "--from PATH")
+
+
+def test_a_value_only_the_site_has_is_asked_for_before_anything_else(state_dir, tmp_path):
+    """al2023's 5.1.1.6 needs the site's log host: render and build say so first (before a base
+    image or a source AMI is looked for) and write nothing; invoke controls names it too."""
+    for task in ("render", "build"):
+        _one_line_error(invoke_cmd(task, "--os=al2023", "--target=local"),
+                        "controls.5.1.1.6.params.log_host is not set", "exception")
+    assert not any(state_dir.rglob("*.sh")), "something was rendered"
+    listed = invoke_cmd("controls", "--os=al2023", "--target=aws", "--json")
+    assert json.loads(listed.stdout)["unset_site_params"][0].startswith("controls.5.1.1.6.params.log_host is not set")
+    configured = invoke_cmd("controls", "--os=al2023", "--target=aws", "--json", f"--config={site_config_file(tmp_path)}")
+    assert json.loads(configured.stdout)["unset_site_params"] == []
 
 
 def test_a_config_value_with_command_substitution_is_refused_and_nothing_is_written(state_dir, tmp_path):
