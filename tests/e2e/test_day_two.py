@@ -13,6 +13,8 @@ user-data writes a firewall drop-in for TCP 8080 and starts listeners on 8080 an
     at launch, and fails on a file added later (about 40 s per run under TCG, two runs);
   - Ubuntu 22.04's unused-filesystem-module refusal (GA-MODULE-FS-UNUSED) and its check's
     inventory agree on this real kernel's module tree, and modprobe honours the drop-in (36 s);
+  - Amazon Linux 2023's remote log forwarding (5.1.1.6), as rendered, in this instance's real
+    rsyslog: queued while the log host (a listener on this machine) is down, then delivered;
   - the drop-in opens 8080 and nothing else, before and after a reboot (GA-FW-DROPIN), with
     the host keys unchanged. The reboot test runs last: the others need no reboot.
 The fixture is module-scoped: the VM stops when this module ends, so it does not idle beside
@@ -32,6 +34,9 @@ import json
 import re
 import secrets
 import shlex
+import socketserver
+import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -40,9 +45,10 @@ import paramiko
 import pytest
 import yaml
 
-from golden_ami import paths, sshkeys
-from tests.conftest import invoke_cmd
+from golden_ami import config, paths, render, sshkeys
+from tests.conftest import free_port, invoke_cmd
 from tests.e2e.app_instance import APP_PORT, CLOSED_PORT, DROPIN, LISTENER
+from tests.unit.test_render import AWS_SOURCE
 
 pytestmark = pytest.mark.e2e
 
@@ -303,6 +309,84 @@ def test_the_unused_filesystem_modules_are_the_same_to_the_hardening_and_the_che
         assert dry_runs(kept_here) == before, "the drop-in changed what modprobe does for a kept module"
     finally:
         app.run(f"sudo -n rm -f {installed}; rm -rf {staging}")
+
+
+class _LogHost:
+    """A TCP listener on this machine's loopback standing in for the site's log host: the
+    guest reaches it as QEMU's user-network gateway (GUEST_SEES_HOST_AS), which QEMU connects
+    to 127.0.0.1 here. Keeps every byte it receives."""
+
+    def __init__(self, port: int):
+        self.port, self.received, self._server = port, bytearray(), None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                for line in self.rfile:
+                    received.extend(line)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.received:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+        return True
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+GUEST_SEES_HOST_AS = "10.0.2.2"  # QEMU user networking's gateway: the host's loopback
+
+
+def test_the_rendered_log_forwarding_queues_while_the_host_is_down_and_then_delivers(app_instance, tmp_path, monkeypatch):
+    """5.1.1.6 applies on al2023 only, and no Amazon Linux VM runs here: the forwarding drop-in
+    an al2023 build renders (its log host this machine's listener) goes into this instance's
+    real rsyslog instead - the same RainerScript. rsyslog accepts it (rsyslogd -N1, as the
+    hardening runs it before the restart), the check's parser reads the instance's whole
+    configuration as one TCP forward of every message to that host, a message logged while
+    nothing listens waits in the queue and arrives once the host listens, and so does a later
+    one. The drop-in and its queue files go again after the test, on failure too. Costs about
+    a minute on the booted instance: rsyslog retries a suspended action after 30 s."""
+    app = app_instance
+    monkeypatch.setenv("GOLDEN_AMI_STATE_DIR", str(tmp_path / "state"))
+    host = _LogHost(free_port())
+    site = {"controls": {"5.1.1.6": {"params": {"log_host": GUEST_SEES_HOST_AS, "port": host.port}}}}
+    build = render.render(config.resolve("al2023", "aws", overrides=site), AWS_SOURCE, tmp_path / "build")
+    forwarding = (build.directory / "files" / "cis-logging" / "rsyslog-forward.conf").read_text()
+    dropin = "/etc/rsyslog.d/70-golden-ami-remote-log-host.conf"
+    queued, later = (f"golden-ami-e2e-{secrets.token_hex(8)}" for _ in range(2))
+    try:
+        app.check(f"sudo -n install -m 0644 /dev/stdin {dropin}", stdin=forwarding)
+        validated = app.run("sudo -n rsyslogd -N1 -f /etc/rsyslog.conf 2>&1")
+        assert validated.returncode == 0, validated.stdout
+        configuration = app.check("sudo -n cat /etc/rsyslog.conf /etc/rsyslog.d/*.conf")
+        sys.path.insert(0, str(paths.VERIFY_DIR))
+        try:
+            from ga_system import RsyslogForward, rsyslog_forwards
+        finally:
+            sys.path.remove(str(paths.VERIFY_DIR))
+        assert rsyslog_forwards(configuration) == [RsyslogForward("*.*", GUEST_SEES_HOST_AS, str(host.port), "tcp")]
+        app.check("sudo -n systemctl restart rsyslog.service")
+        app.check(f"logger -t golden-ami-e2e {queued}")  # nobody listens yet
+        time.sleep(5)
+        host.start()
+        assert host.wait_for(queued, 180), f"the queued message never arrived: {bytes(host.received[-2000:])!r}"
+        app.check(f"logger -t golden-ami-e2e {later}")
+        assert host.wait_for(later, 60), f"a message logged once the host listens did not arrive: {bytes(host.received[-2000:])!r}"
+    finally:
+        app.run(f"sudo -n rm -f {dropin} && sudo -n systemctl restart rsyslog.service"
+                " && sudo -n find /var/spool/rsyslog -name 'golden-ami-forward*' -delete")
+        host.stop()
 
 
 def test_the_drop_in_opens_its_port_and_nothing_else_across_a_reboot(app_instance):
