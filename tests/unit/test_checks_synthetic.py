@@ -187,18 +187,19 @@ def _show_failed(snapshot: dict) -> None:
                                                   stderr="Failed to get properties: Connection timed out\n")
 
 
+def _edit_params(control_id: str, change: Callable[[dict], None]) -> Callable[[dict], None]:
+    """A controls-document edit: change(params) on the entry of control_id."""
+    def edit(document: dict) -> None:
+        change(next(c for c in document["controls"] if c["id"] == control_id)["params"])
+    return edit
+
+
 def _drop_kept(module: str) -> Callable[[dict], None]:
-    def change(document: dict) -> None:
-        control = next(c for c in document["controls"] if c["id"] == "GA-MODULE-FS-UNUSED")
-        control["params"]["modules_kept"].remove(module)
-    return change
+    return _edit_params("GA-MODULE-FS-UNUSED", lambda params: params["modules_kept"].remove(module))
 
 
 def _forbid_unconfined_mode_profiles(control_id: str) -> Callable[[dict], None]:
-    def change(document: dict) -> None:
-        control = next(c for c in document["controls"] if c["id"] == control_id)
-        control["params"]["unconfined_mode_profiles_allowed"] = False
-    return change
+    return _edit_params(control_id, lambda params: params.update(unconfined_mode_profiles_allowed=False))
 
 
 def _profile_mode(name: str, old: str, new: str) -> Callable[[dict], None]:

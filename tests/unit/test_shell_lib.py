@@ -101,3 +101,22 @@ def test_the_dnf_library_tells_a_failed_package_verification_from_changed_files(
     assert proc.stdout.splitlines() == wanted_lines
     if wanted_status:
         assert "rpm -Va failed (exit 1)" in proc.stderr
+
+
+def test_key_value_reads_the_last_assignment_and_refuses_a_missing_file(state_dir, tmp_path):
+    """The one reader of KEY=VALUE files (set_key_value, 1.6.1.4's mode, the gate's 1.6.1.5)."""
+    result = render.render(config.resolve("debian12", "local"), LOCAL_SOURCE, tmp_path / "build")
+    conf = tmp_path / "config"
+    conf.write_text("# SELINUX=disabled\nSELINUX=permissive\nSELINUXTYPE=targeted\n  SELINUX = enforcing\n")
+
+    def key_value(path, key):
+        return subprocess.run(["bash", "-c", 'set -o errexit -o nounset -o pipefail; GA_SECTION=test; . "$1"; '
+                               'value="$(key_value "$2" "$3")"; printf "%s" "$value"',
+                               "test", str(result.directory / SHELL_LIBRARY), str(path), key],
+                              capture_output=True, text=True)
+
+    assert key_value(conf, "SELINUX").stdout == "enforcing"
+    assert key_value(conf, "SELINUXTYPE").stdout == "targeted"
+    assert key_value(conf, "MISSING").returncode == 0 and key_value(conf, "MISSING").stdout == ""
+    missing = key_value(tmp_path / "no-such-file", "SELINUX")
+    assert missing.returncode != 0 and "no-such-file" in missing.stderr
