@@ -136,10 +136,10 @@ def logrotate_creates(text: str) -> list[LogrotateCreate]:
     return found
 
 
-
 @dataclass(frozen=True)
 class RsyslogForward:
-    """A forwarding rule of rsyslog: which messages (its selector, "" inside a block) go where."""
+    """A forwarding rule of rsyslog: which messages (its selector; "" behind a condition or in
+    braces) go where."""
     selector: str
     target: str
     port: str
@@ -147,8 +147,9 @@ class RsyslogForward:
 
 
 # RainerScript's action(type="omfwd" ...), over as many lines as it takes, and the legacy
-# "@@host:port" (TCP) / "@host" (UDP) forms; each with the selector before it, if any.
-_ACTION_START = re.compile(r"^(?:(?P<selector>[^\s(#]+)\s+)?action\s*\(", re.IGNORECASE | re.MULTILINE)
+# "@@host:port" (TCP) / "@host" (UDP) forms; each with the selector that starts its line, if
+# any (an action after "if ... then" or inside braces has none).
+_ACTION_START = re.compile(r"(?:^[ \t]*(?P<selector>[^\s(#]+)[ \t]+)?\baction\s*\(", re.IGNORECASE | re.MULTILINE)
 _ACTION_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9.]*)\s*=\s*"([^"]*)"')
 _LEGACY_FORWARD = re.compile(
     r"^(?P<selector>[^\s#]+)\s+(?P<at>@@?)(?:\([^)]*\))?(?P<host>\[[^\]]+\]|[^\s:;#]+)(?::(?P<port>[0-9]+))?",

@@ -76,7 +76,7 @@ def test_rsyslog_file_create_mode(facts, params):
 @pytest.mark.control("5.1.1.6")
 def test_rsyslog_forwards_everything_to_the_log_host(facts, params):
     forwards = rsyslog_forwards(_rsyslog_config(facts))
-    seen = "; ".join(f"{f.selector or '(in a block)'} -> {f.protocol}://{f.target}:{f.port}" for f in forwards) or "nowhere"
+    seen = "; ".join(f"{f.selector or '(behind a condition)'} -> {f.protocol}://{f.target}:{f.port}" for f in forwards) or "nowhere"
     assert params["log_host"], f"no log host is configured (controls.5.1.1.6.params.log_host); rsyslog forwards {seen}"
     wanted = ("*.*", params["log_host"].lower(), str(params["port"]), "tcp")
     assert any((f.selector, f.target.lower(), f.port, f.protocol) == wanted for f in forwards), \

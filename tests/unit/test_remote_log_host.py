@@ -76,6 +76,8 @@ CASES = [
     ("another port", lambda r: r.replace('port="514"', 'port="10514"'), {}, "fail", [":10514"]),
     ("auth messages only", lambda r: r.replace("*.* action(", "auth,authpriv.* action("), {}, "fail",
      ["auth,authpriv.* ->"]),
+    ("behind a condition", lambda r: r.replace("*.* action(", 'if $syslogseverity <= 3 then action('), {}, "fail",
+     [f"(behind a condition) -> tcp://{HOST}:514"]),
     ("commented out", lambda r: "".join(f"# {line}\n" for line in r.splitlines()), {}, "fail", ["forwards nowhere"]),
     ("an action of another type", lambda r: r.replace('type="omfwd"', 'type="omfile"'), {}, "fail",
      ["forwards nowhere"]),
@@ -108,6 +110,9 @@ def test_the_rendered_drop_in_is_read_by_the_checks_parser_as_one_tcp_forward_of
         sys.path.remove(str(paths.VERIFY_DIR))
     assert rsyslog_forwards(rendered_forwarding) == [RsyslogForward("*.*", HOST, "514", "tcp")]
     assert 'queue.maxDiskSpace="256m"' in rendered_forwarding and 'action.resumeRetryCount="-1"' in rendered_forwarding
+    # An action behind a condition forwards only what the condition lets through: no selector.
+    assert rsyslog_forwards('if $programname == "sshd" then action(type="omfwd" target="h" protocol="tcp")\n') == \
+        [RsyslogForward("", "h", "514", "tcp")]
     # A comment inside an action, with a parenthesis in it, does not end the action.
     assert rsyslog_forwards('*.* action(type="omfwd" # (the site\'s)\n target="h" protocol="tcp")\n') == \
         [RsyslogForward("*.*", "h", "514", "tcp")]
