@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import attest, notify, paths, provenance, render
+from .catalogue import controls_for, require_site_params
 from .config import Resolved
 from .errors import UserError
 from .layout import StateDir
@@ -90,7 +91,8 @@ def decide(cfg: Resolved, target: Target, now: Optional[dt.datetime] = None,
     """Whether cfg's OS needs a build, with every reason (never raises for a per-OS problem)."""
     name = cfg.os.name
     try:
-        source = target.resolve_source(cfg)  # first: a source that cannot be resolved is an error
+        require_site_params(controls_for(cfg))  # a build would refuse to start: say so at once
+        source = target.resolve_source(cfg)  # a source that cannot be resolved is an error
         approved, _ = attest.approved_images(target, name)  # a forged approval does not stop a rebuild
         if not approved:
             return RebuildDecision(name, True, [f"no approved image yet (source {source.id})"])

@@ -10,6 +10,7 @@ import boto3
 from golden_ami import config, rebuild, render
 from golden_ami.progress import Progress
 from golden_ami.targets.aws.target import AwsTarget
+from tests.conftest import SITE_VALUES
 from tests.unit.conftest import DEBIAN_OWNER, REGION, add_moto_ami
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
@@ -95,3 +96,13 @@ def test_the_updates_probe_is_asked_only_when_nothing_else_changed(aws_env, tmp_
 
     quiet = rebuild.decide(debian, AwsTarget(debian.settings, debian.state_dir), now=NOW, probe=nothing_pending)
     assert not quiet.build and quiet.reasons[0].endswith("; no pending security updates")
+
+
+def test_an_os_still_waiting_for_a_site_value_is_an_error_not_a_build(aws_env, tmp_path):
+    """al2023 without its log host (5.1.1.6): the decision names the missing key instead of
+    planning a build that would refuse to start; with it, the decision goes on to the source
+    image (which moto's SSM parameter names but its EC2 does not hold: an error of its own)."""
+    waiting = _decide(_cfg(tmp_path, "al2023"))
+    assert not waiting.build and waiting.error.startswith("controls.5.1.1.6.params.log_host is not set")
+    ready = _decide(_cfg(tmp_path, "al2023", SITE_VALUES))
+    assert "5.1.1.6" not in ready.error and "source AMI" in ready.error, ready
