@@ -120,3 +120,15 @@ def test_key_value_reads_the_last_assignment_and_refuses_a_missing_file(state_di
     assert key_value(conf, "MISSING").returncode == 0 and key_value(conf, "MISSING").stdout == ""
     missing = key_value(tmp_path / "no-such-file", "SELINUX")
     assert missing.returncode != 0 and "no-such-file" in missing.stderr
+
+
+def test_modules_refused_on_the_machine_get_the_lines_the_rendered_drop_ins_have(state_dir, tmp_path):
+    """modprobe_refusals (unused filesystems, wireless drivers) and the rendered drop-ins
+    (3.1.3's sctp here) write one form: files/kernel-modules.jinja's lines."""
+    result = render.render(config.resolve("debian12", "local"), LOCAL_SOURCE, tmp_path / "build")
+    rendered = [line for line in (result.directory / "files/cis-network/modprobe.conf").read_text().splitlines()
+                if line.split()[1:2] == ["sctp"]]
+    made = subprocess.run(["bash", "-c", 'set -o errexit -o nounset -o pipefail; GA_SECTION=test; . "$1"; '
+                           'printf "sctp\\n" | modprobe_refusals', "test", str(result.directory / SHELL_LIBRARY)],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert made == rendered == ["install sctp /bin/false", "blacklist sctp", "softdep sctp pre: post:"]
