@@ -14,7 +14,8 @@ user-data writes a firewall drop-in for TCP 8080 and starts listeners on 8080 an
   - Ubuntu 22.04's unused-filesystem-module refusal (GA-MODULE-FS-UNUSED) and its check's
     inventory agree on this real kernel's module tree, and modprobe honours the drop-in (36 s);
   - Amazon Linux 2023's remote log forwarding (5.1.1.6), as rendered, in this instance's real
-    rsyslog: queued while the log host (a listener on this machine) is down, then delivered;
+    rsyslog: queued while the log host (a listener on this machine) is down, then delivered
+    (35 s);
   - the drop-in opens 8080 and nothing else, before and after a reboot (GA-FW-DROPIN), with
     the host keys unchanged. The reboot test runs last: the others need no reboot.
 The fixture is module-scoped: the VM stops when this module ends, so it does not idle beside
@@ -355,8 +356,9 @@ def test_the_rendered_log_forwarding_queues_while_the_host_is_down_and_then_deli
     hardening runs it before the restart), the check's parser reads the instance's whole
     configuration as one TCP forward of every message to that host, a message logged while
     nothing listens waits in the queue and arrives once the host listens, and so does a later
-    one. The drop-in and its queue files go again after the test, on failure too. Costs about
-    a minute on the booted instance: rsyslog retries a suspended action after 30 s."""
+    one. The drop-in and its queue files go again after the test, on failure too. Costs 35 s
+    on the booted instance under TCG (measured in CI; rsyslog retries a suspended action after
+    30 s, which is most of it)."""
     app = app_instance
     monkeypatch.setenv("GOLDEN_AMI_STATE_DIR", str(tmp_path / "state"))
     host = _LogHost(free_port())
