@@ -28,37 +28,32 @@ DROPIN = "/etc/rsyslog.d/70-golden-ami-remote-log-host.conf"
 
 
 @pytest.fixture(scope="module")
-def rendered_forwarding(tmp_path_factory) -> str:
-    """The forwarding drop-in of an al2023 build whose config names HOST."""
+def resolved(tmp_path_factory):
+    """Config resolution needs a state dir: one for the module, named once."""
     import os
 
     os.environ.setdefault("GOLDEN_AMI_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-    out = tmp_path_factory.mktemp("render") / "build"
-    result = render.render(config.resolve("al2023", "aws", overrides=SITE_VALUES), AWS_SOURCE, out)
+    return config.resolve("al2023", "aws", overrides=SITE_VALUES)
+
+
+@pytest.fixture(scope="module")
+def rendered_forwarding(resolved, tmp_path_factory) -> str:
+    """The forwarding drop-in of an al2023 build whose config names HOST."""
+    result = render.render(resolved, AWS_SOURCE, tmp_path_factory.mktemp("render") / "build")
     script = (result.directory / "scripts" / "55-cis-logging.sh").read_text()
     assert f"readonly RSYSLOG_FORWARD={DROPIN}\n" in script and "install_file cis-logging/rsyslog-forward.conf" in script
     return (result.directory / "files" / "cis-logging" / "rsyslog-forward.conf").read_text()
 
 
-def _with_dropin(content: str | None) -> dict:
-    """The hardened Debian 12 snapshot with DROPIN holding content (None: without it)."""
-    snapshot = json.loads(HARDENED.read_text())
+def _with_dropin(hardened: dict, content: str | None) -> dict:
+    """A copy of the hardened Debian 12 snapshot with DROPIN holding content (None: without it)."""
+    snapshot = copy.deepcopy(hardened)
     if content is not None:
         facts = snapshot["collected"]
         like = facts["files"]["/etc/rsyslog.d/60-golden-ami-logging.conf"]
         facts["files"][DROPIN] = {"stat": {**like["stat"], "size": len(content.encode())}, "content": content}
         facts["globs"]["/etc/rsyslog.d/*"] = sorted([*facts["globs"]["/etc/rsyslog.d/*"], DROPIN])
     return snapshot
-
-
-def _document(tmp_path_factory, **params) -> dict:
-    """debian12's controls.json with al2023's 5.1.1.6 (HOST configured, then params) added."""
-    import os
-
-    os.environ.setdefault("GOLDEN_AMI_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-    entry = catalogue.controls_for(config.resolve("al2023", "aws", overrides=SITE_VALUES)).by_id()["5.1.1.6"].as_dict()
-    document = controls_document("debian12")
-    return {**document, "controls": [{**entry, "params": {**entry["params"], **params}}]}
 
 
 LEGACY_TCP = f"*.* @@{HOST}:514\n"
@@ -86,10 +81,16 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def verdicts(tmp_path_factory, rendered_forwarding) -> dict[str, dict]:
+def verdicts(resolved, tmp_path_factory, rendered_forwarding) -> dict[str, dict]:
+    """Each case judged by the real suite: debian12's controls.json holding only al2023's 5.1.1.6
+    (HOST configured, then the case's params), the snapshot with the case's drop-in."""
+    hardened = json.loads(HARDENED.read_text())
+    entry = catalogue.controls_for(resolved).by_id()["5.1.1.6"].as_dict()
+    document = controls_document("debian12")
     runs = {}
     for name, content, params, _, _ in CASES:
-        runs[name] = (_with_dropin(content(rendered_forwarding)), _document(tmp_path_factory, **params))
+        only = {**document, "controls": [{**entry, "params": {**entry["params"], **params}}]}
+        runs[name] = (_with_dropin(hardened, content(rendered_forwarding)), only)
     judged = judge_many(tmp_path_factory.mktemp("judged"), runs)
     return {name: rows["5.1.1.6"] for name, rows in judged.items()}
 
